@@ -1,0 +1,111 @@
+"""The Celery application and its configuration.
+
+Choices that matter (see docs/ARCHITECTURE.md):
+
+* JSON only — a pickle message is refused (pickle in a broker is remote code execution).
+* ``acks_late`` + ``reject_on_worker_lost`` — a killed worker's step is redelivered;
+  DOX counts deliveries in the database and fails a poison message instead of looping.
+* One queue per step kind, so scanning scales on its own.
+* ``prefetch_multiplier=1`` — a worker holds one message per process, so the
+  visibility timeout only runs for messages actually being worked on.
+* Start-up refuses configurations where a time limit or retry delay reaches the
+  Redis visibility timeout, an invalid definition, or a scan worker without clamd.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from . import runtime
+from .contract import QUEUES
+from .errors import DoxError
+from .settings import Settings, load
+from .steps.registry import STEP_TASKS
+
+log = logging.getLogger(__name__)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    routes = {name: {"queue": info.queue} for name, info in STEP_TASKS.items()}
+    routes["dox.submit"] = {"queue": "validation"}
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend
+        or ("cache+memory://" if settings.embedded else None),
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "task_ignore_result": True,
+        "task_track_started": False,
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": settings.workflow_concurrency,
+        "worker_max_memory_per_child": settings.worker_max_memory_mib * 1024,  # KiB
+        "task_time_limit": settings.workflow_timeout,
+        "task_soft_time_limit": settings.soft_time_limit,
+        "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
+        "task_default_queue": "validation",
+        "task_routes": routes,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+    }
+
+
+class StartupChecks(bootsteps.Step):
+    """Refuse to start a worker that cannot work, with a message naming the problem."""
+
+    def __init__(self, worker: Any, **kwargs: Any):
+        settings = runtime.get().settings
+        try:
+            settings.check()
+            runtime.get().definitions  # noqa: B018 - loads and validates every definition
+            runtime.get().templates  # noqa: B018
+            consumes = set(worker.app.amqp.queues.consume_from or QUEUES)
+            if (
+                "scan" in consumes
+                and settings.clamav_enabled
+                and not settings.clamd_url
+                and not settings.embedded
+            ):
+                raise DoxError(
+                    "this worker consumes the scan queue with CLAMAV_ENABLED=true but no"
+                    " DOX_CLAMD_URL is set: set DOX_CLAMD_URL=tcp://host:3310 (or"
+                    " unix:///path), or CLAMAV_ENABLED=false to store documents unscanned"
+                )
+        except DoxError as exc:
+            print(f"dox worker refused to start:\n{exc}", file=sys.stderr)
+            raise SystemExit(1) from exc
+        super().__init__(worker, **kwargs)
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    app = Celery("dox")
+    app.conf.update(celery_config(settings or load()))
+    app.steps["worker"].add(StartupChecks)
+    return app
+
+
+def reconfigure(app: Celery, settings: Settings) -> None:
+    """Point the app at new settings (tests and `dox run`), before it connects."""
+    app.conf.update(celery_config(settings))
+    runtime.configure(settings)
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    runtime.get().after_fork()

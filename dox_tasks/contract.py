@@ -1,0 +1,122 @@
+"""The names upstream services, operators and tests rely on — in one place.
+
+Everything here is part of DOX's public contract: the workflow states, the
+reasons a document is refused or a workflow fails, and the shape of the
+per-document result that ``dox run --json``, ``dox status --json`` and the
+completion event all share. Change a name here and you break a consumer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class WorkflowState(StrEnum):
+    """Lifecycle of one workflow (one document through one definition).
+
+    ``rejected`` is an answer about the *document* (it is unsafe or invalid);
+    ``failed`` is a fault of the *system* that survived its retries.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (WorkflowState.QUEUED, WorkflowState.RUNNING)
+
+
+TERMINAL_STATES = frozenset(s for s in WorkflowState if s.terminal)
+LIVE_STATES = frozenset(s for s in WorkflowState if not s.terminal)
+
+
+class Reason(StrEnum):
+    """Why a workflow ended anything other than ``success`` (one enum for all)."""
+
+    RATE_LIMITED = "rate_limited"
+    EMPTY = "empty"
+    TOO_LARGE = "too_large"
+    TYPE_NOT_ALLOWED = "type_not_allowed"
+    TYPE_MISMATCH = "type_mismatch"
+    TRUNCATED = "truncated"
+    MALFORMED = "malformed"
+    ENCRYPTED = "encrypted"
+    JAVASCRIPT = "javascript"
+    TOO_COMPLEX = "too_complex"
+    INFECTED = "infected"
+    SCANNER_UNAVAILABLE = "scanner_unavailable"
+    POISON = "poison"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal_error"
+
+
+class StepState(StrEnum):
+    """State of one attempt of one step (a row of ``workflow_step_results``)."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    REJECTED = "rejected"  # the step answered "no" about the document
+    RETRY = "retry"  # a transient fault; another attempt follows
+    FAILED = "failed"  # a fault after retries, or one that cannot be retried
+    LOST = "lost"  # the attempt vanished (worker killed); a redelivery follows
+    SUPERSEDED = "superseded"  # a duplicate delivery that lost the race to another
+
+
+class ScanResult(StrEnum):
+    CLEAN = "clean"
+    INFECTED = "infected"
+    SKIPPED = "skipped"
+
+
+class Recognition(StrEnum):
+    MATCHED = "matched"
+    UNRECOGNIZED = "unrecognized"
+    UNREADABLE = "unreadable"
+
+
+class OnFailure(StrEnum):
+    """What a step's fault (after retries) does to the workflow."""
+
+    ESCALATE = "escalate"  # failed + escalation event and row
+    QUARANTINE = "quarantine"  # document moved to quarantine, rejected
+    ABORT = "abort"  # failed, nothing more
+
+
+#: The five step kinds; each has its own Celery queue so it scales on its own.
+QUEUES = ("validation", "scan", "storage", "recognition", "events")
+
+#: The last ``on_success`` target: the workflow is complete.
+COMPLETE = "complete"
+
+
+@dataclass
+class DocumentResult:
+    """The per-document answer DOX gives (CLI JSON and completion event)."""
+
+    file: str | None
+    workflow_id: str
+    status: str
+    reason: str | None = None
+    scan: str | None = None
+    signature: str | None = None
+    template: str | None = None
+    recognition: str | None = None
+    confidence: float | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    pages: int | None = None
+    sha256: str | None = None
+    size: int | None = None
+    storage_key: str | None = None
+    duplicate_of: str | None = None
+    duration_ms: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

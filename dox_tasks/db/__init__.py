@@ -1,0 +1,1 @@
+"""The results layer: DOX's durable record of every workflow, step and event."""

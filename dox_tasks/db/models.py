@@ -1,0 +1,107 @@
+"""Table definitions, named as the seed runbooks query them.
+
+``workflow_states`` holds one row per workflow (the truth about it; Celery's
+``PENDING`` is never shown), ``workflow_step_results`` one row per *attempt* of
+a step, keyed by (workflow_id, step, attempt), and ``workflow_events`` the
+event record that the Redis stream and pub/sub only fan out.
+
+The submitting user is stored as ``user_id``: ``user`` is a reserved word in
+PostgreSQL, and ``SELECT user FROM workflow_states`` silently returns the
+database role instead of the column.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class WorkflowDefinition(Base):
+    """A snapshot of a definition, keyed by the hash of its content.
+
+    Each workflow points at the exact definition it ran, so a retry next month
+    runs the same steps even if the YAML has changed since.
+    """
+
+    __tablename__ = "workflow_definitions"
+
+    definition_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(50))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WorkflowStateRow(Base):
+    __tablename__ = "workflow_states"
+
+    workflow_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    rule_name: Mapped[str] = mapped_column(String(200))
+    definition_hash: Mapped[str] = mapped_column(
+        String(64), ForeignKey("workflow_definitions.definition_hash")
+    )
+    definition_version: Mapped[str] = mapped_column(String(50))
+    current_state: Mapped[str] = mapped_column(String(20))
+    current_step: Mapped[str | None] = mapped_column(String(100))
+    user_id: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(String(200))
+    file_name: Mapped[str | None] = mapped_column(String(500))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(Text)
+    duplicate_of: Mapped[str | None] = mapped_column(String(36))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    metadata_json: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_workflow_states_state_created", "current_state", "created_at"),
+        Index("ix_workflow_states_rule_name", "rule_name", "created_at"),
+        Index("ix_workflow_states_sha256", "sha256", "current_state"),
+    )
+
+
+class WorkflowStepResult(Base):
+    __tablename__ = "workflow_step_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    workflow_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("workflow_states.workflow_id", ondelete="CASCADE")
+    )
+    step: Mapped[str] = mapped_column(String(100))
+    attempt: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    worker_hostname: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    output: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "step", "attempt", name="uq_step_attempt"),
+        Index("ix_step_results_state_started", "state", "started_at"),
+    )
+
+
+class WorkflowEvent(Base):
+    __tablename__ = "workflow_events"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    workflow_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    type: Mapped[str] = mapped_column(String(60))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

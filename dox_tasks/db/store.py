@@ -1,0 +1,382 @@
+"""StateStore: every write to the results layer goes through here.
+
+Each transition has one owner and is written idempotently:
+
+* :meth:`begin_step` — counts the attempt *before* the step body runs (Redis
+  keeps no delivery count), refuses stale/forged/cancelled deliveries and turns
+  a message delivered too often into ``failed``/``poison``.
+* :meth:`finish_step` — closes the attempt; a success moves ``current_step``
+  forward only if nobody else did (a redelivered duplicate becomes ``superseded``,
+  so there is never a second success row).
+* :meth:`finish_workflow` — the single terminal transition: the first writer
+  wins; a finished workflow never moves backwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import InterfaceError as SAInterfaceError
+
+from ..contract import LIVE_STATES, StepState, WorkflowState
+from ..errors import StateStoreUnavailable, UnknownWorkflow
+from .engine import make_engine, migrate
+from .models import WorkflowDefinition, WorkflowEvent, WorkflowStateRow, WorkflowStepResult
+
+WS = WorkflowStateRow.__table__
+SR = WorkflowStepResult.__table__
+EV = WorkflowEvent.__table__
+WD = WorkflowDefinition.__table__
+LIVE = [s.value for s in LIVE_STATES]
+
+T = TypeVar("T")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StepStart:
+    """What :meth:`StateStore.begin_step` decided for one delivery."""
+
+    run: bool
+    attempt: int = 0
+    why: str = ""
+    poison: bool = False
+
+
+class StateStore:
+    def __init__(self, url: str, pool_size: int = 2):
+        self.url = url
+        self.engine: Engine = make_engine(url, pool_size=pool_size)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+
+    # -- plumbing -------------------------------------------------------------------
+    def migrate(self) -> None:
+        self._guard(lambda: migrate(self.engine))
+
+    def dispose(self) -> None:
+        """Drop pooled connections (after a fork, each worker child opens its own)."""
+        self.engine.dispose(close=False)
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (OperationalError, SAInterfaceError) as exc:
+            raise StateStoreUnavailable(f"results database unavailable: {exc.orig}") from exc
+
+    def _guard(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (OperationalError, SAInterfaceError) as exc:
+            raise StateStoreUnavailable(f"results database unavailable: {exc.orig}") from exc
+
+    def _insert_ignore(self, conn: Connection, table: Any, values: dict[str, Any]) -> bool:
+        """INSERT … ON CONFLICT DO NOTHING; True when a row was written."""
+        if self.is_postgres:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt: Any = pg_insert(table).values(**values).on_conflict_do_nothing()
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(table).values(**values).on_conflict_do_nothing()
+        return bool(conn.execute(stmt).rowcount)
+
+    # -- definitions ----------------------------------------------------------------
+    def save_definition(self, digest: str, name: str, version: str, body: dict[str, Any]) -> None:
+        with self.tx() as conn:
+            self._insert_ignore(
+                conn,
+                WD,
+                dict(definition_hash=digest, name=name, version=version, body=body, created_at=now()),
+            )
+
+    def load_definition(self, digest: str) -> dict[str, Any] | None:
+        with self.tx() as conn:
+            row = conn.execute(select(WD.c.body).where(WD.c.definition_hash == digest)).first()
+        return dict(row.body) if row else None
+
+    # -- workflows ------------------------------------------------------------------
+    def create_workflow(
+        self,
+        *,
+        rule_name: str,
+        definition_hash: str,
+        definition_version: str,
+        first_step: str,
+        user: str,
+        source: str | None,
+        file_name: str | None,
+        sha256: str | None,
+        size: int,
+        metadata: dict[str, Any] | None,
+        idempotency_key: str | None,
+        over_limit: bool = False,
+    ) -> tuple[str, bool]:
+        """Write the ``queued`` row. Returns (workflow_id, created).
+
+        With an idempotency key seen before, returns the earlier workflow and creates nothing.
+        """
+        if idempotency_key:
+            existing = self.find_by_idempotency_key(idempotency_key)
+            if existing:
+                return existing, False
+        workflow_id = str(uuid.uuid4())
+        ts = now()
+        values = dict(
+            workflow_id=workflow_id,
+            rule_name=rule_name,
+            definition_hash=definition_hash,
+            definition_version=definition_version,
+            current_state=WorkflowState.QUEUED.value,
+            current_step=first_step,
+            user_id=user,
+            source=source,
+            file_name=file_name,
+            sha256=sha256,
+            size=size,
+            idempotency_key=idempotency_key,
+            metadata={**(metadata or {}), **({"over_limit": True} if over_limit else {})},
+            created_at=ts,
+            updated_at=ts,
+        )
+        try:
+            with self.tx() as conn:
+                conn.execute(insert(WS).values(**values))
+        except IntegrityError:
+            if idempotency_key:
+                existing = self.find_by_idempotency_key(idempotency_key)
+                if existing:
+                    return existing, False
+            raise
+        return workflow_id, True
+
+    def find_by_idempotency_key(self, key: str) -> str | None:
+        with self.tx() as conn:
+            row = conn.execute(
+                select(WS.c.workflow_id).where(WS.c.idempotency_key == key)
+            ).first()
+        return row.workflow_id if row else None
+
+    def get_workflow(self, workflow_id: str) -> dict[str, Any]:
+        with self.tx() as conn:
+            row = conn.execute(select(WS).where(WS.c.workflow_id == workflow_id)).mappings().first()
+        if row is None:
+            raise UnknownWorkflow(f"no workflow with id {workflow_id}")
+        return dict(row)
+
+    def get_workflows(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        with self.tx() as conn:
+            rows = conn.execute(select(WS).where(WS.c.workflow_id.in_(ids))).mappings().all()
+        return {r["workflow_id"]: dict(r) for r in rows}
+
+    # -- steps ----------------------------------------------------------------------
+    def begin_step(
+        self, workflow_id: str, step: str, task_id: str | None, hostname: str | None,
+        max_deliveries: int,
+    ) -> StepStart:
+        """Count this delivery and decide whether the step body may run."""
+        with self.tx() as conn:
+            q = select(WS.c.current_state, WS.c.current_step).where(WS.c.workflow_id == workflow_id)
+            if self.is_postgres:
+                q = q.with_for_update()
+            wf = conn.execute(q).first()
+            if wf is None:
+                return StepStart(False, why="unknown workflow (forged message?)")
+            if wf.current_state not in LIVE:
+                return StepStart(False, why=f"workflow is already {wf.current_state}")
+            if wf.current_step != step:
+                return StepStart(
+                    False, why=f"workflow is at step {wf.current_step!r}, not {step!r} (stale)"
+                )
+            # An attempt still marked running belongs to a worker that died holding it.
+            conn.execute(
+                update(SR)
+                .where(SR.c.workflow_id == workflow_id, SR.c.step == step,
+                       SR.c.state == StepState.RUNNING.value)
+                .values(state=StepState.LOST.value, finished_at=now(),
+                        error="worker lost (message redelivered)")
+            )
+            last = conn.execute(
+                select(func.max(SR.c.attempt)).where(
+                    SR.c.workflow_id == workflow_id, SR.c.step == step
+                )
+            ).scalar()
+            attempt = int(last or 0) + 1
+            ts = now()
+            poison = attempt > max_deliveries
+            why = f"delivered {attempt} times (limit {max_deliveries})" if poison else ""
+            conn.execute(
+                insert(SR).values(
+                    workflow_id=workflow_id, step=step, attempt=attempt, task_id=task_id,
+                    worker_hostname=hostname, started_at=ts,
+                    state=(StepState.FAILED if poison else StepState.RUNNING).value,
+                    finished_at=ts if poison else None, error=why or None,
+                )
+            )
+            if poison:
+                return StepStart(False, attempt=attempt, poison=True, why=why)
+            conn.execute(
+                update(WS).where(WS.c.workflow_id == workflow_id)
+                .values(current_state=WorkflowState.RUNNING.value, updated_at=ts)
+            )
+        return StepStart(True, attempt=attempt)
+
+    def finish_step(
+        self,
+        workflow_id: str,
+        step: str,
+        attempt: int,
+        state: StepState,
+        *,
+        output: dict[str, Any] | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        next_step: str | None = None,
+    ) -> bool:
+        """Close one attempt. A success or rejection also moves the workflow past this step
+        (to ``next_step``, or to no step when the workflow ends here).
+
+        Returns False when another delivery of the same step got there first: this
+        attempt is then recorded ``superseded`` (never a second success row) and the
+        caller must not continue the chain.
+        """
+        ts = now()
+        with self.tx() as conn:
+            started = conn.execute(
+                select(SR.c.started_at).where(
+                    SR.c.workflow_id == workflow_id, SR.c.step == step, SR.c.attempt == attempt
+                )
+            ).scalar()
+            duration = int((ts - _aware(started)).total_seconds() * 1000) if started else None
+            final_state = state
+            if state in (StepState.SUCCESS, StepState.REJECTED):
+                moved = conn.execute(
+                    update(WS)
+                    .where(WS.c.workflow_id == workflow_id, WS.c.current_step == step,
+                           WS.c.current_state.in_(LIVE))
+                    .values(current_step=next_step, updated_at=ts)
+                ).rowcount
+                if not moved:
+                    final_state = StepState.SUPERSEDED
+            conn.execute(
+                update(SR)
+                .where(SR.c.workflow_id == workflow_id, SR.c.step == step, SR.c.attempt == attempt)
+                .values(state=final_state.value, finished_at=ts, duration_ms=duration,
+                        output=output, error=error,
+                        traceback=(traceback or None) and traceback[-4000:])
+            )
+        return final_state is state
+
+    def step_rows(self, workflow_id: str) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            rows = conn.execute(
+                select(SR).where(SR.c.workflow_id == workflow_id).order_by(SR.c.id)
+            ).mappings().all()
+        return [dict(r) for r in rows]
+
+    def step_outputs(self, workflow_id: str) -> dict[str, dict[str, Any]]:
+        """Outputs of the successful step attempts, by step name."""
+        out: dict[str, dict[str, Any]] = {}
+        for row in self.step_rows(workflow_id):
+            if row["state"] == StepState.SUCCESS.value:
+                out[row["step"]] = dict(row["output"] or {})
+        return out
+
+    # -- terminal transition --------------------------------------------------------
+    def finish_workflow(
+        self,
+        workflow_id: str,
+        state: WorkflowState,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+        duplicate_of: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> bool:
+        """Move a live workflow to its terminal state. Only the first caller wins."""
+        ts = now()
+        with self.tx() as conn:
+            changed = conn.execute(
+                update(WS)
+                .where(WS.c.workflow_id == workflow_id, WS.c.current_state.in_(LIVE))
+                .values(current_state=state.value, reason=reason, detail=detail,
+                        duplicate_of=duplicate_of, result=result, updated_at=ts, finished_at=ts)
+            ).rowcount
+        return bool(changed)
+
+    def set_result(self, workflow_id: str, result: dict[str, Any]) -> None:
+        with self.tx() as conn:
+            conn.execute(update(WS).where(WS.c.workflow_id == workflow_id).values(result=result))
+
+    # -- lookups used by validation -------------------------------------------------
+    def find_duplicate(
+        self, sha256: str, user: str | None, exclude: str, before: datetime
+    ) -> str | None:
+        """The earliest earlier workflow with the same bytes that succeeded or is still live.
+
+        Counting live ones too makes the answer independent of which of two
+        concurrent copies finishes first: the one submitted first is the original.
+        """
+        states = [WorkflowState.SUCCESS.value, *LIVE]
+        q = select(WS.c.workflow_id).where(
+            WS.c.sha256 == sha256,
+            WS.c.current_state.in_(states),
+            WS.c.workflow_id != exclude,
+            WS.c.created_at <= before,
+        )
+        if user is not None:
+            q = q.where(WS.c.user_id == user)
+        with self.tx() as conn:
+            rows = conn.execute(
+                q.add_columns(WS.c.created_at).order_by(WS.c.created_at, WS.c.workflow_id)
+            ).all()
+        for row in rows:
+            if _aware(row.created_at) < _aware(before) or row.workflow_id < exclude:
+                return str(row.workflow_id)
+        return None
+
+    def known_infected(self, sha256: str) -> str | None:
+        """Signature of an earlier infected verdict on these bytes, if any."""
+        q = select(WS.c.detail).where(
+            WS.c.sha256 == sha256,
+            WS.c.current_state == WorkflowState.REJECTED.value,
+            WS.c.reason == "infected",
+        ).limit(1)
+        with self.tx() as conn:
+            row = conn.execute(q).first()
+        return (row.detail or "known infected") if row else None
+
+    # -- events ---------------------------------------------------------------------
+    def insert_event(
+        self, event_id: str, workflow_id: str | None, type_: str, payload: dict[str, Any]
+    ) -> bool:
+        with self.tx() as conn:
+            return self._insert_ignore(
+                conn, EV,
+                dict(id=event_id, workflow_id=workflow_id, type=type_, payload=payload,
+                     created_at=now()),
+            )
+
+    def events(self, workflow_id: str) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            rows = conn.execute(
+                select(EV).where(EV.c.workflow_id == workflow_id).order_by(EV.c.created_at)
+            ).mappings().all()
+        return [dict(r) for r in rows]
+
+
+def _aware(ts: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

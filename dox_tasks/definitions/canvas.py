@@ -1,0 +1,56 @@
+"""Compile a checked definition into a Celery canvas.
+
+``process_document_upload`` becomes a ``chain`` of immutable signatures, one per
+step, each routed to its step kind's queue with the step's time limits. Messages
+carry references only — ``(workflow_id, step name, definition hash)`` — never
+document bytes; each task reads what it needs from the results layer and storage.
+"""
+
+from __future__ import annotations
+
+from celery import Celery, chain
+from celery.canvas import Signature
+
+from ..steps.registry import resolve
+from .loader import Definition
+
+
+def soft_limit(hard: int) -> int:
+    """A soft limit a little below the hard one, so the step can record its own timeout."""
+    return max(1, hard - max(1, hard // 20))
+
+
+def step_signatures(
+    app: Celery, definition: Definition, workflow_id: str, default_timeout: int,
+    start_at: str | None = None,
+) -> list[Signature]:
+    sigs: list[Signature] = []
+    started = start_at is None
+    for step in definition.ordered_steps():
+        started = started or step.name == start_at
+        if not started:
+            continue
+        info = resolve(step.task)
+        assert info is not None  # checked when the definition was loaded
+        hard = step.timeout or default_timeout
+        sigs.append(
+            app.signature(
+                info.name,
+                args=(workflow_id, step.name, definition.digest),
+                immutable=True,
+                queue=info.queue,
+                time_limit=hard,
+                soft_time_limit=soft_limit(hard),
+            )
+        )
+    if not sigs:
+        raise KeyError(f"{definition.name} has no step {start_at!r}")
+    return sigs
+
+
+def build_chain(
+    app: Celery, definition: Definition, workflow_id: str, default_timeout: int,
+    start_at: str | None = None,
+) -> Signature:
+    sigs = step_signatures(app, definition, workflow_id, default_timeout, start_at)
+    return chain(*sigs) if len(sigs) > 1 else sigs[0]

@@ -1,0 +1,78 @@
+"""The schema of a workflow definition (the seed's format, made strict).
+
+Unknown keys are errors (``extra="forbid"``): an option nobody reads is a typo
+that would otherwise be silently ignored in production.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..contract import OnFailure
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RetryPolicy(Strict):
+    attempts: int | None = Field(None, ge=0, le=20, description="retries after the first try")
+    backoff: float | None = Field(None, ge=1, le=10)
+    delay: float | None = Field(None, ge=0, le=600, description="first retry delay, seconds")
+
+
+class Trigger(Strict):
+    type: Literal["api_request", "schedule"]
+    source: str | None = None
+    cron: str | None = None
+    timezone: str | None = None
+
+    @model_validator(mode="after")
+    def _schedule_needs_cron(self) -> Trigger:
+        if self.type == "schedule":
+            if not self.cron:
+                raise ValueError("a schedule trigger needs 'cron' (e.g. \"0 9 * * *\")")
+            if not croniter.is_valid(self.cron):
+                raise ValueError(f"cron {self.cron!r} is not a valid cron expression")
+            try:
+                ZoneInfo(self.timezone or "UTC")
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown timezone {self.timezone!r} (use e.g. UTC)") from exc
+        return self
+
+
+class Step(Strict):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_. -]+$")
+    task: str = Field(validation_alias=AliasChoices("task", "action"))
+    params: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryPolicy | None = None
+    timeout: int | None = Field(None, gt=1, le=3600, description="hard time limit, seconds")
+    on_success: str | None = None
+    on_failure: str = OnFailure.ESCALATE.value
+
+    @field_validator("on_failure")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        allowed = [p.value for p in OnFailure]
+        if v not in allowed:
+            raise ValueError(f"unknown on_failure target {v!r}: use one of {', '.join(allowed)}")
+        return v
+
+
+class DefinitionModel(Strict):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[a-z0-9_]+$")
+    service: str = ""
+    version: str = "1.0.0"
+    priority: Literal["low", "normal", "high", "critical"] = "normal"
+    description: str | None = None
+    trigger: Trigger
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) else v

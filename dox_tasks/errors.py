@@ -1,0 +1,56 @@
+"""DOX's one exception tree.
+
+A *rejection of a document* is not an exception: steps return a
+:class:`~dox_tasks.steps.base.Rejection` value. Exceptions here are for faults
+(something the system could not do) and for refusals to the caller (bad path,
+bad configuration, bad definition) that never become workflows.
+"""
+
+from __future__ import annotations
+
+
+class DoxError(Exception):
+    """Root of every error DOX raises on purpose."""
+
+
+class ConfigError(DoxError):
+    """The configuration cannot work (e.g. a retry delay reaches the visibility timeout)."""
+
+
+class DefinitionError(DoxError):
+    """A workflow definition is invalid; ``problems`` lists each with file:line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class SubmissionError(DoxError):
+    """The caller's submission is refused before any workflow exists (e.g. path outside the inbox)."""
+
+
+class UnknownWorkflow(DoxError):
+    """No workflow has that id."""
+
+
+class TransientError(DoxError):
+    """A fault worth retrying: the step is tried again with backoff.
+
+    ``reason`` is what the workflow records if the retries run out.
+    """
+
+    reason: str = "internal_error"
+
+
+class ScannerUnavailable(TransientError):
+    """clamd could not be reached or did not answer in time (fail closed)."""
+
+    reason = "scanner_unavailable"
+
+
+class StateStoreUnavailable(TransientError):
+    """The results database could not be reached; the step is retried later."""
+
+
+class IntegrityFault(DoxError):
+    """Stored bytes do not match their content address; never retried, never stored."""

@@ -1,0 +1,86 @@
+"""The one terminal path every workflow takes, whatever ended it.
+
+:func:`conclude` quarantines if asked, builds the per-document result, emits the
+completion event (record first, then fan-out) and writes the terminal state —
+first writer wins, so a workflow has exactly one terminal state even when two
+deliveries race.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from .contract import DocumentResult, Reason, WorkflowState
+from .db.store import _aware
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def build_result(
+    wf: dict[str, Any], outputs: dict[str, dict[str, Any]], *, status: str | None = None,
+    reason: str | None = None, duplicate_of: str | None = None,
+) -> DocumentResult:
+    """The per-document result (contract) from the workflow row and its step outputs."""
+    merged: dict[str, Any] = {}
+    for out in outputs.values():
+        merged.update(out)
+    end = _aware(wf["finished_at"]) if wf.get("finished_at") else datetime.now(UTC)
+    status = status or wf["current_state"]
+    scan = merged.get("scan")
+    if scan is None and status == WorkflowState.SUCCESS:
+        scan = "skipped"
+    return DocumentResult(
+        file=wf.get("file_name"),
+        workflow_id=wf["workflow_id"],
+        status=status,
+        reason=reason if reason is not None else wf.get("reason"),
+        scan=scan,
+        signature=merged.get("signature"),
+        template=merged.get("template"),
+        recognition=merged.get("recognition"),
+        confidence=merged.get("confidence"),
+        fields=merged.get("fields") or {},
+        pages=merged.get("pages"),
+        sha256=wf.get("sha256"),
+        size=wf.get("size"),
+        storage_key=merged.get("storage_key"),
+        duplicate_of=duplicate_of or wf.get("duplicate_of"),
+        duration_ms=int((end - _aware(wf["created_at"])).total_seconds() * 1000),
+    )
+
+
+def conclude(
+    rt: Runtime,
+    workflow_id: str,
+    state: WorkflowState,
+    *,
+    reason: Reason | None = None,
+    detail: str | None = None,
+    duplicate_of: str | None = None,
+    quarantine: bool = False,
+    escalate: bool = False,
+) -> bool:
+    """End a workflow. Returns False if it had already ended (nothing is changed then)."""
+    wf = rt.state.get_workflow(workflow_id)
+    if wf["current_state"] not in ("queued", "running"):
+        return False
+    if quarantine and wf.get("sha256"):
+        rt.storage.quarantine(wf["sha256"])
+    reason_value = reason.value if reason else None
+    result = build_result(wf, rt.state.step_outputs(workflow_id), status=state.value,
+                          reason=reason_value, duplicate_of=duplicate_of).to_dict()
+    if quarantine:
+        result["quarantined"] = True
+    payload = {**result, "detail": detail, "rule_name": wf["rule_name"]}
+    if escalate:
+        rt.events.emit("workflow.escalated", workflow_id, payload, "escalated")
+    rt.events.emit(f"workflow.{state.value}", workflow_id, payload, state.value)
+    won = rt.state.finish_workflow(workflow_id, state, reason=reason_value, detail=detail,
+                                   duplicate_of=duplicate_of, result=result)
+    if won:
+        log.info("workflow %s ended %s%s", workflow_id, state.value,
+                 f" ({reason_value}: {detail})" if reason_value else "")
+    return won

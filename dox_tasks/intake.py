@@ -1,0 +1,135 @@
+"""Intake: the one way a document enters DOX.
+
+``submit()`` streams the bytes into immutable content-addressed staging, writes
+the ``queued`` row, *then* sends the chain — row first, so a message lost by the
+broker leaves a row the reaper can re-drive, and a workflow never exists only as
+a message. The same idempotency key returns the same workflow id and starts nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from . import runtime
+from .definitions.canvas import build_chain
+from .errors import SubmissionError
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def confine(path: str | os.PathLike[str], inbox: Path | None, required: bool) -> Path:
+    """Resolve a path a caller handed us; refuse anything outside the inbox.
+
+    ``..`` components are refused outright, and the real path (symlinks followed)
+    must stay under the inbox root, so a symlink cannot point out of it.
+    """
+    raw = Path(path)
+    if inbox is None:
+        if required:
+            raise SubmissionError(
+                "paths from other services need DOX_INBOX_ROOT: set it to the shared inbox folder"
+            )
+        resolved = raw.resolve()
+    else:
+        if ".." in raw.parts:
+            raise SubmissionError(f"refused {str(raw)!r}: '..' is not allowed in inbox paths")
+        root = inbox.resolve()
+        candidate = raw if raw.is_absolute() else root / raw
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(root):
+            why = "is a symlink that leads" if candidate.is_symlink() else "lies"
+            raise SubmissionError(
+                f"refused {str(raw)!r}: it {why} outside the inbox {str(root)!r} (DOX_INBOX_ROOT)"
+            )
+    if not resolved.exists():
+        raise SubmissionError(f"no such file: {str(raw)!r}")
+    if not resolved.is_file():
+        raise SubmissionError(f"not a regular file: {str(raw)!r}")
+    return resolved
+
+
+def submit(
+    document: str | os.PathLike[str] | bytes | BinaryIO,
+    *,
+    user: str = "anonymous",
+    source: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    workflow: str = "process_document_upload",
+    file_name: str | None = None,
+    from_service: bool = False,
+) -> str:
+    """Hand DOX a document; returns the workflow id at once (the work is queued).
+
+    ``document`` is a path, bytes or a binary stream. Raises
+    :class:`~dox_tasks.errors.SubmissionError` for a refused path or unknown workflow.
+    """
+    rt = runtime.get()
+    if not user or len(user) > 200:
+        raise SubmissionError("user must be a non-empty name of at most 200 characters")
+    if idempotency_key:
+        existing = rt.state.find_by_idempotency_key(idempotency_key)
+        if existing:
+            return existing
+    definition = rt.definitions.get(workflow)
+    if definition is None:
+        raise SubmissionError(
+            f"unknown workflow {workflow!r}: known are {', '.join(sorted(rt.definitions))}"
+        )
+    if definition.model.trigger.type != "api_request":
+        raise SubmissionError(f"workflow {workflow!r} is scheduled, not started by submissions")
+
+    if isinstance(document, bytes):
+        staged = rt.storage.stage(io.BytesIO(document), rt.settings.max_file_size)
+    elif isinstance(document, str | os.PathLike):
+        path = confine(document, rt.settings.inbox_root, required=from_service)
+        file_name = file_name or path.name
+        with path.open("rb") as fh:
+            staged = rt.storage.stage(fh, rt.settings.max_file_size)
+    else:
+        staged = rt.storage.stage(document, rt.settings.max_file_size)
+
+    _save_snapshot(rt, definition)
+    first = definition.ordered_steps()[0].name
+    workflow_id, created = rt.state.create_workflow(
+        rule_name=definition.name, definition_hash=definition.digest,
+        definition_version=definition.model.version, first_step=first, user=user,
+        source=source, file_name=file_name, sha256=staged.sha256, size=staged.size,
+        metadata=metadata, idempotency_key=idempotency_key, over_limit=staged.over_limit,
+    )
+    if created:
+        send(rt, definition.name, workflow_id)
+    return workflow_id
+
+
+_saved: set[str] = set()
+
+
+def _save_snapshot(rt: Runtime, definition: Any) -> None:
+    key = f"{rt.settings.db_url}|{definition.digest}"
+    if key not in _saved:
+        rt.state.save_definition(definition.digest, definition.name, definition.model.version,
+                                 definition.body())
+        _saved.add(key)
+
+
+def send(rt: Runtime, name: str, workflow_id: str, start_at: str | None = None) -> None:
+    """Publish the workflow's chain (from ``start_at``, default the first step)."""
+    from .app import app
+
+    wf = rt.state.get_workflow(workflow_id)
+    definition = rt.snapshot(wf["definition_hash"])
+    canvas = build_chain(app, definition, workflow_id, rt.settings.workflow_timeout, start_at)
+    try:
+        canvas.apply_async()
+    except Exception as exc:  # noqa: BLE001 - broker errors come in many types
+        log.error("workflow %s is recorded queued but could not be sent: %s", workflow_id, exc)
+        raise SubmissionError(
+            f"workflow {workflow_id} is recorded (queued) but the broker refused the message:"
+            f" {exc}. It will be re-sent by the stuck-workflow reaper."
+        ) from exc

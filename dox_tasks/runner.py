@@ -1,0 +1,168 @@
+"""The thin layer between a Celery task and a step function.
+
+For every delivery of a step message:
+
+1. find the definition snapshot the workflow runs (messages carry its hash);
+2. count the attempt in the database *before* the body runs, and skip stale,
+   forged or cancelled deliveries (the workflow is not running at this step);
+   a message delivered more than ``retries + 2`` times ends the workflow
+   ``failed``/``poison``;
+3. run the step; record the outcome; move the workflow on, end it, or retry
+   with exponential backoff and jitter; after the retries, apply ``on_failure``.
+
+Nothing a step does can crash the worker: every exception ends in a recorded state.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import Task
+
+from . import runtime
+from .contract import OnFailure, Reason, StepState, WorkflowState
+from .definitions.schema import Step
+from .errors import IntegrityFault, StateStoreUnavailable, TransientError
+from .finish import conclude
+from .runtime import Runtime
+from .steps.base import Outcome, StepContext
+
+log = logging.getLogger("dox.step")
+
+StepFn = Callable[[StepContext], Outcome]
+#: Retry budget when the results database itself is down (no attempt can be counted).
+DB_RETRY_DELAY_S = 5.0
+DB_MAX_RETRIES = 120
+
+
+class StepLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs.setdefault("extra", {}).update(extra)
+        return f"[{extra.get('workflow_id')} {extra.get('step')}] {msg}", kwargs
+
+
+def stop_chain(task: Task) -> None:
+    """Do not send the rest of the chain (the workflow ended or this delivery is stale)."""
+    task.request.chain = None
+    task.request.callbacks = None
+
+
+def retry_policy(rt: Runtime, step: Step) -> tuple[int, float, float]:
+    s = rt.settings
+    r = step.retry
+    attempts = r.attempts if r and r.attempts is not None else s.workflow_retry_attempts
+    backoff = r.backoff if r and r.backoff is not None else s.workflow_retry_backoff
+    delay = r.delay if r and r.delay is not None else s.workflow_retry_delay
+    return attempts, backoff, delay
+
+
+def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str) -> dict[str, Any]:
+    rt = runtime.get()
+    slog = StepLog(log, {"workflow_id": workflow_id, "step": step_name,
+                         "task_id": task.request.id})
+    try:
+        definition = rt.snapshot(digest)
+        step = definition.step(step_name)
+    except KeyError:
+        slog.warning("ignored: no definition %s with step %r (forged or stale message)",
+                     digest[:12], step_name)
+        stop_chain(task)
+        return {"skipped": "unknown definition or step"}
+    attempts, backoff, delay = retry_policy(rt, step)
+    try:
+        return _run(task, rt, fn, definition.next_of(step_name), step, workflow_id,
+                    attempts, backoff, delay, slog)
+    except StateStoreUnavailable as exc:
+        # The database is down: nothing can be recorded. Wait for it (not an attempt).
+        slog.warning("results database unavailable, retrying in %.0fs: %s", DB_RETRY_DELAY_S, exc)
+        raise task.retry(exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_MAX_RETRIES) from exc
+
+
+def _run(
+    task: Task, rt: Runtime, fn: StepFn, next_step: str | None, step: Step, workflow_id: str,
+    attempts: int, backoff: float, delay: float, slog: StepLog,
+) -> dict[str, Any]:
+    start = rt.state.begin_step(workflow_id, step.name, task.request.id, task.request.hostname,
+                                max_deliveries=attempts + 2)
+    if not start.run:
+        stop_chain(task)
+        if start.poison:
+            slog.error("poison message: %s; failing the workflow", start.why)
+            conclude(rt, workflow_id, WorkflowState.FAILED, reason=Reason.POISON,
+                     detail=f"step {step.name} {start.why}")
+        else:
+            slog.warning("ignored delivery: %s", start.why)
+        return {"skipped": start.why}
+
+    ctx = StepContext(rt.state.get_workflow(workflow_id), step.params, rt, start.attempt)
+    try:
+        outcome = fn(ctx)
+    except StateStoreUnavailable:
+        raise
+    except IntegrityFault as exc:
+        return _fault(task, rt, step, workflow_id, start.attempt, exc, Reason.INTERNAL_ERROR,
+                      retryable=False, attempts=attempts, backoff=backoff, delay=delay, slog=slog)
+    except TransientError as exc:
+        return _fault(task, rt, step, workflow_id, start.attempt, exc, Reason(exc.reason),
+                      retryable=True, attempts=attempts, backoff=backoff, delay=delay, slog=slog)
+    except SoftTimeLimitExceeded as exc:
+        return _fault(task, rt, step, workflow_id, start.attempt, exc, Reason.TIMEOUT,
+                      retryable=True, attempts=attempts, backoff=backoff, delay=delay, slog=slog)
+    except Exception as exc:  # noqa: BLE001 - a bug must end in a recorded state, not a crash
+        return _fault(task, rt, step, workflow_id, start.attempt, exc, Reason.INTERNAL_ERROR,
+                      retryable=True, attempts=attempts, backoff=backoff, delay=delay, slog=slog)
+
+    if outcome.end is not None:
+        state = StepState.REJECTED if outcome.end is WorkflowState.REJECTED else StepState.SUCCESS
+        if rt.state.finish_step(workflow_id, step.name, start.attempt, state,
+                                output=outcome.output, next_step=None):
+            conclude(rt, workflow_id, outcome.end, reason=outcome.reason, detail=outcome.detail,
+                     duplicate_of=outcome.duplicate_of, quarantine=outcome.quarantine)
+        stop_chain(task)
+        return {"workflow_id": workflow_id, "step": step.name, "end": outcome.end.value}
+
+    if not rt.state.finish_step(workflow_id, step.name, start.attempt, StepState.SUCCESS,
+                                output=outcome.output, next_step=next_step):
+        slog.warning("another delivery of this step finished first; not continuing")
+        stop_chain(task)
+        return {"superseded": True}
+    if next_step is None:
+        conclude(rt, workflow_id, WorkflowState.SUCCESS)
+    return {"workflow_id": workflow_id, "step": step.name, "next": next_step}
+
+
+def _fault(
+    task: Task, rt: Runtime, step: Step, workflow_id: str, attempt: int, exc: BaseException,
+    reason: Reason, *, retryable: bool, attempts: int, backoff: float, delay: float,
+    slog: StepLog,
+) -> dict[str, Any]:
+    tb = traceback.format_exc(limit=20)
+    message = f"{type(exc).__name__}: {exc}"
+    if retryable and attempt <= attempts:
+        countdown = delay * backoff ** (attempt - 1) * random.uniform(1.0, 1.25)
+        rt.state.finish_step(workflow_id, step.name, attempt, StepState.RETRY,
+                             error=message, traceback=tb)
+        slog.warning("attempt %d failed (%s); retry %d/%d in %.1fs", attempt, message, attempt,
+                     attempts, countdown)
+        # DOX counts attempts itself (in the database), so Celery's own cap is off.
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None)
+    rt.state.finish_step(workflow_id, step.name, attempt, StepState.FAILED,
+                         error=message, traceback=tb)
+    stop_chain(task)
+    policy = OnFailure(step.on_failure)
+    slog.error("step failed after %d attempt(s): %s; on_failure=%s", attempt, message,
+               policy.value)
+    detail = f"step {step.name} failed after {attempt} attempt(s): {message}"[:2000]
+    if policy is OnFailure.QUARANTINE:
+        conclude(rt, workflow_id, WorkflowState.REJECTED, reason=reason, detail=detail,
+                 quarantine=True)
+    else:
+        conclude(rt, workflow_id, WorkflowState.FAILED, reason=reason, detail=detail,
+                 escalate=policy is OnFailure.ESCALATE)
+    return {"workflow_id": workflow_id, "step": step.name, "failed": reason.value}

@@ -1,0 +1,209 @@
+"""One typed settings object, read from the environment.
+
+Names follow the issue's contract: ``DOX_*`` for DOX's own settings and the
+seed runbook's names (``MAX_FILE_SIZE_MB``, ``WORKFLOW_TIMEOUT``…) with their
+defaults. With nothing set, DOX runs *embedded*: an in-process broker, SQLite
+under ``$DOX_HOME`` and no servers at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigError
+
+#: Debian's clamd socket; the embedded default uses it when something listens there.
+DEBIAN_CLAMD_SOCKET = "/var/run/clamav/clamd.ctl"
+EMBEDDED_BROKER = "memory://localhost/"
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Every knob DOX has. Secrets (passwords inside URLs) are never logged: use :meth:`redacted`."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    broker_url: str = Field(EMBEDDED_BROKER, validation_alias=_env("DOX_BROKER_URL"))
+    result_backend: str | None = Field(None, validation_alias=_env("DOX_RESULT_BACKEND"))
+    database_url: str | None = Field(None, validation_alias=_env("DOX_DATABASE_URL"))
+    clamd_url: str | None = Field(None, validation_alias=_env("DOX_CLAMD_URL"))
+    redis_url: str | None = Field(
+        None,
+        validation_alias=_env("DOX_REDIS_URL"),
+        description="Redis for rate limits and the event stream; defaults to a redis:// broker URL.",
+    )
+    home: Path = Field(Path("./.dox"), validation_alias=_env("DOX_HOME"))
+    storage_root: Path | None = Field(None, validation_alias=_env("DOX_STORAGE_ROOT"))
+    state_dir: Path | None = Field(None, validation_alias=_env("DOX_STATE_DIR"))
+    memory_bank_path: Path | None = Field(None, validation_alias=_env("MEMORY_BANK_PATH"))
+    inbox_root: Path | None = Field(None, validation_alias=_env("DOX_INBOX_ROOT"))
+    defs_dir: Path | None = Field(None, validation_alias=_env("DOX_DEFS_DIR"))
+    namespace: str = Field(
+        "dox",
+        validation_alias=_env("DOX_NAMESPACE"),
+        description="Prefix of Redis keys, the event stream (<ns>:events) and channels (<ns>.workflow.*).",
+    )
+
+    max_file_size_mb: float = Field(50, validation_alias=_env("MAX_FILE_SIZE_MB"), gt=0)
+    clamav_enabled: bool = Field(True, validation_alias=_env("CLAMAV_ENABLED"))
+    clamd_timeout_s: float = Field(30.0, validation_alias=_env("DOX_CLAMD_TIMEOUT"), gt=0)
+    rate_limit_per_user_per_day: int = Field(
+        100, validation_alias=_env("RATE_LIMIT_PER_USER_PER_DAY"), ge=0
+    )
+    workflow_timeout: int = Field(300, validation_alias=_env("WORKFLOW_TIMEOUT"), gt=1)
+    workflow_retry_attempts: int = Field(3, validation_alias=_env("WORKFLOW_RETRY_ATTEMPTS"), ge=0)
+    workflow_retry_backoff: float = Field(1.5, validation_alias=_env("WORKFLOW_RETRY_BACKOFF"), ge=1)
+    workflow_retry_delay: float = Field(2.0, validation_alias=_env("WORKFLOW_RETRY_DELAY"), ge=0)
+    workflow_concurrency: int = Field(10, validation_alias=_env("WORKFLOW_CONCURRENCY"), gt=0)
+    visibility_timeout: int = Field(3600, validation_alias=_env("DOX_VISIBILITY_TIMEOUT"), gt=0)
+    worker_max_memory_mib: int = Field(
+        512, validation_alias=_env("DOX_WORKER_MAX_MEMORY_MIB"), gt=0
+    )
+    db_pool_size: int = Field(2, validation_alias=_env("DOX_DB_POOL_SIZE"), gt=0)
+
+    allowed_types: Annotated[list[str], NoDecode] = Field(["pdf"], validation_alias=_env("DOX_ALLOWED_TYPES"))
+    duplicate_scope: str = Field("user", validation_alias=_env("DOX_DUPLICATE_SCOPE"))
+    recognize_max_pages: int = Field(5, validation_alias=_env("DOX_RECOGNIZE_MAX_PAGES"), gt=0)
+    parser_cpu_s: int = Field(10, validation_alias=_env("DOX_PARSER_CPU_S"), gt=0)
+    parser_memory_mib: int = Field(768, validation_alias=_env("DOX_PARSER_MEMORY_MIB"), gt=0)
+
+    @field_validator("allowed_types", mode="before")
+    @classmethod
+    def _split_types(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [t.strip().lower() for t in v.split(",") if t.strip()]
+        return v
+
+    @field_validator("duplicate_scope")
+    @classmethod
+    def _scope(cls, v: str) -> str:
+        if v not in ("user", "global"):
+            raise ValueError("DOX_DUPLICATE_SCOPE must be 'user' or 'global'")
+        return v
+
+    # -- derived values -------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: everything runs in this process."""
+        return self.broker_url.startswith("memory://")
+
+    @property
+    def max_file_size(self) -> int:
+        return int(self.max_file_size_mb * 1024 * 1024)
+
+    @property
+    def storage(self) -> Path:
+        return (self.storage_root or self.home / "store").resolve()
+
+    @property
+    def state(self) -> Path:
+        return (self.state_dir or self.home / "state").resolve()
+
+    @property
+    def memory_banks(self) -> Path:
+        return (self.memory_bank_path or self.state / "memory-banks").resolve()
+
+    @property
+    def definitions(self) -> Path:
+        if self.defs_dir:
+            return self.defs_dir.resolve()
+        return Path(__file__).resolve().parent.parent / "workflow_defs"
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'dox.db').resolve()}"
+
+    @property
+    def redis(self) -> str | None:
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
+
+    @property
+    def soft_time_limit(self) -> int:
+        """A little below the hard limit, so a step can record its own timeout."""
+        return max(1, self.workflow_timeout - max(1, self.workflow_timeout // 20))
+
+    def retry_delay(self, retry_index: int) -> float:
+        """Delay before retry ``retry_index`` (0-based), before jitter."""
+        return float(self.workflow_retry_delay * self.workflow_retry_backoff**retry_index)
+
+    @property
+    def max_retry_delay(self) -> float:
+        """Longest delay any retry can wait, jitter (up to +25 %) included."""
+        if self.workflow_retry_attempts == 0:
+            return 0.0
+        return self.retry_delay(self.workflow_retry_attempts - 1) * 1.25
+
+    def check(self) -> None:
+        """Refuse configurations that cannot work; the message names both values.
+
+        Redis redelivers a message whose worker has held it longer than the
+        visibility timeout; a step that runs or waits that long would run twice.
+        """
+        vt = self.visibility_timeout
+        if self.workflow_timeout >= vt:
+            raise ConfigError(
+                f"WORKFLOW_TIMEOUT={self.workflow_timeout}s reaches the broker visibility_timeout"
+                f" DOX_VISIBILITY_TIMEOUT={vt}s: a step would be redelivered while it runs."
+                " Lower WORKFLOW_TIMEOUT or raise DOX_VISIBILITY_TIMEOUT."
+            )
+        if self.max_retry_delay >= vt:
+            raise ConfigError(
+                f"the longest retry delay ({self.max_retry_delay:.0f}s from WORKFLOW_RETRY_DELAY="
+                f"{self.workflow_retry_delay}, WORKFLOW_RETRY_BACKOFF={self.workflow_retry_backoff},"
+                f" WORKFLOW_RETRY_ATTEMPTS={self.workflow_retry_attempts}) reaches the broker"
+                f" visibility_timeout DOX_VISIBILITY_TIMEOUT={vt}s: the retry would run twice."
+            )
+        if self.clamd_url:
+            parse_clamd_url(self.clamd_url)
+
+    def redacted(self) -> dict[str, object]:
+        """Settings safe to print: passwords inside URLs are masked."""
+        out: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, str) and "://" in value:
+                value = redact_url(value)
+            out[name] = value
+        return out
+
+
+def redact_url(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+def parse_clamd_url(url: str) -> tuple[str, str | int]:
+    """``tcp://host:port`` → ("tcp", host:port) ; ``unix:///path`` → ("unix", path)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "tcp" and parsed.hostname and parsed.port:
+        return ("tcp", f"{parsed.hostname}:{parsed.port}")
+    if parsed.scheme == "unix" and parsed.path:
+        return ("unix", parsed.path)
+    raise ConfigError(
+        f"DOX_CLAMD_URL={url!r} is not understood: use tcp://host:port or unix:///path/to/clamd.ctl"
+    )
+
+
+def load() -> Settings:
+    """Read settings from the environment (called once per process by the runtime)."""
+    return Settings()  # type: ignore[call-arg]
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,178 @@
+"""Content-addressed storage: immutable staging, the object store and quarantine.
+
+Layout under the storage root (shared by every worker)::
+
+    staging/sha256/ab/cd/<hex>     bytes as submitted, read-only, keyed by their hash
+    objects/sha256/ab/cd/<hex>     stored documents; storage_key = "sha256/ab/cd/<hex>"
+    quarantine/sha256/<hex>        infected or quarantined documents
+    tmp/                           partial writes (same filesystem, so rename is atomic)
+
+Content addressing makes every write idempotent (the same bytes land at the same
+key) and dedupes for free. Every write is temp file → fsync → rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import IntegrityFault
+
+CHUNK = 1024 * 1024
+_HEX = frozenset("0123456789abcdef")
+
+
+def storage_key(sha256: str) -> str:
+    """Relative key of a document: ``sha256/ab/cd/<hex>``."""
+    _check_hex(sha256)
+    return f"sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+def _check_hex(sha256: str) -> None:
+    # A key is joined onto a path: accept only a real SHA-256 so nothing escapes the root.
+    if len(sha256) != 64 or not set(sha256) <= _HEX:
+        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file, streamed in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+@dataclass(frozen=True)
+class Staged:
+    """Result of staging: the content address, and whether the input was over the limit."""
+
+    sha256: str | None
+    size: int
+    over_limit: bool = False
+
+
+class ContentStore:
+    """Filesystem store shared by every worker through the storage root."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.staging = root / "staging"
+        self.objects = root / "objects"
+        self.quarantine_dir = root / "quarantine"
+        self.tmp = root / "tmp"
+        for d in (self.staging, self.objects, self.quarantine_dir, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # -- paths ----------------------------------------------------------------------
+    def staged_path(self, sha256: str) -> Path:
+        return self.staging / storage_key(sha256)
+
+    def object_path(self, sha256: str) -> Path:
+        return self.objects / storage_key(sha256)
+
+    def quarantine_path(self, sha256: str) -> Path:
+        _check_hex(sha256)
+        return self.quarantine_dir / "sha256" / sha256
+
+    # -- staging --------------------------------------------------------------------
+    def stage(self, stream: BinaryIO, max_bytes: int) -> Staged:
+        """Copy a stream into staging while hashing it; never holds the whole file in memory.
+
+        Input longer than ``max_bytes`` is not staged (nothing to keep of a file
+        validate will refuse); the returned size is then a lower bound.
+        """
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="stage-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in iter(lambda: stream.read(CHUNK), b""):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        return Staged(sha256=None, size=size, over_limit=True)
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            sha = digest.hexdigest()
+            self._place(tmp, self.staged_path(sha), read_only=True)
+            return Staged(sha256=sha, size=size)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- promotion ------------------------------------------------------------------
+    def promote(self, sha256: str) -> str:
+        """Copy a staged document into the object store after re-checking its hash.
+
+        Idempotent: an object already present is verified, not rewritten.
+        Raises :class:`IntegrityFault` if the staged bytes no longer match.
+        """
+        target = self.object_path(sha256)
+        if target.exists():
+            return storage_key(sha256)
+        source = self.staged_path(sha256)
+        digest = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="promote-")
+        tmp = Path(tmp_name)
+        try:
+            with source.open("rb") as src, os.fdopen(fd, "wb") as out:
+                for chunk in iter(lambda: src.read(CHUNK), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest.hexdigest() != sha256:
+                raise IntegrityFault(
+                    f"staged object {sha256[:12]}… changed on disk (now {digest.hexdigest()[:12]}…);"
+                    " refusing to store it"
+                )
+            self._place(tmp, target, read_only=True)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return storage_key(sha256)
+
+    def quarantine(self, sha256: str) -> Path:
+        """Move a document out of staging (and the store) into quarantine; idempotent."""
+        target = self.quarantine_path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for source in (self.staged_path(sha256), self.object_path(sha256)):
+            if source.exists():
+                if not target.exists():
+                    fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="quarantine-")
+                    os.close(fd)
+                    shutil.copyfile(source, tmp_name)
+                    self._place(Path(tmp_name), target, read_only=True)
+                source.unlink(missing_ok=True)
+        return target
+
+    def open_staged(self, sha256: str) -> BinaryIO:
+        return self.staged_path(sha256).open("rb")
+
+    def iter_objects(self) -> Iterator[str]:
+        for path in self.objects.glob("sha256/*/*/*"):
+            yield path.name
+
+    # -- internals ------------------------------------------------------------------
+    def _place(self, tmp: Path, target: Path, read_only: bool) -> None:
+        """Atomically move a finished temp file to its content address."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if read_only:
+            tmp.chmod(0o444)
+        if target.exists():
+            return  # same address, same bytes: nothing to do
+        os.replace(tmp, target)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,0 +1,75 @@
+"""Celery tasks: one thin wrapper per step, plus the intake task.
+
+Each step task only hands its arguments to :func:`dox_tasks.runner.run_step`
+with the plain-Python step function. Upstream services may call ``dox.submit``
+(and nothing else): a step message for a workflow that is not running at that
+step is ignored and logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from .app import app
+from .runner import run_step
+from .steps.publish import noop, publish
+from .steps.recognize import recognize
+from .steps.scan import scan
+from .steps.store import store
+from .steps.validate import validate
+
+
+@app.task(bind=True, name="dox.validate")
+def validate_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, validate, workflow_id, step, definition_hash)
+
+
+@app.task(bind=True, name="dox.scan")
+def scan_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, scan, workflow_id, step, definition_hash)
+
+
+@app.task(bind=True, name="dox.store")
+def store_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, store, workflow_id, step, definition_hash)
+
+
+@app.task(bind=True, name="dox.recognize")
+def recognize_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, recognize, workflow_id, step, definition_hash)
+
+
+@app.task(bind=True, name="dox.publish")
+def publish_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, publish, workflow_id, step, definition_hash)
+
+
+@app.task(bind=True, name="dox.noop")
+def noop_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, noop, workflow_id, step, definition_hash)
+
+
+@app.task(bind=True, name="dox.submit", acks_late=True)
+def submit_task(
+    self: Task, path: str, user: str = "anonymous", source: str | None = None,
+    metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
+    workflow: str = "process_document_upload",
+) -> dict[str, Any]:
+    """Intake for services that cannot import DOX: ``path`` must lie under DOX_INBOX_ROOT.
+
+    Its guarantee starts when a worker accepts the message: a message lost before
+    that (e.g. Redis flushed) leaves no trace in DOX. Pass an idempotency key and
+    re-send when in doubt.
+    """
+    from .errors import DoxError
+    from .intake import submit
+
+    try:
+        workflow_id = submit(path, user=user, source=source, metadata=metadata,
+                             idempotency_key=idempotency_key, workflow=workflow,
+                             from_service=True)
+    except DoxError as exc:
+        return {"error": str(exc)}
+    return {"workflow_id": workflow_id}
