@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.broker_key_prefix:
+        transport["global_keyprefix"] = settings.broker_key_prefix
     routes = {name: {"queue": info.queue} for name, info in STEP_TASKS.items()}
     routes["dox.submit"] = {"queue": "validation"}
     return {
@@ -101,7 +103,14 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 def reconfigure(app: Celery, settings: Settings) -> None:
-    """Point the app at new settings (tests and `dox run`), before it connects."""
+    """Point the app and the runtime at new settings (tests, benchmarks).
+
+    Pooled broker connections made with the old settings are closed first.
+    """
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
     app.conf.update(celery_config(settings))
     runtime.configure(settings)
 

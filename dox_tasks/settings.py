@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     memory_bank_path: Path | None = Field(None, validation_alias=_env("MEMORY_BANK_PATH"))
     inbox_root: Path | None = Field(None, validation_alias=_env("DOX_INBOX_ROOT"))
     defs_dir: Path | None = Field(None, validation_alias=_env("DOX_DEFS_DIR"))
+    broker_key_prefix: str | None = Field(
+        None,
+        validation_alias=_env("DOX_BROKER_KEY_PREFIX"),
+        description="Prefix for every broker key in Redis (share one Redis between setups).",
+    )
     namespace: str = Field(
         "dox",
         validation_alias=_env("DOX_NAMESPACE"),

@@ -12,6 +12,14 @@ from sqlalchemy import Engine, create_engine, event
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+def normalize_url(url: str) -> str:
+    """Plain ``postgresql://`` URLs use psycopg2 (SQLAlchemy 2.1 would pick psycopg 3)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
 def make_engine(url: str, pool_size: int = 2) -> Engine:
     """An engine tuned for its backend.
 
@@ -42,12 +50,12 @@ def make_engine(url: str, pool_size: int = 2) -> Engine:
 
         return engine
     return create_engine(
-        url,
+        normalize_url(url),
         pool_size=pool_size,
         max_overflow=0,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 5} if url.startswith("postgresql") else {},
+        connect_args={"connect_timeout": 5} if url.startswith("postgres") else {},
     )
 
 

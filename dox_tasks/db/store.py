@@ -287,10 +287,10 @@ class StateStore:
         return [dict(r) for r in rows]
 
     def step_outputs(self, workflow_id: str) -> dict[str, dict[str, Any]]:
-        """Outputs of the successful step attempts, by step name."""
+        """Outputs of the step attempts that answered (succeeded or rejected), by step name."""
         out: dict[str, dict[str, Any]] = {}
         for row in self.step_rows(workflow_id):
-            if row["state"] == StepState.SUCCESS.value:
+            if row["state"] in (StepState.SUCCESS.value, StepState.REJECTED.value):
                 out[row["step"]] = dict(row["output"] or {})
         return out
 

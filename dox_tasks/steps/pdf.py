@@ -59,7 +59,7 @@ def inspect_pdf(path: str) -> dict[str, Any]:
             return _verdict("too_complex", "nesting too deep to parse")
         except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, AttributeError) as exc:
             text = str(exc) or type(exc).__name__
-            if "cycle" in text.lower() or "loop" in text.lower():
+            if "cycl" in text.lower() or "loop" in text.lower():
                 return _verdict("too_complex", f"page tree loops: {text}")
             return _verdict("malformed", f"not a well-formed PDF: {text}")
     return {"reason": None, "pages": pages, "flags": flags}
