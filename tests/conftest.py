@@ -21,6 +21,13 @@ from dox_tasks.settings import Settings  # noqa: E402
 
 @pytest.fixture(scope="session")
 def clamd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A clamd with the test signature DB: the one .ci/run started, or our own."""
+    import os
+
+    given = os.environ.get("DOX_TEST_CLAMD_URL")
+    if given:
+        yield given
+        return
     daemon = services.Clamd(tmp_path_factory.mktemp("clamd"))
     daemon.start()
     yield daemon.url

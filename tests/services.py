@@ -15,8 +15,6 @@ import uuid
 from contextlib import closing
 from pathlib import Path
 
-import pytest
-
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("DOX_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DOX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -24,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def unavailable(service: str, why: str) -> None:
+    import pytest
+
     message = f"{service} unavailable: {why}"
     if CI:
         pytest.fail(f"{message} (CI=true: service tests must not skip)", pytrace=False)
@@ -73,6 +73,14 @@ def drop_database(url: str) -> None:
     conn.close()
 
 
+def write_signature_db(folder: Path) -> None:
+    """The offline test signature: EICAR anywhere in a file (named Dox.Test.EICAR)."""
+    from pdfs import EICAR
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dox-test.ndb").write_text(f"Dox.Test.EICAR-body:0:*:{EICAR.hex()}\n")
+
+
 class Clamd:
     """A clamd of the tests' own: DOX's shipped clamd.conf, an offline test signature DB."""
 
@@ -83,15 +91,12 @@ class Clamd:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        from pdfs import EICAR
-
         binary = shutil.which("clamd") or ("/usr/sbin/clamd" if Path("/usr/sbin/clamd").exists()
                                           else None)
         if binary is None:
             unavailable("clamd", "not installed (apt-get install clamav-daemon)")
         db = self.workdir / "db"
-        db.mkdir(parents=True, exist_ok=True)
-        (db / "dox-test.ndb").write_text(f"Dox.Test.EICAR-body:0:*:{EICAR.hex()}\n")
+        write_signature_db(db)
         conf = []
         for line in (ROOT / "deploy" / "clamd.conf").read_text().splitlines():
             key = line.split(" ", 1)[0]
@@ -103,12 +108,15 @@ class Clamd:
         if os.geteuid() == 0:
             conf.append("User root")
         (self.workdir / "clamd.conf").write_text("\n".join(conf) + "\n")
-        self.proc = subprocess.Popen([binary, "-c", str(self.workdir / "clamd.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        errlog = self.workdir / "clamd.stderr"
+        with errlog.open("wb") as err:  # a file, not a pipe: clamd may outlive this process
+            self.proc = subprocess.Popen([binary, "-c", str(self.workdir / "clamd.conf")],
+                                         stdout=subprocess.DEVNULL, stderr=err,
+                                         start_new_session=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                err = errlog.read_text(errors="replace")
                 unavailable("clamd", f"exited with {self.proc.returncode}: {err[-500:]}")
             if self.ping():
                 return
@@ -130,3 +138,16 @@ class Clamd:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+if __name__ == "__main__":
+    # `python tests/services.py clamd DIR`: start a test clamd that outlives this
+    # command (used by .ci/run) and print its URL.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if len(sys.argv) != 3 or sys.argv[1] != "clamd":
+        sys.exit("usage: services.py clamd DIR")
+    daemon = Clamd(Path(sys.argv[2]).resolve())
+    daemon.start()
+    print(daemon.url)

@@ -1,0 +1,143 @@
+"""Definitions are checked like code: every problem named with file:line and a fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dox_tasks.definitions import load_all, validate_path
+from dox_tasks.definitions.canvas import build_chain
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+name: tiny
+trigger: {type: api_request, source: test}
+steps:
+  - name: validate
+    task: dox.validate
+    on_success: scan
+  - name: scan
+    action: dox.scan
+    on_success: complete
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "def.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def problems_for(tmp_path: Path, text: str) -> list[str]:
+    _, problems = validate_path(write(tmp_path, text))
+    return problems
+
+
+def test_shipped_definitions_are_valid():
+    defs = load_all(ROOT / "workflow_defs")
+    d = defs["process_document_upload"]
+    assert [s.name for s in d.ordered_steps()] == ["validate", "scan", "store", "recognize",
+                                                   "publish"]
+
+
+def test_action_is_an_alias_of_task(tmp_path):
+    assert problems_for(tmp_path, GOOD) == []
+
+
+@pytest.mark.parametrize(
+    ("mutation", "line", "words"),
+    [
+        (("    on_success: scan\n", "    on_success: scan\n    colour: blue\n"), 7, "unknown key"),
+        (("task: dox.validate", "task: dox.validat"), 5, "unknown task 'dox.validat'"),
+        (("on_success: scan", "on_success: sacn"), 6, "unknown step 'sacn'"),
+        (("on_success: complete", "on_success: validate"), 9, "cycle validate → scan → validate"),
+        (("type: api_request, source: test", "type: schedule, cron: '61 9 * * *'"), 2,
+         "not a valid cron"),
+        (("    on_success: complete\n", "    on_success: complete\n    on_failure: explode\n"), 10,
+         "unknown on_failure target 'explode'"),
+    ],
+)
+def test_each_problem_names_file_line_and_fix(tmp_path, mutation, line, words):
+    old, new = mutation
+    assert old in GOOD
+    problems = problems_for(tmp_path, GOOD.replace(old, new))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{tmp_path / 'def.yaml'}:{line}:"), problems[0]
+    assert words in problems[0]
+
+
+def test_unreachable_step_is_reported(tmp_path):
+    text = GOOD + "  - name: orphan\n    task: dox.store\n"
+    problems = problems_for(tmp_path, text)
+    assert len(problems) == 1 and ":10:" in problems[0] and "unreachable" in problems[0]
+
+
+def test_compiles_to_a_chain_routed_per_queue():
+    from dox_tasks.app import app
+
+    d = load_all(ROOT / "workflow_defs")["process_document_upload"]
+    canvas = build_chain(app, d, "wf-1", 300)
+    assert type(canvas).__name__ == "_chain"
+    queues = [s.options["queue"] for s in canvas.tasks]
+    assert queues == ["validation", "scan", "storage", "recognition", "events"]
+    assert all(s.immutable for s in canvas.tasks)
+    assert canvas.tasks[0].args == ("wf-1", "validate", d.digest)
+
+
+def test_snapshot_hash_changes_with_content(tmp_path):
+    a = load_all(write(tmp_path, GOOD))["tiny"]
+    b = load_all(write(tmp_path, GOOD.replace("source: test", "source: other")))["tiny"]
+    assert a.digest != b.digest
+
+
+def run_dox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "dox_tasks.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_cli_defs_validate_exit_codes(tmp_path):
+    ok = run_dox("defs", "validate", str(ROOT / "workflow_defs"))
+    assert ok.returncode == 0, ok.stderr
+    assert "process_document_upload" in ok.stdout
+    bad = write(tmp_path, GOOD.replace("task: dox.validate", "task: nope"))
+    res = run_dox("defs", "validate", str(bad))
+    assert res.returncode == 1
+    assert f"{bad}:5:" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_defs_show_prints_the_chain():
+    res = run_dox("defs", "show", "process_document_upload")
+    assert res.returncode == 0, res.stderr
+    assert "dox.validate" in res.stdout and "queue=scan" in res.stdout
+
+
+def test_worker_refuses_to_start_on_an_invalid_definition(tmp_path):
+    bad = tmp_path / "defs"
+    bad.mkdir()
+    write(bad, GOOD.replace("task: dox.validate", "task: nope"))
+    res = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "dox_tasks", "worker", "-P", "solo"],
+        capture_output=True, text=True, timeout=60,
+        env={**__import__("os").environ, "DOX_DEFS_DIR": str(bad),
+             "DOX_BROKER_URL": "redis://127.0.0.1:1/0"},
+    )
+    assert res.returncode != 0
+    assert "refused to start" in res.stderr and "unknown task 'nope'" in res.stderr
+
+
+def test_scan_worker_refuses_to_start_without_clamd(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "dox_tasks", "worker", "-P", "solo", "-Q", "scan"],
+        capture_output=True, text=True, timeout=60,
+        env={**__import__("os").environ, "DOX_BROKER_URL": "redis://127.0.0.1:1/0",
+             "DOX_HOME": str(tmp_path), "CLAMAV_ENABLED": "true"},
+    )
+    assert res.returncode != 0
+    assert "DOX_CLAMD_URL" in res.stderr

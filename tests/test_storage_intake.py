@@ -1,0 +1,96 @@
+"""Content-addressed storage and intake path confinement (pure filesystem, no servers)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+
+from dox_tasks.errors import IntegrityFault, SubmissionError
+from dox_tasks.intake import confine
+from dox_tasks.storage import ContentStore, storage_key
+
+
+def test_stage_and_promote_are_content_addressed_and_idempotent(tmp_path):
+    store = ContentStore(tmp_path)
+    data = b"%PDF-1.4 hello"
+    sha = hashlib.sha256(data).hexdigest()
+    staged = store.stage(io.BytesIO(data), max_bytes=1000)
+    assert (staged.sha256, staged.size, staged.over_limit) == (sha, len(data), False)
+    assert store.stage(io.BytesIO(data), max_bytes=1000) == staged
+    assert not os.access(store.staged_path(sha), os.W_OK) or os.geteuid() == 0
+    key = store.promote(sha)
+    assert key == storage_key(sha) == f"sha256/{sha[:2]}/{sha[2:4]}/{sha}"
+    assert store.promote(sha) == key
+    assert list(store.iter_objects()) == [sha]
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_over_limit_input_is_not_staged(tmp_path):
+    store = ContentStore(tmp_path)
+    staged = store.stage(io.BytesIO(b"x" * 5000), max_bytes=1000)
+    assert staged.over_limit and staged.sha256 is None
+    assert list(store.staging.rglob("*.*")) == [] and list(store.tmp.iterdir()) == []
+
+
+def test_promote_refuses_bytes_that_changed(tmp_path):
+    store = ContentStore(tmp_path)
+    staged = store.stage(io.BytesIO(b"original"), max_bytes=100)
+    path = store.staged_path(staged.sha256)
+    path.chmod(0o644)
+    path.write_bytes(b"tampered")
+    with pytest.raises(IntegrityFault, match="changed on disk"):
+        store.promote(staged.sha256)
+    assert list(store.iter_objects()) == []
+
+
+def test_quarantine_moves_the_document_out(tmp_path):
+    store = ContentStore(tmp_path)
+    staged = store.stage(io.BytesIO(b"evil"), max_bytes=100)
+    target = store.quarantine(staged.sha256)
+    assert target.read_bytes() == b"evil"
+    assert not store.staged_path(staged.sha256).exists()
+    assert store.quarantine(staged.sha256) == target  # idempotent
+
+
+def test_keys_only_accept_real_digests(tmp_path):
+    with pytest.raises(ValueError):
+        ContentStore(tmp_path).staged_path("../../etc/passwd")
+
+
+@pytest.fixture
+def inbox(tmp_path):
+    root = tmp_path / "inbox"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "ok.pdf").write_bytes(b"%PDF")
+    (tmp_path / "secret.txt").write_text("no")
+    (root / "link-out.pdf").symlink_to(tmp_path / "secret.txt")
+    (root / "link-in.pdf").symlink_to(root / "sub" / "ok.pdf")
+    return root
+
+
+def test_paths_inside_the_inbox_are_accepted(inbox):
+    assert confine("sub/ok.pdf", inbox, required=True) == (inbox / "sub" / "ok.pdf").resolve()
+    assert confine(inbox / "link-in.pdf", inbox, required=True).name == "ok.pdf"
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("../secret.txt", "'..' is not allowed"),
+        ("sub/../../secret.txt", "'..' is not allowed"),
+        ("link-out.pdf", "symlink that leads outside the inbox"),
+        ("/etc/hostname", "lies outside the inbox"),
+        ("missing.pdf", "no such file"),
+    ],
+)
+def test_paths_outside_the_inbox_are_refused_clearly(inbox, path, words):
+    with pytest.raises(SubmissionError, match=words):
+        confine(path, inbox, required=True)
+
+
+def test_service_paths_need_an_inbox():
+    with pytest.raises(SubmissionError, match="DOX_INBOX_ROOT"):
+        confine("/etc/hostname", None, required=True)
