@@ -32,7 +32,9 @@ def step_signatures(
             continue
         info = resolve(step.task)
         assert info is not None  # checked when the definition was loaded
-        hard = step.timeout or default_timeout
+        # WORKFLOW_TIMEOUT caps every step: a definition may only lower it, so the
+        # start-up check against the visibility timeout covers every step.
+        hard = min(step.timeout or default_timeout, default_timeout)
         sigs.append(
             app.signature(
                 info.name,
