@@ -63,8 +63,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost several Redis writes per task; Flower switches them on at
+        # run time (enable_events), so they are off unless someone is watching.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
     }
 
 

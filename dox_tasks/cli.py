@@ -264,7 +264,8 @@ def defs_tasks() -> None:
         click.echo(f"{info.name:<14} queue={info.queue:<12} {info.summary}")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+             add_help_option=False)
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Start a Celery worker (extra arguments go to `celery worker`, e.g. -Q scan -c 4)."""

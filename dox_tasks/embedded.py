@@ -47,17 +47,20 @@ def wait_for(
     deadline = time.monotonic() + timeout
     done: dict[str, dict[str, Any]] = {}
     pending = list(dict.fromkeys(workflow_ids))
+    interval = POLL_S
     while pending and time.monotonic() < deadline:
-        rows = state.get_workflows(pending)
-        finished = [i for i, r in rows.items() if r["current_state"] not in LIVE_STATES]
-        for i in finished:
-            done[i] = rows[i]
+        states = state.status_of(pending)
+        finished = [i for i, st in states.items() if st not in LIVE_STATES]
         if finished:
+            done.update(state.get_workflows(finished))
             pending = [i for i in pending if i not in done]
             if on_progress:
                 on_progress(len(finished))
+            interval = POLL_S
+        else:  # back off while nothing happens, so polling never competes with the work
+            interval = min(interval * 1.5, 0.5)
         if pending:
-            time.sleep(POLL_S)
+            time.sleep(interval)
     if pending:
         done.update(state.get_workflows(pending))
     return done

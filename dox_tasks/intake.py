@@ -103,7 +103,7 @@ def submit(
         metadata=metadata, idempotency_key=idempotency_key, over_limit=staged.over_limit,
     )
     if created:
-        send(rt, definition.name, workflow_id)
+        send(rt, definition.name, workflow_id, definition=definition)
     return workflow_id
 
 
@@ -118,12 +118,13 @@ def _save_snapshot(rt: Runtime, definition: Any) -> None:
         _saved.add(key)
 
 
-def send(rt: Runtime, name: str, workflow_id: str, start_at: str | None = None) -> None:
+def send(rt: Runtime, name: str, workflow_id: str, start_at: str | None = None,
+         definition: Any = None) -> None:
     """Publish the workflow's chain (from ``start_at``, default the first step)."""
     from .app import app
 
-    wf = rt.state.get_workflow(workflow_id)
-    definition = rt.snapshot(wf["definition_hash"])
+    if definition is None:
+        definition = rt.snapshot(rt.state.get_workflow(workflow_id)["definition_hash"])
     canvas = build_chain(app, definition, workflow_id, rt.settings.workflow_timeout, start_at)
     try:
         canvas.apply_async()

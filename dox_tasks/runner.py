@@ -100,7 +100,8 @@ def _run(
             slog.warning("ignored delivery: %s", start.why)
         return {"skipped": start.why}
 
-    ctx = StepContext(rt.state.get_workflow(workflow_id), step.params, rt, start.attempt)
+    assert start.workflow is not None
+    ctx = StepContext(start.workflow, step.params, rt, start.attempt)
     try:
         outcome = fn(ctx)
     except StateStoreUnavailable:
@@ -121,14 +122,16 @@ def _run(
     if outcome.end is not None:
         state = StepState.REJECTED if outcome.end is WorkflowState.REJECTED else StepState.SUCCESS
         if rt.state.finish_step(workflow_id, step.name, start.attempt, state,
-                                output=outcome.output, next_step=None):
+                                output=outcome.output, next_step=None,
+                                started_at=start.started_at):
             conclude(rt, workflow_id, outcome.end, reason=outcome.reason, detail=outcome.detail,
                      duplicate_of=outcome.duplicate_of, quarantine=outcome.quarantine)
         stop_chain(task)
         return {"workflow_id": workflow_id, "step": step.name, "end": outcome.end.value}
 
     if not rt.state.finish_step(workflow_id, step.name, start.attempt, StepState.SUCCESS,
-                                output=outcome.output, next_step=next_step):
+                                output=outcome.output, next_step=next_step,
+                                started_at=start.started_at):
         slog.warning("another delivery of this step finished first; not continuing")
         stop_chain(task)
         return {"superseded": True}

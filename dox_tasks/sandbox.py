@@ -38,6 +38,13 @@ class LimitExceeded(Exception):
         super().__init__(what)
 
 
+def _address_space() -> int:
+    """Virtual memory this process already maps, in bytes (Linux /proc)."""
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[0])
+    return pages * resource.getpagesize()
+
+
 def run_limited(fn: Callable[..., dict[str, Any]], *args: Any, limits: Limits) -> dict[str, Any]:
     """Call ``fn(*args)`` in a child process; return its JSON-able dict result.
 
@@ -51,7 +58,8 @@ def run_limited(fn: Callable[..., dict[str, Any]], *args: Any, limits: Limits) -
         try:
             os.close(read_fd)
             resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-            mem = limits.memory_mib * 1024 * 1024
+            # The child inherits the worker's address space: allow that plus the budget.
+            mem = _address_space() + limits.memory_mib * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
             try:
                 payload: dict[str, Any] = {"ok": fn(*args)}

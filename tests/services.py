@@ -89,6 +89,7 @@ class Clamd:
         self.port = free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_conf: list[str] = []  # e.g. raised limits for a benchmark
 
     def start(self) -> None:
         binary = shutil.which("clamd") or ("/usr/sbin/clamd" if Path("/usr/sbin/clamd").exists()
@@ -100,11 +101,14 @@ class Clamd:
         conf = []
         for line in (ROOT / "deploy" / "clamd.conf").read_text().splitlines():
             key = line.split(" ", 1)[0]
-            if key in ("TCPSocket", "TCPAddr", "DatabaseDirectory", "LogFile", "User"):
+            overridden = {c.split(" ", 1)[0] for c in self.extra_conf}
+            if key in ("TCPSocket", "TCPAddr", "DatabaseDirectory", "LogFile", "User") or (
+                    key in overridden):
                 continue
             conf.append(line)
         conf += [f"TCPSocket {self.port}", "TCPAddr 127.0.0.1", f"DatabaseDirectory {db}",
-                 f"LogFile {self.workdir / 'clamd.log'}", f"PidFile {self.workdir / 'clamd.pid'}"]
+                 f"LogFile {self.workdir / 'clamd.log'}", f"PidFile {self.workdir / 'clamd.pid'}",
+                 *self.extra_conf]
         if os.geteuid() == 0:
             conf.append("User root")
         (self.workdir / "clamd.conf").write_text("\n".join(conf) + "\n")

@@ -83,7 +83,7 @@ def test_worker_sigkilled_with_200_in_flight(stack, harness_factory, tmp_path):
     def start_worker(name: str) -> subprocess.Popen[bytes]:
         log = (tmp_path / f"{name}.log").open("wb")
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "dox_tasks", "worker", "-P", "prefork",
+            [sys.executable, "-m", "dox_tasks.cli", "worker", "-P", "prefork",
              "-c", "2", "-n", f"{name}@%h", "--loglevel=WARNING", "--without-mingle",
              "--without-gossip"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -25,8 +25,9 @@ def make_engine(url: str, pool_size: int = 2) -> Engine:
 
     SQLite: WAL, a 30 s busy timeout and ``BEGIN IMMEDIATE`` so that the embedded
     worker thread and the submitting thread never see "database is locked".
-    PostgreSQL: a small pool per process (see docs/OPERATIONS.md for the budget)
-    with pre-ping, so a connection cut by a restart is replaced instead of failing a step.
+    PostgreSQL: a small pool per process (see docs/OPERATIONS.md for the budget).
+    No pre-ping (it costs a round trip per transaction): a connection broken by a
+    restart fails one step attempt, which is retried; the pool replaces the connection.
     """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -53,7 +54,6 @@ def make_engine(url: str, pool_size: int = 2) -> Engine:
         normalize_url(url),
         pool_size=pool_size,
         max_overflow=0,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5} if url.startswith("postgres") else {},
     )

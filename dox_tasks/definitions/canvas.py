@@ -40,7 +40,7 @@ def step_signatures(
                 info.name,
                 args=(workflow_id, step.name, definition.digest),
                 immutable=True,
-                queue=info.queue,
+                queue=step.queue or info.queue,
                 time_limit=hard,
                 soft_time_limit=soft_limit(hard),
             )

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..contract import OnFailure
+from ..contract import QUEUES, OnFailure
 
 
 class Strict(BaseModel):
@@ -53,6 +53,14 @@ class Step(Strict):
     timeout: int | None = Field(None, gt=1, le=3600, description="hard time limit, seconds")
     on_success: str | None = None
     on_failure: str = OnFailure.ESCALATE.value
+    queue: str | None = Field(None, description="route to another step kind's queue")
+
+    @field_validator("queue")
+    @classmethod
+    def _known_queue(cls, v: str | None) -> str | None:
+        if v is not None and v not in QUEUES:
+            raise ValueError(f"unknown queue {v!r}: use one of {', '.join(QUEUES)}")
+        return v
 
     @field_validator("on_failure")
     @classmethod

@@ -10,6 +10,7 @@ repairs truncated and damaged files, which is the opposite of validation.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from pypdf import PasswordType, PdfReader
@@ -19,8 +20,12 @@ from pypdf.generic import DictionaryObject, IndirectObject, NameObject, StreamOb
 #: Names whose presence means the document can run code when opened.
 _SCRIPT_KEYS = frozenset({"/JS", "/JavaScript"})
 _SCRIPT_ACTIONS = frozenset({"/JavaScript", "/Launch"})
-#: Decoded bytes of all streams together above which a document is "too complex".
+#: Decoded bytes of all streams together above which a document is "too complex":
+#: at least this much, or BOMB_RATIO times the file's size for large files.
 MAX_DECODED_BYTES = 256 * 1024 * 1024
+BOMB_RATIO = 20
+#: Empty pypdf's object cache after reading this many bytes (bounded memory on big files).
+CACHE_CLEAR_BYTES = 16 * 1024 * 1024
 _EOF_RE = re.compile(rb"%%EOF\s*$")
 
 
@@ -49,10 +54,9 @@ def inspect_pdf(path: str) -> dict[str, Any]:
                     return _verdict("encrypted", "a password is needed to open this PDF")
                 flags.append("owner_password")  # opens without a password; restrictions only
             pages = len(reader.pages)
-            script = _find_script(reader)
+            script = _scan_objects(reader, size)
             if script:
                 return _verdict("javascript", script, pages=pages)
-            _decode_streams(reader)
         except LimitReachedError as exc:
             return _verdict("too_complex", f"parser limit reached: {exc}")
         except RecursionError:
@@ -65,28 +69,40 @@ def inspect_pdf(path: str) -> dict[str, Any]:
     return {"reason": None, "pages": pages, "flags": flags}
 
 
-def _objects(reader: PdfReader) -> list[Any]:
-    """Every object in the file, including those packed in compressed object streams."""
-    out = []
-    seen: set[int] = set()
-    for generation, ids in reader.xref.items():
-        for idnum in ids:
-            seen.add(idnum)
-            out.append(reader.get_object(IndirectObject(idnum, generation, reader)))
-    for idnum in getattr(reader, "xref_objStm", {}):
-        if idnum not in seen:
-            out.append(reader.get_object(IndirectObject(idnum, 0, reader)))
-    out.append(reader.trailer)
-    return out
+def _iter_objects(reader: PdfReader) -> Iterator[Any]:
+    """Every object in the file, including those packed in compressed object streams.
 
-
-def _find_script(reader: PdfReader) -> str | None:
-    """Describe the first JavaScript or launch action, or None.
-
-    pypdf decodes name escapes, so ``/J#61vaScript`` arrives as ``/JavaScript``;
-    only dictionary keys and action types count, never text that mentions them.
+    pypdf caches each object it resolves; on a large file that cache would hold the
+    whole document, so it is emptied as we go and memory stays bounded.
     """
-    for obj in _objects(reader):
+    seen: set[int] = set()
+    since_clear = 0
+    refs = [(g, i) for g, ids in reader.xref.items() for i in ids]
+    refs += [(0, i) for i in getattr(reader, "xref_objStm", {})]
+    for generation, idnum in refs:
+        if idnum in seen:
+            continue
+        seen.add(idnum)
+        obj = reader.get_object(IndirectObject(idnum, generation, reader))
+        yield obj
+        since_clear += len(getattr(obj, "_data", b"") or b"") + 512
+        if since_clear > CACHE_CLEAR_BYTES:
+            reader.resolved_objects.clear()
+            since_clear = 0
+    yield reader.trailer
+
+
+def _scan_objects(reader: PdfReader, file_size: int) -> str | None:
+    """One pass over all objects: report JavaScript/launch actions, inflate every stream.
+
+    pypdf decodes name escapes, so ``/J#61vaScript`` arrives as ``/JavaScript``; only
+    dictionary keys and action types count, never text that mentions them. Inflating
+    each stream once makes compression bombs show up here (pypdf's own limits, plus a
+    budget on the total relative to the file size) and not in a later step.
+    """
+    budget = max(MAX_DECODED_BYTES, BOMB_RATIO * file_size)
+    decoded = 0
+    for obj in _iter_objects(reader):
         if not isinstance(obj, DictionaryObject):
             continue
         for key in obj:
@@ -95,19 +111,14 @@ def _find_script(reader: PdfReader) -> str | None:
         action = obj.get("/S")
         if isinstance(action, NameObject) and action in _SCRIPT_ACTIONS:
             return f"the PDF carries a {action[1:]} action"
-    return None
-
-
-def _decode_streams(reader: PdfReader) -> None:
-    """Inflate every stream once, so compression bombs show up here and not later."""
-    total = 0
-    for obj in _objects(reader):
         if isinstance(obj, StreamObject):
-            total += len(obj.get_data())
-            if total > MAX_DECODED_BYTES:
+            decoded += len(obj.get_data())
+            if decoded > budget:
                 raise LimitReachedError(
-                    f"streams inflate past {MAX_DECODED_BYTES // (1024 * 1024)} MiB"
+                    f"streams inflate past {budget // (1024 * 1024)} MiB"
+                    f" ({BOMB_RATIO}x the file, at least {MAX_DECODED_BYTES // 1048576} MiB)"
                 )
+    return None
 
 
 def extract_text(path: str, max_pages: int) -> dict[str, Any]:
