@@ -41,9 +41,17 @@ def note(text: str) -> None:
 
 
 # -- process helpers ------------------------------------------------------------------
-def spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, env=env, cwd=cwd, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+def spawn(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        args,
+        env=env,
+        cwd=cwd,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -90,16 +98,33 @@ def bench_bare(n: int, workdir: Path) -> float:
     os.environ.update(BENCH_REDIS_URL=REDIS_URL, BENCH_PREFIX=prefix)
     import bare_celery
 
-    worker = spawn([sys.executable, "-m", "celery", "-A", "bare_celery", "worker", "-P", "prefork",
-                    "-c", str(CORES), "--loglevel=WARNING"], env, workdir / "bare.log",
-                   cwd=ROOT / "bench")
+    worker = spawn(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bare_celery",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(CORES),
+            "--loglevel=WARNING",
+        ],
+        env,
+        workdir / "bare.log",
+        cwd=ROOT / "bench",
+    )
     try:
         step = bare_celery.step
 
         def run(count: int) -> float:
             t0 = time.perf_counter()
-            results = [chain(step.s(i), step.s(), step.s(), step.s(), step.s()).apply_async()
-                       for i in range(count)]
+            results = [
+                chain(step.s(i), step.s(), step.s(), step.s(), step.s()).apply_async()
+                for i in range(count)
+            ]
             for r in results:
                 r.get(timeout=300)
             return time.perf_counter() - t0
@@ -129,12 +154,19 @@ class Dox:
             shutil.copytree(ROOT / "workflow_defs", defs)
             shutil.copy(ROOT / "bench" / "defs" / "bench_noop.yaml", defs)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DOX_")}
-        self.env.update({
-            "DOX_BROKER_URL": REDIS_URL, "DOX_DATABASE_URL": self.db_url,
-            "DOX_CLAMD_URL": clamd_url, "DOX_HOME": str(workdir / "home"),
-            "DOX_NAMESPACE": ns, "DOX_BROKER_KEY_PREFIX": f"{ns}-broker:",
-            "DOX_DEFS_DIR": str(defs), "RATE_LIMIT_PER_USER_PER_DAY": "0", **extra_env,
-        })
+        self.env.update(
+            {
+                "DOX_BROKER_URL": REDIS_URL,
+                "DOX_DATABASE_URL": self.db_url,
+                "DOX_CLAMD_URL": clamd_url,
+                "DOX_HOME": str(workdir / "home"),
+                "DOX_NAMESPACE": ns,
+                "DOX_BROKER_KEY_PREFIX": f"{ns}-broker:",
+                "DOX_DEFS_DIR": str(defs),
+                "RATE_LIMIT_PER_USER_PER_DAY": "0",
+                **extra_env,
+            }
+        )
         os.environ.update(self.env)
         from dox_tasks.app import app
         from dox_tasks.celery_app import reconfigure
@@ -152,10 +184,24 @@ class Dox:
         scan_conc = self.env.get("SCAN_CONCURRENCY", "4")
         dox = [sys.executable, "-m", "dox_tasks.cli", "worker", "--loglevel=WARNING"]
         self.workers = [
-            spawn([*dox, "-Q", "validation,storage,recognition,events", "-c", conc, "-n",
-                   f"main-{uuid.uuid4().hex[:4]}@%h"], self.env, self.workdir / "main.log"),
-            spawn([*dox, "-Q", "scan", "-c", scan_conc, "-n", f"scan-{uuid.uuid4().hex[:4]}@%h"],
-                  self.env, self.workdir / "scan.log"),
+            spawn(
+                [
+                    *dox,
+                    "-Q",
+                    "validation,storage,recognition,events",
+                    "-c",
+                    conc,
+                    "-n",
+                    f"main-{uuid.uuid4().hex[:4]}@%h",
+                ],
+                self.env,
+                self.workdir / "main.log",
+            ),
+            spawn(
+                [*dox, "-Q", "scan", "-c", scan_conc, "-n", f"scan-{uuid.uuid4().hex[:4]}@%h"],
+                self.env,
+                self.workdir / "scan.log",
+            ),
         ]
 
     def stop_workers(self) -> None:
@@ -176,14 +222,22 @@ class Dox:
         from sqlalchemy import bindparam, text
 
         assert len(rows) == len(ids) and all(r["current_state"] == want for r in rows.values()), {
-            r["current_state"] for r in rows.values()}
+            r["current_state"] for r in rows.values()
+        }
         with self.rt.state.engine.connect() as c:
-            steps = c.execute(text("select count(*) from workflow_step_results where state='success'"
-                                   " and workflow_id in :ids").bindparams(
-                bindparam("ids", expanding=True)), {"ids": ids}).scalar()
-            events = c.execute(text("select count(*) from workflow_events where type = :t"
-                                    " and workflow_id in :ids").bindparams(
-                bindparam("ids", expanding=True)), {"ids": ids, "t": f"workflow.{want}"}).scalar()
+            steps = c.execute(
+                text(
+                    "select count(*) from workflow_step_results where state='success'"
+                    " and workflow_id in :ids"
+                ).bindparams(bindparam("ids", expanding=True)),
+                {"ids": ids},
+            ).scalar()
+            events = c.execute(
+                text(
+                    "select count(*) from workflow_events where type = :t and workflow_id in :ids"
+                ).bindparams(bindparam("ids", expanding=True)),
+                {"ids": ids, "t": f"workflow.{want}"},
+            ).scalar()
         assert steps == 5 * len(ids), f"{steps} step rows for {len(ids)} workflows"
         assert events == len(ids), f"{events} completion events for {len(ids)} workflows"
 
@@ -258,8 +312,10 @@ def bench_latency(dox: Dox, rate: float, seconds: float) -> list[float]:
         ids.append(dox.submit(pdfs.unique(10**6 + i)))
     rows = dox.wait(ids)
     dox.check(ids, rows, "success")
-    return sorted((_aware(r["finished_at"]) - _aware(r["created_at"])).total_seconds() * 1000
-                  for r in rows.values())
+    return sorted(
+        (_aware(r["finished_at"]) - _aware(r["created_at"])).total_seconds() * 1000
+        for r in rows.values()
+    )
 
 
 def make_big_pdf(path: Path, size_mib: int) -> None:
@@ -281,8 +337,11 @@ def make_big_pdf(path: Path, size_mib: int) -> None:
         obj(2, b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % pages)
         obj(3, b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
         for i in range(pages):
-            obj(4 + 2 * i, b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents"
-                b" %d 0 R /Resources << /Font << /F1 3 0 R >> >> >>" % (5 + 2 * i))
+            obj(
+                4 + 2 * i,
+                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents"
+                b" %d 0 R /Resources << /Font << /F1 3 0 R >> >> >>" % (5 + 2 * i),
+            )
             data = content_stream([f"Page {i + 1} of a large document"]) + b"\n" + filler
             obj(5 + 2 * i, b"<< /Length %d >>\nstream\n" % len(data) + data + b"\nendstream")
         xref = out.tell()
@@ -290,15 +349,23 @@ def make_big_pdf(path: Path, size_mib: int) -> None:
         out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(offsets) + 1))
         for _, off in offsets:
             out.write(b"%010d 00000 n \n" % off)
-        out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n"
-                  % (len(offsets) + 1, xref))
+        out.write(
+            b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n"
+            % (len(offsets) + 1, xref)
+        )
 
 
 def bench_big_file(workdir: Path, clamd_url: str, size_mib: int) -> tuple[float, str, float]:
     big = workdir / "big.pdf"
     make_big_pdf(big, size_mib)
-    dox = Dox(workdir, clamd_url, MAX_FILE_SIZE_MB=str(size_mib + 64), WORKFLOW_TIMEOUT="900",
-              DOX_PARSER_CPU_S="600", DOX_VISIBILITY_TIMEOUT="3600")
+    dox = Dox(
+        workdir,
+        clamd_url,
+        MAX_FILE_SIZE_MB=str(size_mib + 64),
+        WORKFLOW_TIMEOUT="900",
+        DOX_PARSER_CPU_S="600",
+        DOX_VISIBILITY_TIMEOUT="3600",
+    )
     try:
         dox.start_workers()
         time.sleep(5)  # let the pools settle before the baseline sample
@@ -343,9 +410,11 @@ def main() -> None:
         import services
 
         clamd = services.Clamd(workdir / "clamd")
-        clamd.extra_conf = [f"StreamMaxLength {args.big_mib + 64}M",
-                            f"MaxFileSize {args.big_mib + 64}M",
-                            f"MaxScanSize {args.big_mib + 64}M"]
+        clamd.extra_conf = [
+            f"StreamMaxLength {args.big_mib + 64}M",
+            f"MaxFileSize {args.big_mib + 64}M",
+            f"MaxScanSize {args.big_mib + 64}M",
+        ]
         clamd.start()
         clamd_url = clamd.url
     say("machine", f"{CORES} cores, Python {sys.version.split()[0]}")
@@ -376,8 +445,12 @@ def main() -> None:
             growth, outcome, elapsed = bench_big_file(workdir, clamd_url, args.big_mib)
             say("big_file_outcome", outcome)
             say("big_file_seconds", f"{elapsed:.1f}")
-            say(f"rss_growth_mib_{args.big_mib // 1024}gib_file" if args.big_mib >= 1024
-                else f"rss_growth_mib_{args.big_mib}mib_file", f"{growth:.0f}")
+            say(
+                f"rss_growth_mib_{args.big_mib // 1024}gib_file"
+                if args.big_mib >= 1024
+                else f"rss_growth_mib_{args.big_mib}mib_file",
+                f"{growth:.0f}",
+            )
     finally:
         if clamd:
             clamd.stop()

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,9 @@ def _collect(paths: tuple[str, ...]) -> list[Path]:
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            files.extend(sorted(f for f in path.rglob("*") if f.is_file()
-                                and not f.name.startswith(".")))
+            files.extend(
+                sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+            )
         elif path.exists():
             files.append(path)
         else:
@@ -82,9 +82,13 @@ def _print_table(results: list[dict[str, Any]]) -> None:
     for r in results:
         status = r["status"]
         table.add_row(
-            Path(r["file"] or "").name, f"[{colours.get(status, 'white')}]{status}[/]",
-            r.get("reason") or "", r.get("template") or "", _key_fields(r.get("fields") or {}),
-            str(r.get("pages") or ""), str(r.get("duration_ms") or ""),
+            Path(r["file"] or "").name,
+            f"[{colours.get(status, 'white')}]{status}[/]",
+            r.get("reason") or "",
+            r.get("template") or "",
+            _key_fields(r.get("fields") or {}),
+            str(r.get("pages") or ""),
+            str(r.get("duration_ms") or ""),
         )
     out.print(table)
 
@@ -101,25 +105,32 @@ def _summary(results: list[dict[str, Any]], scanner_note: str | None) -> None:
 @click.option("--verbose", "-v", is_flag=True, help="log what workers do")
 def cli(verbose: bool) -> None:
     """DOX: validate, scan, store and recognize documents with Celery."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s %(message)s",
+    )
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--user", default="local", show_default=True, help="who submits (rate limits)")
 @click.option("--json", "as_json", is_flag=True, help="one result object per line")
-@click.option("--local-worker/--no-local-worker", default=None,
-              help="run a worker in this process (default: yes when embedded)")
+@click.option(
+    "--local-worker/--no-local-worker",
+    default=None,
+    help="run a worker in this process (default: yes when embedded)",
+)
 @click.option("--timeout", default=600.0, show_default=True, help="seconds to wait for results")
-def run(paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | None,
-        timeout: float) -> None:
+def run(
+    paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | None, timeout: float
+) -> None:
     """Process files or folders and print each document's result.
 
     Exit 0 when every document ended success, duplicate or rejected; 1 otherwise.
     """
     from .app import app
-    from .embedded import local_worker as start_local, wait_for
+    from .embedded import local_worker as start_local
+    from .embedded import wait_for
     from .intake import submit
 
     files = _collect(paths)
@@ -135,12 +146,17 @@ def run(paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | N
         for f in files:
             ids.append(submit(f, user=user, source="dox run"))
         show = len(files) > 5 and not as_json
-        with Progress(TextColumn("processing"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err, disable=not show,
-                      transient=True) as bar:
+        with Progress(
+            TextColumn("processing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not show,
+            transient=True,
+        ) as bar:
             task = bar.add_task("docs", total=len(ids))
-            rows = wait_for(rt.state, ids, timeout,
-                            on_progress=lambda n: bar.advance(task, n))
+            rows = wait_for(rt.state, ids, timeout, on_progress=lambda n: bar.advance(task, n))
         return [_result(rows[i], str(f)) for i, f in zip(ids, files, strict=True)]
 
     if use_local:
@@ -166,8 +182,15 @@ def run(paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | N
 @click.option("--wait", is_flag=True, help="wait for the results")
 @click.option("--timeout", default=600.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def submit_cmd(files: tuple[str, ...], user: str, source: str, idempotency_key: str | None,
-               wait: bool, timeout: float, as_json: bool) -> None:
+def submit_cmd(
+    files: tuple[str, ...],
+    user: str,
+    source: str,
+    idempotency_key: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Queue files for the workers (needs DOX_BROKER_URL); prints workflow ids."""
     from .embedded import wait_for
     from .intake import submit
@@ -208,8 +231,10 @@ def status(workflow_id: str, as_json: bool) -> None:
     if row.get("detail"):
         out.print(f"[bold]{'detail':>13}[/] {row['detail']}")
     for s in rt.state.step_rows(workflow_id):
-        out.print(f"  step {s['step']:<10} attempt {s['attempt']} {s['state']:<10}"
-                  f" {s['duration_ms'] or '':>6} ms {s['error'] or ''}")
+        out.print(
+            f"  step {s['step']:<10} attempt {s['attempt']} {s['state']:<10}"
+            f" {s['duration_ms'] or '':>6} ms {s['error'] or ''}"
+        )
 
 
 @cli.group()
@@ -251,8 +276,10 @@ def defs_show(name: str) -> None:
     click.echo(repr(canvas))
     for sig in getattr(canvas, "tasks", [canvas]):
         o = sig.options
-        click.echo(f"  {sig.task:<14} queue={o.get('queue'):<12} time_limit={o.get('time_limit')}"
-                   f" soft_time_limit={o.get('soft_time_limit')} args={list(sig.args)}")
+        click.echo(
+            f"  {sig.task:<14} queue={o.get('queue'):<12} time_limit={o.get('time_limit')}"
+            f" soft_time_limit={o.get('soft_time_limit')} args={list(sig.args)}"
+        )
 
 
 @defs.command("tasks")
@@ -264,8 +291,10 @@ def defs_tasks() -> None:
         click.echo(f"{info.name:<14} queue={info.queue:<12} {info.summary}")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-             add_help_option=False)
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Start a Celery worker (extra arguments go to `celery worker`, e.g. -Q scan -c 4)."""
@@ -310,8 +339,9 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - no traceback for users
         if os.environ.get("DOX_DEBUG"):
             raise
-        click.echo(f"dox: internal error: {type(exc).__name__}: {exc} (DOX_DEBUG=1 shows more)",
-                   err=True)
+        click.echo(
+            f"dox: internal error: {type(exc).__name__}: {exc} (DOX_DEBUG=1 shows more)", err=True
+        )
         sys.exit(70)
 
 

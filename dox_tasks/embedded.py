@@ -40,7 +40,9 @@ def local_worker(app: Celery, loglevel: str = "WARNING") -> Iterator[Any]:
 
 
 def wait_for(
-    state: StateStore, workflow_ids: list[str], timeout: float,
+    state: StateStore,
+    workflow_ids: list[str],
+    timeout: float,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Poll the results layer (the truth, not Celery's results) until all ids end or time runs out."""

@@ -52,8 +52,12 @@ class RedisFanout:
         data = json.dumps(event, sort_keys=True, default=str)
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.xadd(self.stream, {"id": event["id"], "type": event["type"], "data": data},
-                      maxlen=STREAM_MAXLEN, approximate=True)
+            pipe.xadd(
+                self.stream,
+                {"id": event["id"], "type": event["type"], "data": data},
+                maxlen=STREAM_MAXLEN,
+                approximate=True,
+            )
             pipe.publish(self.channel_prefix + channel_suffix, data)
             pipe.execute()
         except redis.RedisError as exc:
@@ -93,8 +97,12 @@ class EventBus:
         self.execution_log = ExecutionLog(log_folder)
 
     def emit(
-        self, type_: str, workflow_id: str | None, payload: dict[str, Any],
-        channel_suffix: str, event_id: str | None = None,
+        self,
+        type_: str,
+        workflow_id: str | None,
+        payload: dict[str, Any],
+        channel_suffix: str,
+        event_id: str | None = None,
     ) -> str:
         """Record, then fan out one event; returns its id. Safe to call twice.
 
@@ -105,8 +113,13 @@ class EventBus:
         event_id = event_id or f"{workflow_id}:{type_}"
         created = datetime.now(UTC).isoformat()
         self.state.insert_event(event_id, workflow_id, type_, payload)
-        event = {"id": event_id, "type": type_, "workflow_id": workflow_id,
-                 "created_at": created, "payload": payload}
+        event = {
+            "id": event_id,
+            "type": type_,
+            "workflow_id": workflow_id,
+            "created_at": created,
+            "payload": payload,
+        }
         try:
             self.fanout.send(event, channel_suffix)
         except TransientError as exc:

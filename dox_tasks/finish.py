@@ -20,8 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def build_result(
-    wf: dict[str, Any], outputs: dict[str, dict[str, Any]], *, status: str | None = None,
-    reason: str | None = None, duplicate_of: str | None = None,
+    wf: dict[str, Any],
+    outputs: dict[str, dict[str, Any]],
+    *,
+    status: str | None = None,
+    reason: str | None = None,
+    duplicate_of: str | None = None,
 ) -> DocumentResult:
     """The per-document result (contract) from the workflow row and its step outputs."""
     merged: dict[str, Any] = {}
@@ -70,17 +74,32 @@ def conclude(
     if quarantine and wf.get("sha256"):
         rt.storage.quarantine(wf["sha256"])
     reason_value = reason.value if reason else None
-    result = build_result(wf, rt.state.step_outputs(workflow_id), status=state.value,
-                          reason=reason_value, duplicate_of=duplicate_of).to_dict()
+    result = build_result(
+        wf,
+        rt.state.step_outputs(workflow_id),
+        status=state.value,
+        reason=reason_value,
+        duplicate_of=duplicate_of,
+    ).to_dict()
     if quarantine:
         result["quarantined"] = True
     payload = {**result, "detail": detail, "rule_name": wf["rule_name"]}
     if escalate:
         rt.events.emit("workflow.escalated", workflow_id, payload, "escalated")
     rt.events.emit(f"workflow.{state.value}", workflow_id, payload, state.value)
-    won = rt.state.finish_workflow(workflow_id, state, reason=reason_value, detail=detail,
-                                   duplicate_of=duplicate_of, result=result)
+    won = rt.state.finish_workflow(
+        workflow_id,
+        state,
+        reason=reason_value,
+        detail=detail,
+        duplicate_of=duplicate_of,
+        result=result,
+    )
     if won:
-        log.info("workflow %s ended %s%s", workflow_id, state.value,
-                 f" ({reason_value}: {detail})" if reason_value else "")
+        log.info(
+            "workflow %s ended %s%s",
+            workflow_id,
+            state.value,
+            f" ({reason_value}: {detail})" if reason_value else "",
+        )
     return won

@@ -97,10 +97,18 @@ def submit(
     _save_snapshot(rt, definition)
     first = definition.ordered_steps()[0].name
     workflow_id, created = rt.state.create_workflow(
-        rule_name=definition.name, definition_hash=definition.digest,
-        definition_version=definition.model.version, first_step=first, user=user,
-        source=source, file_name=file_name, sha256=staged.sha256, size=staged.size,
-        metadata=metadata, idempotency_key=idempotency_key, over_limit=staged.over_limit,
+        rule_name=definition.name,
+        definition_hash=definition.digest,
+        definition_version=definition.model.version,
+        first_step=first,
+        user=user,
+        source=source,
+        file_name=file_name,
+        sha256=staged.sha256,
+        size=staged.size,
+        metadata=metadata,
+        idempotency_key=idempotency_key,
+        over_limit=staged.over_limit,
     )
     if created:
         send(rt, definition.name, workflow_id, definition=definition)
@@ -113,13 +121,15 @@ _saved: set[str] = set()
 def _save_snapshot(rt: Runtime, definition: Any) -> None:
     key = f"{rt.settings.db_url}|{definition.digest}"
     if key not in _saved:
-        rt.state.save_definition(definition.digest, definition.name, definition.model.version,
-                                 definition.body())
+        rt.state.save_definition(
+            definition.digest, definition.name, definition.model.version, definition.body()
+        )
         _saved.add(key)
 
 
-def send(rt: Runtime, name: str, workflow_id: str, start_at: str | None = None,
-         definition: Any = None) -> None:
+def send(
+    rt: Runtime, name: str, workflow_id: str, start_at: str | None = None, definition: Any = None
+) -> None:
     """Publish the workflow's chain (from ``start_at``, default the first step)."""
     from .app import app
 

@@ -40,7 +40,7 @@ DB_RETRY_DELAY_S = 5.0
 DB_MAX_RETRIES = 120
 
 
-class StepLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class StepLog(logging.LoggerAdapter):
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
         kwargs.setdefault("extra", {}).update(extra)
@@ -62,22 +62,36 @@ def retry_policy(rt: Runtime, step: Step) -> tuple[int, float, float]:
     return attempts, backoff, delay
 
 
-def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str) -> dict[str, Any]:
+def run_step(
+    task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str
+) -> dict[str, Any]:
     rt = runtime.get()
-    slog = StepLog(log, {"workflow_id": workflow_id, "step": step_name,
-                         "task_id": task.request.id})
+    slog = StepLog(log, {"workflow_id": workflow_id, "step": step_name, "task_id": task.request.id})
     try:
         definition = rt.snapshot(digest)
         step = definition.step(step_name)
     except KeyError:
-        slog.warning("ignored: no definition %s with step %r (forged or stale message)",
-                     digest[:12], step_name)
+        slog.warning(
+            "ignored: no definition %s with step %r (forged or stale message)",
+            digest[:12],
+            step_name,
+        )
         stop_chain(task)
         return {"skipped": "unknown definition or step"}
     attempts, backoff, delay = retry_policy(rt, step)
     try:
-        return _run(task, rt, fn, definition.next_of(step_name), step, workflow_id,
-                    attempts, backoff, delay, slog)
+        return _run(
+            task,
+            rt,
+            fn,
+            definition.next_of(step_name),
+            step,
+            workflow_id,
+            attempts,
+            backoff,
+            delay,
+            slog,
+        )
     except StateStoreUnavailable as exc:
         # The database is down: nothing can be recorded. Wait for it (not an attempt).
         slog.warning("results database unavailable, retrying in %.0fs: %s", DB_RETRY_DELAY_S, exc)
@@ -85,17 +99,31 @@ def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: s
 
 
 def _run(
-    task: Task, rt: Runtime, fn: StepFn, next_step: str | None, step: Step, workflow_id: str,
-    attempts: int, backoff: float, delay: float, slog: StepLog,
+    task: Task,
+    rt: Runtime,
+    fn: StepFn,
+    next_step: str | None,
+    step: Step,
+    workflow_id: str,
+    attempts: int,
+    backoff: float,
+    delay: float,
+    slog: StepLog,
 ) -> dict[str, Any]:
-    start = rt.state.begin_step(workflow_id, step.name, task.request.id, task.request.hostname,
-                                max_deliveries=attempts + 2)
+    start = rt.state.begin_step(
+        workflow_id, step.name, task.request.id, task.request.hostname, max_deliveries=attempts + 2
+    )
     if not start.run:
         stop_chain(task)
         if start.poison:
             slog.error("poison message: %s; failing the workflow", start.why)
-            conclude(rt, workflow_id, WorkflowState.FAILED, reason=Reason.POISON,
-                     detail=f"step {step.name} {start.why}")
+            conclude(
+                rt,
+                workflow_id,
+                WorkflowState.FAILED,
+                reason=Reason.POISON,
+                detail=f"step {step.name} {start.why}",
+            )
         else:
             slog.warning("ignored delivery: %s", start.why)
         return {"skipped": start.why}
@@ -107,31 +135,98 @@ def _run(
     except StateStoreUnavailable:
         raise
     except IntegrityFault as exc:
-        return _fault(task, rt, step, workflow_id, start.attempt, exc, Reason.INTERNAL_ERROR,
-                      retryable=False, attempts=attempts, backoff=backoff, delay=delay, slog=slog)
+        return _fault(
+            task,
+            rt,
+            step,
+            workflow_id,
+            start.attempt,
+            exc,
+            Reason.INTERNAL_ERROR,
+            retryable=False,
+            attempts=attempts,
+            backoff=backoff,
+            delay=delay,
+            slog=slog,
+        )
     except TransientError as exc:
-        return _fault(task, rt, step, workflow_id, start.attempt, exc, Reason(exc.reason),
-                      retryable=True, attempts=attempts, backoff=backoff, delay=delay, slog=slog)
+        return _fault(
+            task,
+            rt,
+            step,
+            workflow_id,
+            start.attempt,
+            exc,
+            Reason(exc.reason),
+            retryable=True,
+            attempts=attempts,
+            backoff=backoff,
+            delay=delay,
+            slog=slog,
+        )
     except SoftTimeLimitExceeded as exc:
-        return _fault(task, rt, step, workflow_id, start.attempt, exc, Reason.TIMEOUT,
-                      retryable=True, attempts=attempts, backoff=backoff, delay=delay, slog=slog)
+        return _fault(
+            task,
+            rt,
+            step,
+            workflow_id,
+            start.attempt,
+            exc,
+            Reason.TIMEOUT,
+            retryable=True,
+            attempts=attempts,
+            backoff=backoff,
+            delay=delay,
+            slog=slog,
+        )
     except Exception as exc:  # noqa: BLE001 - a bug must end in a recorded state, not a crash
-        return _fault(task, rt, step, workflow_id, start.attempt, exc, Reason.INTERNAL_ERROR,
-                      retryable=True, attempts=attempts, backoff=backoff, delay=delay, slog=slog)
+        return _fault(
+            task,
+            rt,
+            step,
+            workflow_id,
+            start.attempt,
+            exc,
+            Reason.INTERNAL_ERROR,
+            retryable=True,
+            attempts=attempts,
+            backoff=backoff,
+            delay=delay,
+            slog=slog,
+        )
 
     if outcome.end is not None:
         state = StepState.REJECTED if outcome.end is WorkflowState.REJECTED else StepState.SUCCESS
-        if rt.state.finish_step(workflow_id, step.name, start.attempt, state,
-                                output=outcome.output, next_step=None,
-                                started_at=start.started_at):
-            conclude(rt, workflow_id, outcome.end, reason=outcome.reason, detail=outcome.detail,
-                     duplicate_of=outcome.duplicate_of, quarantine=outcome.quarantine)
+        if rt.state.finish_step(
+            workflow_id,
+            step.name,
+            start.attempt,
+            state,
+            output=outcome.output,
+            next_step=None,
+            started_at=start.started_at,
+        ):
+            conclude(
+                rt,
+                workflow_id,
+                outcome.end,
+                reason=outcome.reason,
+                detail=outcome.detail,
+                duplicate_of=outcome.duplicate_of,
+                quarantine=outcome.quarantine,
+            )
         stop_chain(task)
         return {"workflow_id": workflow_id, "step": step.name, "end": outcome.end.value}
 
-    if not rt.state.finish_step(workflow_id, step.name, start.attempt, StepState.SUCCESS,
-                                output=outcome.output, next_step=next_step,
-                                started_at=start.started_at):
+    if not rt.state.finish_step(
+        workflow_id,
+        step.name,
+        start.attempt,
+        StepState.SUCCESS,
+        output=outcome.output,
+        next_step=next_step,
+        started_at=start.started_at,
+    ):
         slog.warning("another delivery of this step finished first; not continuing")
         stop_chain(task)
         return {"superseded": True}
@@ -141,31 +236,55 @@ def _run(
 
 
 def _fault(
-    task: Task, rt: Runtime, step: Step, workflow_id: str, attempt: int, exc: BaseException,
-    reason: Reason, *, retryable: bool, attempts: int, backoff: float, delay: float,
+    task: Task,
+    rt: Runtime,
+    step: Step,
+    workflow_id: str,
+    attempt: int,
+    exc: BaseException,
+    reason: Reason,
+    *,
+    retryable: bool,
+    attempts: int,
+    backoff: float,
+    delay: float,
     slog: StepLog,
 ) -> dict[str, Any]:
     tb = traceback.format_exc(limit=20)
     message = f"{type(exc).__name__}: {exc}"
     if retryable and attempt <= attempts:
         countdown = delay * backoff ** (attempt - 1) * random.uniform(1.0, 1.25)
-        rt.state.finish_step(workflow_id, step.name, attempt, StepState.RETRY,
-                             error=message, traceback=tb)
-        slog.warning("attempt %d failed (%s); retry %d/%d in %.1fs", attempt, message, attempt,
-                     attempts, countdown)
+        rt.state.finish_step(
+            workflow_id, step.name, attempt, StepState.RETRY, error=message, traceback=tb
+        )
+        slog.warning(
+            "attempt %d failed (%s); retry %d/%d in %.1fs",
+            attempt,
+            message,
+            attempt,
+            attempts,
+            countdown,
+        )
         # DOX counts attempts itself (in the database), so Celery's own cap is off.
         raise task.retry(exc=exc, countdown=countdown, max_retries=None)
-    rt.state.finish_step(workflow_id, step.name, attempt, StepState.FAILED,
-                         error=message, traceback=tb)
+    rt.state.finish_step(
+        workflow_id, step.name, attempt, StepState.FAILED, error=message, traceback=tb
+    )
     stop_chain(task)
     policy = OnFailure(step.on_failure)
-    slog.error("step failed after %d attempt(s): %s; on_failure=%s", attempt, message,
-               policy.value)
+    slog.error("step failed after %d attempt(s): %s; on_failure=%s", attempt, message, policy.value)
     detail = f"step {step.name} failed after {attempt} attempt(s): {message}"[:2000]
     if policy is OnFailure.QUARANTINE:
-        conclude(rt, workflow_id, WorkflowState.REJECTED, reason=reason, detail=detail,
-                 quarantine=True)
+        conclude(
+            rt, workflow_id, WorkflowState.REJECTED, reason=reason, detail=detail, quarantine=True
+        )
     else:
-        conclude(rt, workflow_id, WorkflowState.FAILED, reason=reason, detail=detail,
-                 escalate=policy is OnFailure.ESCALATE)
+        conclude(
+            rt,
+            workflow_id,
+            WorkflowState.FAILED,
+            reason=reason,
+            detail=detail,
+            escalate=policy is OnFailure.ESCALATE,
+        )
     return {"workflow_id": workflow_id, "step": step.name, "failed": reason.value}

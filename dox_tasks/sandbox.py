@@ -106,8 +106,11 @@ def run_limited(fn: Callable[..., dict[str, Any]], *args: Any, limits: Limits) -
         raise LimitExceeded("parser exited without an answer (memory limit?)")
     payload = json.loads(b"".join(chunks))
     if "limit" in payload:
-        raise LimitExceeded(f"{payload['limit']} limit of {limits.memory_mib} MiB"
-                            if payload["limit"] == "memory" else "recursion limit")
+        raise LimitExceeded(
+            f"{payload['limit']} limit of {limits.memory_mib} MiB"
+            if payload["limit"] == "memory"
+            else "recursion limit"
+        )
     if "error" in payload:
         raise RuntimeError(payload["error"])
     return dict(payload["ok"])

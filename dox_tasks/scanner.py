@@ -13,10 +13,10 @@ reports "clean". A file too large for clamd's limits comes back as a
 
 from __future__ import annotations
 
+import math
 import os
-import socket
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 from clamav_client import clamd
 
@@ -85,9 +85,10 @@ class ClamdScanner:
         if kind == "tcp":
             host, port = str(where).rsplit(":", 1)
             self._client: clamd.ClamdNetworkSocket = clamd.ClamdNetworkSocket(
-                host, int(port), timeout=timeout)
+                host, int(port), timeout=timeout
+            )
         else:
-            self._client = clamd.ClamdUnixSocket(str(where), timeout=timeout)
+            self._client = clamd.ClamdUnixSocket(str(where), timeout=math.ceil(timeout))
 
     def version(self) -> str | None:
         try:
@@ -104,10 +105,10 @@ class ClamdScanner:
     def scan(self, stream: BinaryIO) -> Verdict:
         engine = self.version()
         try:
-            answer = self._client.instream(_ChunkedReader(stream))
+            answer = self._client.instream(cast(BinaryIO, _ChunkedReader(stream)))
         except clamd.BufferTooLongError:
             return Verdict("infected", "Heuristics.Limits.Exceeded.StreamMaxLength", engine, True)
-        except (clamd.ClamdError, OSError, socket.timeout) as exc:
+        except (TimeoutError, clamd.ClamdError, OSError) as exc:
             raise ScannerUnavailable(f"clamd at {self.name} failed during INSTREAM: {exc}") from exc
         status, signature = answer.get("stream", ("ERROR", "no answer"))
         if status == "OK":

@@ -53,8 +53,12 @@ def noop_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> 
 
 @app.task(bind=True, name="dox.submit", acks_late=True)
 def submit_task(
-    self: Task, path: str, user: str = "anonymous", source: str | None = None,
-    metadata: dict[str, Any] | None = None, idempotency_key: str | None = None,
+    self: Task,
+    path: str,
+    user: str = "anonymous",
+    source: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
     workflow: str = "process_document_upload",
 ) -> dict[str, Any]:
     """Intake for services that cannot import DOX: ``path`` must lie under DOX_INBOX_ROOT.
@@ -67,9 +71,15 @@ def submit_task(
     from .intake import submit
 
     try:
-        workflow_id = submit(path, user=user, source=source, metadata=metadata,
-                             idempotency_key=idempotency_key, workflow=workflow,
-                             from_service=True)
+        workflow_id = submit(
+            path,
+            user=user,
+            source=source,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+            workflow=workflow,
+            from_service=True,
+        )
     except DoxError as exc:
         return {"error": str(exc)}
     return {"workflow_id": workflow_id}

@@ -28,8 +28,16 @@ from .errors import DefinitionError
 MAX_TEXT = 200_000
 CURRENCY_SYMBOLS = {"$": "USD", "€": "EUR", "£": "GBP", "¥": "JPY"}
 DATE_FORMATS = [
-    "%Y-%m-%d", "%d/%m/%Y", "%d.%m.%Y", "%d %B %Y", "%d %b %Y", "%B %d, %Y", "%b %d, %Y",
-    "%B %d %Y", "%d-%m-%Y", "%Y/%m/%d",
+    "%Y-%m-%d",
+    "%d/%m/%Y",
+    "%d.%m.%Y",
+    "%d %B %Y",
+    "%d %b %Y",
+    "%B %d, %Y",
+    "%b %d, %Y",
+    "%B %d %Y",
+    "%d-%m-%Y",
+    "%Y/%m/%d",
 ]
 
 
@@ -102,7 +110,7 @@ def _fuzzy(phrase: str, words: list[str], cutoff: float) -> bool:
     n = max(1, len(phrase.split()))
     target = phrase.lower()
     for i in range(0, max(1, len(words) - n + 1)):
-        window = " ".join(words[i:i + n])
+        window = " ".join(words[i : i + n])
         if difflib.SequenceMatcher(None, target, window).ratio() >= cutoff:
             return True
     return False

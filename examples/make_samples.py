@@ -16,21 +16,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pdfgen import assemble, content_stream, stream_obj, text_pdf  # noqa: E402
 
 INVOICE = [
-    "ACME Supplies Ltd", "12 Harbour Road, Dublin", "", "INVOICE",
-    "Invoice Number: INV-2026-0042", "Invoice Date: 2026-11-02", "Due Date: 2026-12-02",
-    "Bill To: Northwind Traders", "", "Description            Qty   Unit Price   Amount",
-    "A4 paper, box of 5     10    25.00        250.00", "Subtotal: 250.00", "VAT 20%: 50.00",
-    "Total Due: EUR 300.00", "Payment terms: 30 days net. Thank you for your business.",
+    "ACME Supplies Ltd",
+    "12 Harbour Road, Dublin",
+    "",
+    "INVOICE",
+    "Invoice Number: INV-2026-0042",
+    "Invoice Date: 2026-11-02",
+    "Due Date: 2026-12-02",
+    "Bill To: Northwind Traders",
+    "",
+    "Description            Qty   Unit Price   Amount",
+    "A4 paper, box of 5     10    25.00        250.00",
+    "Subtotal: 250.00",
+    "VAT 20%: 50.00",
+    "Total Due: EUR 300.00",
+    "Payment terms: 30 days net. Thank you for your business.",
 ]
 PURCHASE_ORDER = [
-    "Northwind Traders", "PURCHASE ORDER", "PO Number: PO-88731", "Order Date: 2026-10-15",
-    "Vendor: Globex Corporation", "Ship To: Northwind Traders, Warehouse 3", "Delivery Date: 2026-11-30",
-    "Item                  Qty    Unit Price", "Steel bolts M8          500    1.20",
-    "Order Total: USD 1,240.50", "Authorized by: Purchasing Department",
+    "Northwind Traders",
+    "PURCHASE ORDER",
+    "PO Number: PO-88731",
+    "Order Date: 2026-10-15",
+    "Vendor: Globex Corporation",
+    "Ship To: Northwind Traders, Warehouse 3",
+    "Delivery Date: 2026-11-30",
+    "Item                  Qty    Unit Price",
+    "Steel bolts M8          500    1.20",
+    "Order Total: USD 1,240.50",
+    "Authorized by: Purchasing Department",
 ]
 CONTRACT = [
-    "SERVICES AGREEMENT", "Contract No: C-2026-117", "Effective Date: 2026-11-01",
-    "This Agreement is made between Initech LLC (the Client)", "and Hooli Inc (the Provider).",
+    "SERVICES AGREEMENT",
+    "Contract No: C-2026-117",
+    "Effective Date: 2026-11-01",
+    "This Agreement is made between Initech LLC (the Client)",
+    "and Hooli Inc (the Provider).",
     "1. Term. This Agreement remains in force for twelve (12) months.",
     "2. Termination. Either party may terminate with 30 days written notice.",
     "3. Governing Law. This Agreement is governed by the laws of Ireland.",
@@ -38,7 +58,8 @@ CONTRACT = [
     "Signature: ____________   Signature: ____________",
 ]
 MEMO = [
-    "Engineering memo", "Subject: front-end guidelines",
+    "Engineering memo",
+    "Subject: front-end guidelines",
     "We write our web pages in TypeScript that compiles to JavaScript.",
     "Never paste JavaScript into PDF forms; /JavaScript actions are blocked by DOX.",
 ]
@@ -49,12 +70,20 @@ def png_bytes() -> bytes:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     raw = b"\x00\xff\x00\x00"
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def javascript_pdf() -> bytes:
@@ -87,15 +116,25 @@ def build() -> dict[str, tuple[bytes, dict[str, object]]]:
     invoice = text_pdf([INVOICE])
     return {
         "invoice-acme.pdf": (invoice, {"status": "success", "template": "invoice"}),
-        "invoice-copy-of-acme.pdf": (invoice, {"status": "duplicate", "duplicate_of": "invoice-acme.pdf"}),
-        "purchase-order-globex.pdf": (text_pdf([PURCHASE_ORDER]),
-                                      {"status": "success", "template": "purchase_order"}),
-        "contract-initech.pdf": (text_pdf([CONTRACT, ["Schedule A: services", "Monthly report"]]),
-                                 {"status": "success", "template": "contract"}),
+        "invoice-copy-of-acme.pdf": (
+            invoice,
+            {"status": "duplicate", "duplicate_of": "invoice-acme.pdf"},
+        ),
+        "purchase-order-globex.pdf": (
+            text_pdf([PURCHASE_ORDER]),
+            {"status": "success", "template": "purchase_order"},
+        ),
+        "contract-initech.pdf": (
+            text_pdf([CONTRACT, ["Schedule A: services", "Monthly report"]]),
+            {"status": "success", "template": "contract"},
+        ),
         "memo-mentions-javascript.pdf": (text_pdf([MEMO]), {"status": "success", "template": None}),
         "empty.pdf": (b"", {"status": "rejected", "reason": "empty"}),
         "photo-renamed.pdf": (png_bytes(), {"status": "rejected", "reason": "type_mismatch"}),
-        "truncated.pdf": (invoice[: len(invoice) // 2], {"status": "rejected", "reason": "truncated"}),
+        "truncated.pdf": (
+            invoice[: len(invoice) // 2],
+            {"status": "rejected", "reason": "truncated"},
+        ),
         "javascript.pdf": (javascript_pdf(), {"status": "rejected", "reason": "javascript"}),
         "encrypted.pdf": (encrypted_pdf(), {"status": "rejected", "reason": "encrypted"}),
     }

@@ -32,8 +32,9 @@ def stream_obj(data: bytes, extra: str = "", compress: bool = False) -> bytes:
     return b"<< /Length %d%s >>\nstream\n" % (len(data), extra.encode()) + data + b"\nendstream"
 
 
-def assemble(objects: list[bytes], root: int = 1, info: int | None = None,
-             trailer_extra: str = "") -> bytes:
+def assemble(
+    objects: list[bytes], root: int = 1, info: int | None = None, trailer_extra: str = ""
+) -> bytes:
     """Classic PDF with an xref table; object i+1 is ``objects[i]``."""
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
@@ -73,15 +74,21 @@ def assemble_with_objstm(plain: list[bytes], packed: list[bytes], root: int = 1)
     head = (" ".join(header) + "\n").encode()
     payload = zlib.compress(head + bytes(data))
     entries.append((1, len(out), 0))
-    out += b"%d 0 obj\n<< /Type /ObjStm /N %d /First %d /Length %d /Filter /FlateDecode >>\nstream\n" % (
-        objstm_num, len(packed), len(head), len(payload)) + payload + b"\nendstream\nendobj\n"
+    out += (
+        b"%d 0 obj\n<< /Type /ObjStm /N %d /First %d /Length %d /Filter /FlateDecode >>\nstream\n"
+        % (objstm_num, len(packed), len(head), len(payload))
+        + payload
+        + b"\nendstream\nendobj\n"
+    )
     xref_num = objstm_num + 1
     entries.append((1, len(out), 0))
     rows = b"".join(bytes([t]) + a.to_bytes(4, "big") + b.to_bytes(2, "big") for t, a, b in entries)
     comp = zlib.compress(rows)
     xref_off = entries[-1][1]
-    out += (b"%d 0 obj\n<< /Type /XRef /Size %d /W [1 4 2] /Root %d 0 R /Length %d"
-            b" /Filter /FlateDecode >>\nstream\n" % (xref_num, xref_num + 1, root, len(comp)))
+    out += (
+        b"%d 0 obj\n<< /Type /XRef /Size %d /W [1 4 2] /Root %d 0 R /Length %d"
+        b" /Filter /FlateDecode >>\nstream\n" % (xref_num, xref_num + 1, root, len(comp))
+    )
     out += comp + b"\nendstream\nendobj\nstartxref\n%d\n%%%%EOF\n" % xref_off
     return bytes(out)
 

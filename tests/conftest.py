@@ -103,8 +103,14 @@ class Harness:
         # Always name the queues: a worker's -Q selection is stored on the app and
         # would otherwise carry over to the next worker started in this process.
         kwargs: dict[str, Any] = {"queues": list(queues or QUEUES)}
-        cm = start_worker(self.app, pool="solo", perform_ping_check=False, loglevel="WARNING",
-                          shutdown_timeout=30, **kwargs)
+        cm = start_worker(
+            self.app,
+            pool="solo",
+            perform_ping_check=False,
+            loglevel="WARNING",
+            shutdown_timeout=30,
+            **kwargs,
+        )
         cm.__enter__()
         self._workers.append(cm)
         return cm

@@ -57,7 +57,9 @@ def malformed() -> bytes:
     # Ends properly, but the cross-reference offsets point at garbage.
     data = simple().replace(b"xref\n0 ", b"xref\n0 ")
     head, _, _ = data.partition(b"xref")
-    return head + b"xref\n0 3\nthis is not a table\ntrailer\n<< /Root 99 0 R >>\nstartxref\n9\n%%EOF\n"
+    return (
+        head + b"xref\n0 3\nthis is not a table\ntrailer\n<< /Root 99 0 R >>\nstartxref\n9\n%%EOF\n"
+    )
 
 
 def javascript_plain() -> bytes:
@@ -97,8 +99,14 @@ def javascript_in_object_stream() -> bytes:
 
 
 def mentions_javascript() -> bytes:
-    return text_pdf([["Our style guide covers JavaScript and /JavaScript actions.",
-                      "The word /JS appears here only as text."]])
+    return text_pdf(
+        [
+            [
+                "Our style guide covers JavaScript and /JavaScript actions.",
+                "The word /JS appears here only as text.",
+            ]
+        ]
+    )
 
 
 def looping_page_tree() -> bytes:
@@ -129,8 +137,7 @@ def encrypted(user_password: str = "s3cret", owner_password: str = "owner") -> b
     from pypdf import PdfReader, PdfWriter
 
     writer = PdfWriter(clone_from=PdfReader(BytesIO(simple("Secret minutes"))))
-    writer.encrypt(user_password=user_password, owner_password=owner_password,
-                   algorithm="AES-128")
+    writer.encrypt(user_password=user_password, owner_password=owner_password, algorithm="AES-128")
     buf = BytesIO()
     writer.write(buf)
     return buf.getvalue()

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 import uuid
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -92,8 +92,9 @@ class Clamd:
         self.extra_conf: list[str] = []  # e.g. raised limits for a benchmark
 
     def start(self) -> None:
-        binary = shutil.which("clamd") or ("/usr/sbin/clamd" if Path("/usr/sbin/clamd").exists()
-                                          else None)
+        binary = shutil.which("clamd") or (
+            "/usr/sbin/clamd" if Path("/usr/sbin/clamd").exists() else None
+        )
         if binary is None:
             unavailable("clamd", "not installed (apt-get install clamav-daemon)")
         db = self.workdir / "db"
@@ -103,20 +104,29 @@ class Clamd:
             key = line.split(" ", 1)[0]
             overridden = {c.split(" ", 1)[0] for c in self.extra_conf}
             if key in ("TCPSocket", "TCPAddr", "DatabaseDirectory", "LogFile", "User") or (
-                    key in overridden):
+                key in overridden
+            ):
                 continue
             conf.append(line)
-        conf += [f"TCPSocket {self.port}", "TCPAddr 127.0.0.1", f"DatabaseDirectory {db}",
-                 f"LogFile {self.workdir / 'clamd.log'}", f"PidFile {self.workdir / 'clamd.pid'}",
-                 *self.extra_conf]
+        conf += [
+            f"TCPSocket {self.port}",
+            "TCPAddr 127.0.0.1",
+            f"DatabaseDirectory {db}",
+            f"LogFile {self.workdir / 'clamd.log'}",
+            f"PidFile {self.workdir / 'clamd.pid'}",
+            *self.extra_conf,
+        ]
         if os.geteuid() == 0:
             conf.append("User root")
         (self.workdir / "clamd.conf").write_text("\n".join(conf) + "\n")
         errlog = self.workdir / "clamd.stderr"
         with errlog.open("wb") as err:  # a file, not a pipe: clamd may outlive this process
-            self.proc = subprocess.Popen([binary, "-c", str(self.workdir / "clamd.conf")],
-                                         stdout=subprocess.DEVNULL, stderr=err,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [binary, "-c", str(self.workdir / "clamd.conf")],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -209,19 +219,16 @@ class TcpProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         """Refuse new connections and break every open one."""
         self._accepting = False
         if self._listener:
-            try:  # wakes the thread blocked in accept(); close() alone would not (Linux)
+            # shutdown() wakes the thread blocked in accept(); close() alone would not (Linux)
+            with suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._listener.close()
             self._listener = None
         with self._lock:

@@ -16,16 +16,25 @@ INBOX = ROOT / "examples" / "inbox"
 
 
 def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DOX_", "CLAMAV_", "MAX_FILE", "WORKFLOW_", "RATE_LIMIT"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DOX_", "CLAMAV_", "MAX_FILE", "WORKFLOW_", "RATE_LIMIT"))
+    }
     env["DOX_HOME"] = str(tmp_path / "home")
     env.update(extra)
     return env
 
 
 def dox(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dox_tasks.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dox_tasks.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_examples_inbox_gets_every_expected_status(tmp_path):
@@ -76,8 +85,9 @@ def test_dox_run_with_real_clamd_sees_eicar_infected(tmp_path, clamd_url):
     folder.mkdir()
     (folder / "quarterly.pdf").write_bytes(pdfs.eicar_pdf())
     (folder / "clean.pdf").write_bytes(pdfs.unique(1))
-    res = dox(["run", str(folder), "--json"], clean_env(tmp_path, DOX_CLAMD_URL=clamd_url),
-              tmp_path)
+    res = dox(
+        ["run", str(folder), "--json"], clean_env(tmp_path, DOX_CLAMD_URL=clamd_url), tmp_path
+    )
     assert res.returncode == 0, res.stderr
     results = {Path(r["file"]).name: r for r in map(json.loads, res.stdout.splitlines())}
     bad = results["quarterly.pdf"]

@@ -19,7 +19,8 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 def test_core_services_are_there():
     assert {"redis", "postgres", "clamav", "migrate", "worker", "worker-scan"} <= set(
-        COMPOSE["services"])
+        COMPOSE["services"]
+    )
 
 
 def test_broker_never_evicts_and_has_a_password():
@@ -40,8 +41,14 @@ def test_compose_config_validates():
     if binary is None:
         services.unavailable("docker-compose", "not installed (apt-get install docker-compose)")
     env = {**os.environ, "REDIS_PASSWORD": "x", "POSTGRES_PASSWORD": "y"}
-    res = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    res = subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -58,12 +65,19 @@ def dox_commands() -> list[tuple[str, list[str]]]:
 def test_every_dox_command_in_compose_runs(service, command, pg_url, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOX_")}
     env.update(DOX_DATABASE_URL=pg_url, DOX_HOME=str(tmp_path))
-    args = [c.replace("${WORKFLOW_CONCURRENCY:-10}", "2").replace("${SCAN_CONCURRENCY:-4}", "2")
-            for c in command]
+    args = [
+        c.replace("${WORKFLOW_CONCURRENCY:-10}", "2").replace("${SCAN_CONCURRENCY:-4}", "2")
+        for c in command
+    ]
     if args[0] == "worker":
         args = [*args, "--help"]  # a worker would run forever; check its arguments parse
-    res = subprocess.run([sys.executable, "-m", "dox_tasks.cli", *args], capture_output=True,
-                         text=True, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "dox_tasks.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, (service, res.stdout, res.stderr)
     if args[:2] == ["db", "upgrade"]:
         assert "up to date" in res.stdout

@@ -41,8 +41,13 @@ def problems_for(tmp_path: Path, text: str) -> list[str]:
 def test_shipped_definitions_are_valid():
     defs = load_all(ROOT / "workflow_defs")
     d = defs["process_document_upload"]
-    assert [s.name for s in d.ordered_steps()] == ["validate", "scan", "store", "recognize",
-                                                   "publish"]
+    assert [s.name for s in d.ordered_steps()] == [
+        "validate",
+        "scan",
+        "store",
+        "recognize",
+        "publish",
+    ]
 
 
 def test_action_is_an_alias_of_task(tmp_path):
@@ -56,10 +61,16 @@ def test_action_is_an_alias_of_task(tmp_path):
         (("task: dox.validate", "task: dox.validat"), 5, "unknown task 'dox.validat'"),
         (("on_success: scan", "on_success: sacn"), 6, "unknown step 'sacn'"),
         (("on_success: complete", "on_success: validate"), 9, "cycle validate → scan → validate"),
-        (("type: api_request, source: test", "type: schedule, cron: '61 9 * * *'"), 2,
-         "not a valid cron"),
-        (("    on_success: complete\n", "    on_success: complete\n    on_failure: explode\n"), 10,
-         "unknown on_failure target 'explode'"),
+        (
+            ("type: api_request, source: test", "type: schedule, cron: '61 9 * * *'"),
+            2,
+            "not a valid cron",
+        ),
+        (
+            ("    on_success: complete\n", "    on_success: complete\n    on_failure: explode\n"),
+            10,
+            "unknown on_failure target 'explode'",
+        ),
     ],
 )
 def test_each_problem_names_file_line_and_fix(tmp_path, mutation, line, words):
@@ -98,8 +109,13 @@ def test_snapshot_hash_changes_with_content(tmp_path):
 def run_dox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "dox_tasks.cli", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "dox_tasks.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
 
 
 def test_cli_defs_validate_exit_codes(tmp_path):
@@ -124,9 +140,14 @@ def test_worker_refuses_to_start_on_an_invalid_definition(tmp_path):
     write(bad, GOOD.replace("task: dox.validate", "task: nope"))
     res = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "dox_tasks", "worker", "-P", "solo"],
-        capture_output=True, text=True, timeout=60,
-        env={**__import__("os").environ, "DOX_DEFS_DIR": str(bad),
-             "DOX_BROKER_URL": "redis://127.0.0.1:1/0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **__import__("os").environ,
+            "DOX_DEFS_DIR": str(bad),
+            "DOX_BROKER_URL": "redis://127.0.0.1:1/0",
+        },
     )
     assert res.returncode != 0
     assert "refused to start" in res.stderr and "unknown task 'nope'" in res.stderr
@@ -135,9 +156,15 @@ def test_worker_refuses_to_start_on_an_invalid_definition(tmp_path):
 def test_scan_worker_refuses_to_start_without_clamd(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "dox_tasks", "worker", "-P", "solo", "-Q", "scan"],
-        capture_output=True, text=True, timeout=60,
-        env={**__import__("os").environ, "DOX_BROKER_URL": "redis://127.0.0.1:1/0",
-             "DOX_HOME": str(tmp_path), "CLAMAV_ENABLED": "true"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **__import__("os").environ,
+            "DOX_BROKER_URL": "redis://127.0.0.1:1/0",
+            "DOX_HOME": str(tmp_path),
+            "CLAMAV_ENABLED": "true",
+        },
     )
     assert res.returncode != 0
     assert "DOX_CLAMD_URL" in res.stderr

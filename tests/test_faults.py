@@ -23,14 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 def assert_exactly_once(state: StateStore, ids: list[str]) -> None:
     """One terminal state each, never a second success row for a step, one completion event."""
     with state.engine.connect() as c:
-        dup_success = c.execute(text(
-            "select workflow_id, step, count(*) from workflow_step_results"
-            " where state = 'success' group by workflow_id, step having count(*) > 1"
-        )).all()
-        completions = dict(c.execute(text(
-            "select workflow_id, count(*) from workflow_events"
-            " where type like 'workflow.%' and type <> 'workflow.escalated' group by workflow_id"
-        )).all())
+        dup_success = c.execute(
+            text(
+                "select workflow_id, step, count(*) from workflow_step_results"
+                " where state = 'success' group by workflow_id, step having count(*) > 1"
+            )
+        ).all()
+        completions = dict(
+            c.execute(
+                text(
+                    "select workflow_id, count(*) from workflow_events"
+                    " where type like 'workflow.%' and type <> 'workflow.escalated' group by workflow_id"
+                )
+            ).all()
+        )
     assert dup_success == []
     assert all(completions.get(i) == 1 for i in ids), completions
 
@@ -49,14 +55,20 @@ def test_postgres_unreachable_for_30s_every_workflow_recorded_once(stack, harnes
     proxy.cut()
     cut_at = time.monotonic()
     time.sleep(30)
-    assert _finished(direct, ids) < len(ids), ("the cut came too late to matter", __import__("collections").Counter((r["current_state"], r["reason"]) for r in direct.get_workflows(ids).values()))
+    assert _finished(direct, ids) < len(ids), (
+        "the cut came too late to matter",
+        __import__("collections").Counter(
+            (r["current_state"], r["reason"]) for r in direct.get_workflows(ids).values()
+        ),
+    )
     proxy.restore()
     deadline = cut_at + 150
     while _finished(direct, ids) < len(ids) and time.monotonic() < deadline:
         time.sleep(0.5)
     rows = direct.get_workflows(ids)
     assert {r["current_state"] for r in rows.values()} == {"success"}, {
-        i: (r["current_state"], r["reason"], r["detail"]) for i, r in rows.items()}
+        i: (r["current_state"], r["reason"], r["detail"]) for i, r in rows.items()
+    }
     assert_exactly_once(direct, ids)
     assert len(h.objects()) == len(ids)
     direct.engine.dispose()
@@ -68,30 +80,55 @@ def _finished(state: StateStore, ids: list[str]) -> int:
 
 
 def test_worker_sigkilled_with_200_in_flight(stack, harness_factory, tmp_path):
-    settings = stack.model_copy(update={"visibility_timeout": 8, "workflow_timeout": 6,
-                                        "rate_limit_per_user_per_day": 0})
+    settings = stack.model_copy(
+        update={"visibility_timeout": 8, "workflow_timeout": 6, "rate_limit_per_user_per_day": 0}
+    )
     h = harness_factory(settings)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOX_")}
-    env.update({
-        "DOX_BROKER_URL": settings.broker_url, "DOX_DATABASE_URL": settings.database_url,
-        "DOX_CLAMD_URL": settings.clamd_url, "DOX_HOME": str(settings.home),
-        "DOX_NAMESPACE": settings.namespace, "DOX_BROKER_KEY_PREFIX": settings.broker_key_prefix,
-        "DOX_VISIBILITY_TIMEOUT": "8", "WORKFLOW_TIMEOUT": "6", "WORKFLOW_RETRY_DELAY": "0.1",
-        "RATE_LIMIT_PER_USER_PER_DAY": "0",
-    })
+    env.update(
+        {
+            "DOX_BROKER_URL": settings.broker_url,
+            "DOX_DATABASE_URL": settings.database_url,
+            "DOX_CLAMD_URL": settings.clamd_url,
+            "DOX_HOME": str(settings.home),
+            "DOX_NAMESPACE": settings.namespace,
+            "DOX_BROKER_KEY_PREFIX": settings.broker_key_prefix,
+            "DOX_VISIBILITY_TIMEOUT": "8",
+            "WORKFLOW_TIMEOUT": "6",
+            "WORKFLOW_RETRY_DELAY": "0.1",
+            "RATE_LIMIT_PER_USER_PER_DAY": "0",
+        }
+    )
 
     def start_worker(name: str) -> subprocess.Popen[bytes]:
         log = (tmp_path / f"{name}.log").open("wb")
         return subprocess.Popen(
-            [sys.executable, "-m", "dox_tasks.cli", "worker", "-P", "prefork",
-             "-c", "2", "-n", f"{name}@%h", "--loglevel=WARNING", "--without-mingle",
-             "--without-gossip"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "dox_tasks.cli",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                "2",
+                "-n",
+                f"{name}@%h",
+                "--loglevel=WARNING",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     ids = [h.submit(pdfs.unique(1000 + n)) for n in range(200)]
     first = start_worker("victim")
-    h.wait_until(lambda: 20 <= _finished(h.rt.state, ids) < 150, timeout=120,
-                 what="the run to be under way")
+    h.wait_until(
+        lambda: 20 <= _finished(h.rt.state, ids) < 150, timeout=120, what="the run to be under way"
+    )
     os.killpg(first.pid, signal.SIGKILL)  # the worker and its pool processes, no goodbye
     first.wait(10)
     killed_at = _finished(h.rt.state, ids)
@@ -106,9 +143,15 @@ def test_worker_sigkilled_with_200_in_flight(stack, harness_factory, tmp_path):
         second.wait(30)
     rows = h.rt.state.get_workflows(ids)
     states = {r["current_state"] for r in rows.values()}
-    assert states == {"success"}, (killed_at, [
-        (i, r["current_state"], r["current_step"]) for i, r in rows.items()
-        if r["current_state"] != "success"][:5], (tmp_path / "survivor.log").read_text()[-2000:])
+    assert states == {"success"}, (
+        killed_at,
+        [
+            (i, r["current_state"], r["current_step"])
+            for i, r in rows.items()
+            if r["current_state"] != "success"
+        ][:5],
+        (tmp_path / "survivor.log").read_text()[-2000:],
+    )
     assert_exactly_once(h.rt.state, ids)
     assert len(h.objects()) == 200  # one stored object per document
 

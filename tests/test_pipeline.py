@@ -11,8 +11,16 @@ pytestmark = pytest.mark.integration
 
 
 def test_clean_invoice_succeeds_and_is_mirrored(dox):
-    doc = pdfs.fpdf_document(["INVOICE", "Invoice Number: INV-77", "Invoice Date: 2026-01-05",
-                              "Subtotal: 100.00", "VAT: 20.00", "Total Due: EUR 120.00"])
+    doc = pdfs.fpdf_document(
+        [
+            "INVOICE",
+            "Invoice Number: INV-77",
+            "Invoice Date: 2026-01-05",
+            "Subtotal: 100.00",
+            "VAT: 20.00",
+            "Total Due: EUR 120.00",
+        ]
+    )
     row = dox.run(doc, file_name="inv.pdf")
     assert row["current_state"] == "success", row
     result = row["result"]
@@ -162,8 +170,9 @@ def test_staged_file_changed_before_store_fails_and_stores_nothing(stack, harnes
     h = harness_factory(stack)
     h.worker(queues=["validation", "scan"])
     wid = h.submit(pdfs.unique(5))
-    h.wait_until(lambda: h.rt.state.get_workflow(wid)["current_step"] == "store",
-                 what="scan to finish")
+    h.wait_until(
+        lambda: h.rt.state.get_workflow(wid)["current_step"] == "store", what="scan to finish"
+    )
     h.stop_workers()
     staged = h.rt.storage.staged_path(h.rt.state.get_workflow(wid)["sha256"])
     os.chmod(staged, 0o644)
@@ -179,18 +188,22 @@ def test_staged_file_changed_before_store_fails_and_stores_nothing(stack, harnes
 def test_forged_step_message_for_finished_workflow_changes_nothing(dox):
     row = dox.run(pdfs.unique(6))
     before = dox.rt.state.step_rows(row["workflow_id"])
-    dox.app.send_task("dox.store", args=(row["workflow_id"], "store", row["definition_hash"]),
-                      queue="storage")
-    dox.app.send_task("dox.validate", args=(row["workflow_id"], "validate", "f" * 64),
-                      queue="validation")
-    dox.app.send_task("dox.scan", args=("no-such-workflow", "scan", row["definition_hash"]),
-                      queue="scan")
+    dox.app.send_task(
+        "dox.store", args=(row["workflow_id"], "store", row["definition_hash"]), queue="storage"
+    )
+    dox.app.send_task(
+        "dox.validate", args=(row["workflow_id"], "validate", "f" * 64), queue="validation"
+    )
+    dox.app.send_task(
+        "dox.scan", args=("no-such-workflow", "scan", row["definition_hash"]), queue="scan"
+    )
     import time
 
     time.sleep(1.5)
     assert dox.rt.state.step_rows(row["workflow_id"]) == before
     assert dox.rt.state.get_workflow(row["workflow_id"]) == dox.rt.state.get_workflow(
-        row["workflow_id"])
+        row["workflow_id"]
+    )
     assert dox.rt.state.get_workflow(row["workflow_id"])["current_state"] == "success"
 
 
@@ -202,8 +215,7 @@ def test_pickle_messages_are_refused_json_accepted(stack, harness_factory, tmp_p
     (inbox / "a.pdf").write_bytes(pdfs.unique(7))
     h = harness_factory(stack.model_copy(update={"inbox_root": inbox}))
     h.worker()
-    h.app.send_task("dox.submit", args=["a.pdf"], kwargs={"user": "mallory"},
-                    serializer="pickle")
+    h.app.send_task("dox.submit", args=["a.pdf"], kwargs={"user": "mallory"}, serializer="pickle")
     time.sleep(2)
     from sqlalchemy import text
 

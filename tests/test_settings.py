@@ -13,7 +13,11 @@ def test_defaults_are_the_seed_values(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     s = Settings()
     assert (s.max_file_size_mb, s.clamav_enabled, s.rate_limit_per_user_per_day) == (50, True, 100)
-    assert (s.workflow_timeout, s.workflow_retry_attempts, s.workflow_retry_backoff) == (300, 3, 1.5)
+    assert (s.workflow_timeout, s.workflow_retry_attempts, s.workflow_retry_backoff) == (
+        300,
+        3,
+        1.5,
+    )
     assert s.workflow_concurrency == 10 and s.embedded
     assert s.soft_time_limit < s.workflow_timeout
 
@@ -34,7 +38,8 @@ def test_time_limit_reaching_visibility_timeout_is_refused_naming_both():
     with pytest.raises(ConfigError) as exc:
         s.check()
     assert "WORKFLOW_TIMEOUT=4000s" in str(exc.value) and "DOX_VISIBILITY_TIMEOUT=3600s" in str(
-        exc.value)
+        exc.value
+    )
 
 
 def test_retry_delay_reaching_visibility_timeout_is_refused():

@@ -21,30 +21,65 @@ def text_of(lines: list[str]) -> str:
         return str(extract_text(f.name, 5)["text"])
 
 
-INVOICE = ["Globex GmbH", "Tax Invoice", "Invoice No. 2026/0815", "Date of issue: 3 March 2026",
-           "Item: consulting, 10 h at 95.00", "Subtotal 950.00", "Tax 19%: 180.50",
-           "Amount due: 1.130,50 EUR", "Payment terms: 14 days"]
-PURCHASE_ORDER = ["Initech", "Purchase Order", "Order Number: 4500012345",
-                  "Order date: March 5, 2026", "Supplier: Acme Widgets Inc",
-                  "Deliver to: Initech, Dock 2", "Total amount: $ 2,400.00"]
-CONTRACT = ["Master Services Contract", "Contract No: MSA-2026-9",
-            "This contract is entered into by and between Umbrella Corp and Wayne Enterprises.",
-            "Effective date: 2026-02-01", "The term of this contract is two years.",
-            "Termination: either party may terminate for material breach.",
-            "Governing law: this contract is governed by the laws of Delaware.",
-            "Signed by both parties."]
+INVOICE = [
+    "Globex GmbH",
+    "Tax Invoice",
+    "Invoice No. 2026/0815",
+    "Date of issue: 3 March 2026",
+    "Item: consulting, 10 h at 95.00",
+    "Subtotal 950.00",
+    "Tax 19%: 180.50",
+    "Amount due: 1.130,50 EUR",
+    "Payment terms: 14 days",
+]
+PURCHASE_ORDER = [
+    "Initech",
+    "Purchase Order",
+    "Order Number: 4500012345",
+    "Order date: March 5, 2026",
+    "Supplier: Acme Widgets Inc",
+    "Deliver to: Initech, Dock 2",
+    "Total amount: $ 2,400.00",
+]
+CONTRACT = [
+    "Master Services Contract",
+    "Contract No: MSA-2026-9",
+    "This contract is entered into by and between Umbrella Corp and Wayne Enterprises.",
+    "Effective date: 2026-02-01",
+    "The term of this contract is two years.",
+    "Termination: either party may terminate for material breach.",
+    "Governing law: this contract is governed by the laws of Delaware.",
+    "Signed by both parties.",
+]
 
 
 @pytest.mark.parametrize(
     ("lines", "template", "fields"),
     [
-        (INVOICE, "invoice", {"invoice_number": "2026/0815", "invoice_date": "2026-03-03",
-                              "total": "1130.50"}),
-        (PURCHASE_ORDER, "purchase_order", {"po_number": "4500012345",
-                                            "order_date": "2026-03-05", "total": "2400.00",
-                                            "currency": "USD"}),
-        (CONTRACT, "contract", {"contract_number": "MSA-2026-9", "effective_date": "2026-02-01",
-                                "governing_law": "Delaware"}),
+        (
+            INVOICE,
+            "invoice",
+            {"invoice_number": "2026/0815", "invoice_date": "2026-03-03", "total": "1130.50"},
+        ),
+        (
+            PURCHASE_ORDER,
+            "purchase_order",
+            {
+                "po_number": "4500012345",
+                "order_date": "2026-03-05",
+                "total": "2400.00",
+                "currency": "USD",
+            },
+        ),
+        (
+            CONTRACT,
+            "contract",
+            {
+                "contract_number": "MSA-2026-9",
+                "effective_date": "2026-02-01",
+                "governing_law": "Delaware",
+            },
+        ),
     ],
 )
 def test_documents_from_another_generator_match(lines, template, fields):
@@ -59,14 +94,24 @@ def test_documents_from_another_generator_match(lines, template, fields):
     "lines",
     [
         # a quotation looks like an invoice but asks for nothing yet
-        ["Quotation", "Quote valid for 30 days", "Invoice number will follow on order",
-         "Total due on acceptance: EUR 500.00"],
+        [
+            "Quotation",
+            "Quote valid for 30 days",
+            "Invoice number will follow on order",
+            "Total due on acceptance: EUR 500.00",
+        ],
         # a reminder letter mentions an invoice but is not one
-        ["Dear customer,", "this is a friendly reminder that we have not yet received",
-         "payment for your invoice. Please contact us."],
+        [
+            "Dear customer,",
+            "this is a friendly reminder that we have not yet received",
+            "payment for your invoice. Please contact us.",
+        ],
         # a newsletter about contracts is not a contract
-        ["Newsletter March", "Five tips to negotiate better contracts with suppliers",
-         "Our team grew by two people."],
+        [
+            "Newsletter March",
+            "Five tips to negotiate better contracts with suppliers",
+            "Our team grew by two people.",
+        ],
         # an order confirmation e-mail printed to PDF
         ["Thanks for shopping with us!", "Your order is on its way.", "Track it online."],
     ],
@@ -83,8 +128,13 @@ def test_fuzzy_rule_tolerates_a_typo():
 
 @pytest.mark.parametrize(
     ("raw", "iso"),
-    [("2026-11-02", "2026-11-02"), ("3 March 2026", "2026-03-03"), ("March 5, 2026", "2026-03-05"),
-     ("02.11.2026", "2026-11-02"), ("1st May 2026", "2026-05-01")],
+    [
+        ("2026-11-02", "2026-11-02"),
+        ("3 March 2026", "2026-03-03"),
+        ("March 5, 2026", "2026-03-05"),
+        ("02.11.2026", "2026-11-02"),
+        ("1st May 2026", "2026-05-01"),
+    ],
 )
 def test_dates_become_iso(raw, iso):
     assert parse_date(raw) == iso

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
@@ -30,10 +30,10 @@ from ..errors import StateStoreUnavailable, UnknownWorkflow
 from .engine import make_engine, migrate
 from .models import WorkflowDefinition, WorkflowEvent, WorkflowStateRow, WorkflowStepResult
 
-WS = WorkflowStateRow.__table__
-SR = WorkflowStepResult.__table__
-EV = WorkflowEvent.__table__
-WD = WorkflowDefinition.__table__
+WS = cast(Table, WorkflowStateRow.__table__)
+SR = cast(Table, WorkflowStepResult.__table__)
+EV = cast(Table, WorkflowEvent.__table__)
+WD = cast(Table, WorkflowDefinition.__table__)
 LIVE = [s.value for s in LIVE_STATES]
 
 T = TypeVar("T")
@@ -109,7 +109,9 @@ class StateStore:
             self._insert_ignore(
                 conn,
                 WD,
-                dict(definition_hash=digest, name=name, version=version, body=body, created_at=now()),
+                dict(
+                    definition_hash=digest, name=name, version=version, body=body, created_at=now()
+                ),
             )
 
     def load_definition(self, digest: str) -> dict[str, Any] | None:
@@ -174,9 +176,7 @@ class StateStore:
 
     def find_by_idempotency_key(self, key: str) -> str | None:
         with self.tx() as conn:
-            row = conn.execute(
-                select(WS.c.workflow_id).where(WS.c.idempotency_key == key)
-            ).first()
+            row = conn.execute(select(WS.c.workflow_id).where(WS.c.idempotency_key == key)).first()
         return row.workflow_id if row else None
 
     def get_workflow(self, workflow_id: str) -> dict[str, Any]:
@@ -193,7 +193,11 @@ class StateStore:
 
     # -- steps ----------------------------------------------------------------------
     def begin_step(
-        self, workflow_id: str, step: str, task_id: str | None, hostname: str | None,
+        self,
+        workflow_id: str,
+        step: str,
+        task_id: str | None,
+        hostname: str | None,
         max_deliveries: int,
     ) -> StepStart:
         """Count this delivery and decide whether the step body may run.
@@ -222,33 +226,46 @@ class StateStore:
             ts = now()
             previous = conn.execute(
                 select(SR.c.attempt, SR.c.state).where(
-                    SR.c.workflow_id == workflow_id, SR.c.step == step)
+                    SR.c.workflow_id == workflow_id, SR.c.step == step
+                )
             ).all()
             if any(r.state == StepState.RUNNING.value for r in previous):
                 # An attempt still marked running belongs to a worker that died holding it.
                 conn.execute(
                     update(SR)
-                    .where(SR.c.workflow_id == workflow_id, SR.c.step == step,
-                           SR.c.state == StepState.RUNNING.value)
-                    .values(state=StepState.LOST.value, finished_at=ts,
-                            error="worker lost (message redelivered)")
+                    .where(
+                        SR.c.workflow_id == workflow_id,
+                        SR.c.step == step,
+                        SR.c.state == StepState.RUNNING.value,
+                    )
+                    .values(
+                        state=StepState.LOST.value,
+                        finished_at=ts,
+                        error="worker lost (message redelivered)",
+                    )
                 )
             attempt = max((r.attempt for r in previous), default=0) + 1
             poison = attempt > max_deliveries
             why = f"delivered {attempt} times (limit {max_deliveries})" if poison else ""
             conn.execute(
                 insert(SR).values(
-                    workflow_id=workflow_id, step=step, attempt=attempt, task_id=task_id,
-                    worker_hostname=hostname, started_at=ts,
+                    workflow_id=workflow_id,
+                    step=step,
+                    attempt=attempt,
+                    task_id=task_id,
+                    worker_hostname=hostname,
+                    started_at=ts,
                     state=(StepState.FAILED if poison else StepState.RUNNING).value,
-                    finished_at=ts if poison else None, error=why or None,
+                    finished_at=ts if poison else None,
+                    error=why or None,
                 )
             )
             if poison:
                 return StepStart(False, attempt=attempt, poison=True, why=why, workflow=wf)
             if wf["current_state"] != WorkflowState.RUNNING.value:
                 conn.execute(
-                    update(WS).where(WS.c.workflow_id == workflow_id)
+                    update(WS)
+                    .where(WS.c.workflow_id == workflow_id)
                     .values(current_state=WorkflowState.RUNNING.value, updated_at=ts)
                 )
                 wf["current_state"] = WorkflowState.RUNNING.value
@@ -276,18 +293,24 @@ class StateStore:
         """
         ts = now()
         with self.tx() as conn:
-            started = started_at or conn.execute(
-                select(SR.c.started_at).where(
-                    SR.c.workflow_id == workflow_id, SR.c.step == step, SR.c.attempt == attempt
-                )
-            ).scalar()
+            started = (
+                started_at
+                or conn.execute(
+                    select(SR.c.started_at).where(
+                        SR.c.workflow_id == workflow_id, SR.c.step == step, SR.c.attempt == attempt
+                    )
+                ).scalar()
+            )
             duration = int((ts - _aware(started)).total_seconds() * 1000) if started else None
             final_state = state
             if state in (StepState.SUCCESS, StepState.REJECTED):
                 moved = conn.execute(
                     update(WS)
-                    .where(WS.c.workflow_id == workflow_id, WS.c.current_step == step,
-                           WS.c.current_state.in_(LIVE))
+                    .where(
+                        WS.c.workflow_id == workflow_id,
+                        WS.c.current_step == step,
+                        WS.c.current_state.in_(LIVE),
+                    )
                     .values(current_step=next_step, updated_at=ts)
                 ).rowcount
                 if not moved:
@@ -295,17 +318,24 @@ class StateStore:
             conn.execute(
                 update(SR)
                 .where(SR.c.workflow_id == workflow_id, SR.c.step == step, SR.c.attempt == attempt)
-                .values(state=final_state.value, finished_at=ts, duration_ms=duration,
-                        output=output, error=error,
-                        traceback=(traceback or None) and traceback[-4000:])
+                .values(
+                    state=final_state.value,
+                    finished_at=ts,
+                    duration_ms=duration,
+                    output=output,
+                    error=error,
+                    traceback=(traceback or None) and traceback[-4000:],
+                )
             )
         return final_state is state
 
     def step_rows(self, workflow_id: str) -> list[dict[str, Any]]:
         with self.tx() as conn:
-            rows = conn.execute(
-                select(SR).where(SR.c.workflow_id == workflow_id).order_by(SR.c.id)
-            ).mappings().all()
+            rows = (
+                conn.execute(select(SR).where(SR.c.workflow_id == workflow_id).order_by(SR.c.id))
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
     def step_outputs(self, workflow_id: str) -> dict[str, dict[str, Any]]:
@@ -333,8 +363,15 @@ class StateStore:
             changed = conn.execute(
                 update(WS)
                 .where(WS.c.workflow_id == workflow_id, WS.c.current_state.in_(LIVE))
-                .values(current_state=state.value, reason=reason, detail=detail,
-                        duplicate_of=duplicate_of, result=result, updated_at=ts, finished_at=ts)
+                .values(
+                    current_state=state.value,
+                    reason=reason,
+                    detail=detail,
+                    duplicate_of=duplicate_of,
+                    result=result,
+                    updated_at=ts,
+                    finished_at=ts,
+                )
             ).rowcount
         return bool(changed)
 
@@ -371,11 +408,15 @@ class StateStore:
 
     def known_infected(self, sha256: str) -> str | None:
         """Signature of an earlier infected verdict on these bytes, if any."""
-        q = select(WS.c.detail).where(
-            WS.c.sha256 == sha256,
-            WS.c.current_state == WorkflowState.REJECTED.value,
-            WS.c.reason == "infected",
-        ).limit(1)
+        q = (
+            select(WS.c.detail)
+            .where(
+                WS.c.sha256 == sha256,
+                WS.c.current_state == WorkflowState.REJECTED.value,
+                WS.c.reason == "infected",
+            )
+            .limit(1)
+        )
         with self.tx() as conn:
             row = conn.execute(q).first()
         return (row.detail or "known infected") if row else None
@@ -386,16 +427,26 @@ class StateStore:
     ) -> bool:
         with self.tx() as conn:
             return self._insert_ignore(
-                conn, EV,
-                dict(id=event_id, workflow_id=workflow_id, type=type_, payload=payload,
-                     created_at=now()),
+                conn,
+                EV,
+                dict(
+                    id=event_id,
+                    workflow_id=workflow_id,
+                    type=type_,
+                    payload=payload,
+                    created_at=now(),
+                ),
             )
 
     def events(self, workflow_id: str) -> list[dict[str, Any]]:
         with self.tx() as conn:
-            rows = conn.execute(
-                select(EV).where(EV.c.workflow_id == workflow_id).order_by(EV.c.created_at)
-            ).mappings().all()
+            rows = (
+                conn.execute(
+                    select(EV).where(EV.c.workflow_id == workflow_id).order_by(EV.c.created_at)
+                )
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
 
 

@@ -21,7 +21,10 @@ def soft_limit(hard: int) -> int:
 
 
 def step_signatures(
-    app: Celery, definition: Definition, workflow_id: str, default_timeout: int,
+    app: Celery,
+    definition: Definition,
+    workflow_id: str,
+    default_timeout: int,
     start_at: str | None = None,
 ) -> list[Signature]:
     sigs: list[Signature] = []
@@ -51,7 +54,10 @@ def step_signatures(
 
 
 def build_chain(
-    app: Celery, definition: Definition, workflow_id: str, default_timeout: int,
+    app: Celery,
+    definition: Definition,
+    workflow_id: str,
+    default_timeout: int,
     start_at: str | None = None,
 ) -> Signature:
     sigs = step_signatures(app, definition, workflow_id, default_timeout, start_at)

@@ -177,7 +177,7 @@ def _graph_problems(model: DefinitionModel, lines: dict[Path_, int], where: str)
         if current in seen:
             i = names.index(seen[-1])
             line = _line_of(lines, ("steps", i, "on_success"))
-            loop = " → ".join([*seen[seen.index(current):], current])
+            loop = " → ".join([*seen[seen.index(current) :], current])
             problems.append(
                 f"{where}:{line}: steps.{i}.on_success: cycle {loop}:"
                 f" point the last step at {COMPLETE!r}"

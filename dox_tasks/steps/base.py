@@ -36,13 +36,22 @@ def ok(**output: Any) -> Outcome:
 
 def reject(reason: Reason, detail: str, *, quarantine: bool = False, **output: Any) -> Outcome:
     """End the workflow ``rejected``: an answer about the document, not a fault."""
-    return Outcome(output={"reason": reason.value, "detail": detail, **output},
-                   end=WorkflowState.REJECTED, reason=reason, detail=detail, quarantine=quarantine)
+    return Outcome(
+        output={"reason": reason.value, "detail": detail, **output},
+        end=WorkflowState.REJECTED,
+        reason=reason,
+        detail=detail,
+        quarantine=quarantine,
+    )
 
 
 def duplicate(of: str, **output: Any) -> Outcome:
-    return Outcome(output={"duplicate_of": of, **output}, end=WorkflowState.DUPLICATE,
-                   duplicate_of=of, detail=f"same bytes as workflow {of}")
+    return Outcome(
+        output={"duplicate_of": of, **output},
+        end=WorkflowState.DUPLICATE,
+        duplicate_of=of,
+        detail=f"same bytes as workflow {of}",
+    )
 
 
 def complete(**output: Any) -> Outcome:

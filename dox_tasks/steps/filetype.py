@@ -22,8 +22,16 @@ _MAGIC: list[tuple[str, bytes]] = [
 ]
 
 EXTENSIONS: dict[str, str] = {
-    ".pdf": "pdf", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".gif": "gif",
-    ".tif": "tiff", ".tiff": "tiff", ".zip": "zip", ".gz": "gzip", ".txt": "text",
+    ".pdf": "pdf",
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".gif": "gif",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".zip": "zip",
+    ".gz": "gzip",
+    ".txt": "text",
 }
 
 

@@ -19,11 +19,17 @@ class TaskInfo:
 STEP_TASKS: dict[str, TaskInfo] = {
     t.name: t
     for t in (
-        TaskInfo("dox.validate", "validation", "rate limit, size, type, PDF structure, hash/duplicates"),
+        TaskInfo(
+            "dox.validate", "validation", "rate limit, size, type, PDF structure, hash/duplicates"
+        ),
         TaskInfo("dox.scan", "scan", "ClamAV INSTREAM scan; infected documents go to quarantine"),
-        TaskInfo("dox.store", "storage", "promote the staged bytes into the content-addressed store"),
+        TaskInfo(
+            "dox.store", "storage", "promote the staged bytes into the content-addressed store"
+        ),
         TaskInfo("dox.recognize", "recognition", "extract text and match templates, typed fields"),
-        TaskInfo("dox.publish", "events", "completion event: row, Redis stream, pub/sub, JSONL log"),
+        TaskInfo(
+            "dox.publish", "events", "completion event: row, Redis stream, pub/sub, JSONL log"
+        ),
         TaskInfo("dox.noop", "validation", "does nothing (benchmarks of orchestration overhead)"),
     )
 }

@@ -22,11 +22,21 @@ def scan(ctx: StepContext) -> Outcome:
     with staged.open("rb") as fh:
         verdict = ctx.rt.scanner.scan(fh)
     if verdict.limits_exceeded:
-        return reject(Reason.TOO_LARGE,
-                      f"too large for the virus scanner's limits ({verdict.signature}); not stored",
-                      scan="infected", signature=verdict.signature, engine=verdict.engine)
+        return reject(
+            Reason.TOO_LARGE,
+            f"too large for the virus scanner's limits ({verdict.signature}); not stored",
+            scan="infected",
+            signature=verdict.signature,
+            engine=verdict.engine,
+        )
     if verdict.result == "infected":
         storage.quarantine(ctx.sha256)
-        return reject(Reason.INFECTED, str(verdict.signature), quarantine=True,
-                      scan="infected", signature=verdict.signature, engine=verdict.engine)
+        return reject(
+            Reason.INFECTED,
+            str(verdict.signature),
+            quarantine=True,
+            scan="infected",
+            signature=verdict.signature,
+            engine=verdict.engine,
+        )
     return ok(scan=verdict.result, engine=verdict.engine)

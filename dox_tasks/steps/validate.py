@@ -25,15 +25,19 @@ def validate(ctx: StepContext) -> Outcome:
     if limit > 0:
         position = ctx.rt.limiter.admit(wf["user_id"], ctx.workflow_id, day_key(wf["created_at"]))
         if position > limit:
-            return reject(Reason.RATE_LIMITED,
-                          f"user {wf['user_id']!r} is over the daily limit of {limit} documents"
-                          f" (this is number {position} today, UTC)")
+            return reject(
+                Reason.RATE_LIMITED,
+                f"user {wf['user_id']!r} is over the daily limit of {limit} documents"
+                f" (this is number {position} today, UTC)",
+            )
     size = int(wf["size"] or 0)
     max_size = int(ctx.params.get("max_file_size", s.max_file_size))
     if (wf.get("metadata") or {}).get("over_limit") or size > max_size:
-        return reject(Reason.TOO_LARGE,
-                      f"the document is larger than the {max_size / 1048576:g} MiB limit"
-                      f" ({size / 1048576:.1f} MiB or more)")
+        return reject(
+            Reason.TOO_LARGE,
+            f"the document is larger than the {max_size / 1048576:g} MiB limit"
+            f" ({size / 1048576:.1f} MiB or more)",
+        )
     if size == 0:
         return reject(Reason.EMPTY, "the document is empty (0 bytes)")
 
@@ -44,18 +48,25 @@ def validate(ctx: StepContext) -> Outcome:
     claimed = claimed_type(wf.get("file_name"))
     allowed = [t.lower() for t in ctx.params.get("allowed_types", s.allowed_types)]
     if claimed and claimed != actual and claimed in allowed:
-        return reject(Reason.TYPE_MISMATCH,
-                      f"the name says {claimed.upper()} but the content is {actual.upper()}",
-                      detected_type=actual)
+        return reject(
+            Reason.TYPE_MISMATCH,
+            f"the name says {claimed.upper()} but the content is {actual.upper()}",
+            detected_type=actual,
+        )
     if actual not in allowed:
-        return reject(Reason.TYPE_NOT_ALLOWED,
-                      f"{actual.upper()} documents are not accepted (allowed: {', '.join(allowed)})",
-                      detected_type=actual)
+        return reject(
+            Reason.TYPE_NOT_ALLOWED,
+            f"{actual.upper()} documents are not accepted (allowed: {', '.join(allowed)})",
+            detected_type=actual,
+        )
 
     facts: dict[str, object] = {"detected_type": actual}
     if actual == "pdf":
-        limits = Limits(cpu_s=s.parser_cpu_s, memory_mib=s.parser_memory_mib,
-                        wall_s=max(5.0, s.parser_cpu_s * 2.0))
+        limits = Limits(
+            cpu_s=s.parser_cpu_s,
+            memory_mib=s.parser_memory_mib,
+            wall_s=max(5.0, s.parser_cpu_s * 2.0),
+        )
         try:
             report = run_limited(inspect_pdf, str(path), limits=limits)
         except LimitExceeded as exc:
@@ -68,8 +79,9 @@ def validate(ctx: StepContext) -> Outcome:
     if infected:
         return reject(Reason.INFECTED, infected, quarantine=True, signature=infected)
     scope_user = None if s.duplicate_scope == "global" else wf["user_id"]
-    original = ctx.rt.state.find_duplicate(ctx.sha256, scope_user, ctx.workflow_id,
-                                           before=wf["created_at"])
+    original = ctx.rt.state.find_duplicate(
+        ctx.sha256, scope_user, ctx.workflow_id, before=wf["created_at"]
+    )
     if original:
         return duplicate(original, sha256=ctx.sha256, **facts)
     return ok(sha256=ctx.sha256, size=size, **facts)
