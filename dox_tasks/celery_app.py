@@ -39,8 +39,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     routes["dox.submit"] = {"queue": "validation"}
     return {
         "broker_url": settings.broker_url,
-        "result_backend": settings.result_backend
-        or ("cache+memory://" if settings.embedded else None),
+        "result_backend": settings.result_backend or ("cache+memory://" if settings.embedded else None),
         "task_serializer": "json",
         "result_serializer": "json",
         "event_serializer": "json",
@@ -48,7 +47,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "task_acks_on_failure_or_timeout": True,
+        # A step that raised is acked (DOX recorded why); one killed by the hard time
+        # limit is requeued, so its next delivery is counted and can end as poison.
+        "task_acks_on_failure": True,
+        "task_acks_on_timeout": False,
         "task_ignore_result": True,
         "task_track_started": False,
         "worker_prefetch_multiplier": 1,
@@ -70,6 +72,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def check_step_retries(settings: Settings) -> None:
+    """A definition's own `retry:` must also stay below the visibility timeout."""
+    from .runner import retry_policy
+
+    rt = runtime.get()
+    for definition in rt.definitions.values():
+        for step in definition.model.steps:
+            attempts, backoff, delay = retry_policy(rt, step)
+            longest = delay * backoff ** max(0, attempts - 1) * 1.25 if attempts else 0.0
+            if longest >= settings.visibility_timeout:
+                raise DoxError(
+                    f"{definition.source}: step {step.name!r} may wait {longest:.0f}s before a retry"
+                    f" (retry: attempts={attempts}, backoff={backoff}, delay={delay}), which reaches"
+                    f" the broker visibility_timeout DOX_VISIBILITY_TIMEOUT={settings.visibility_timeout}s"
+                )
+
+
 class StartupChecks(bootsteps.Step):
     """Refuse to start a worker that cannot work, with a message naming the problem."""
 
@@ -77,7 +96,7 @@ class StartupChecks(bootsteps.Step):
         settings = runtime.get().settings
         try:
             settings.check()
-            runtime.get().definitions  # noqa: B018 - loads and validates every definition
+            check_step_retries(settings)  # also loads and validates every definition
             runtime.get().templates  # noqa: B018
             consumes = set(worker.app.amqp.queues.consume_from or QUEUES)
             if (

@@ -40,9 +40,7 @@ def _collect(paths: tuple[str, ...]) -> list[Path]:
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            files.extend(
-                sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
-            )
+            files.extend(sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")))
         elif path.exists():
             files.append(path)
         else:
@@ -121,9 +119,7 @@ def cli(verbose: bool) -> None:
     help="run a worker in this process (default: yes when embedded)",
 )
 @click.option("--timeout", default=600.0, show_default=True, help="seconds to wait for results")
-def run(
-    paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | None, timeout: float
-) -> None:
+def run(paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | None, timeout: float) -> None:
     """Process files or folders and print each document's result.
 
     Exit 0 when every document ended success, duplicate or rejected; 1 otherwise.
@@ -339,9 +335,7 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - no traceback for users
         if os.environ.get("DOX_DEBUG"):
             raise
-        click.echo(
-            f"dox: internal error: {type(exc).__name__}: {exc} (DOX_DEBUG=1 shows more)", err=True
-        )
+        click.echo(f"dox: internal error: {type(exc).__name__}: {exc} (DOX_DEBUG=1 shows more)", err=True)
         sys.exit(70)
 
 

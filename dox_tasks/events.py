@@ -104,20 +104,26 @@ class EventBus:
         channel_suffix: str,
         event_id: str | None = None,
     ) -> str:
-        """Record, then fan out one event; returns its id. Safe to call twice.
+        """Record, then fan out one event; returns its id. Safe to call twice."""
+        event_id = event_id or f"{workflow_id}:{type_}"
+        self.state.insert_event(event_id, workflow_id, type_, payload)
+        self.fan_out(event_id, type_, workflow_id, payload, channel_suffix)
+        return event_id
+
+    def fan_out(
+        self, event_id: str, type_: str, workflow_id: str | None, payload: dict[str, Any], channel_suffix: str
+    ) -> None:
+        """Send an already-recorded event to the live listeners and the audit log.
 
         A fan-out failure (Redis down) is logged, not raised: the row is the
         record, and losing a live notification is tolerable where losing the
         workflow's terminal state is not.
         """
-        event_id = event_id or f"{workflow_id}:{type_}"
-        created = datetime.now(UTC).isoformat()
-        self.state.insert_event(event_id, workflow_id, type_, payload)
         event = {
             "id": event_id,
             "type": type_,
             "workflow_id": workflow_id,
-            "created_at": created,
+            "created_at": datetime.now(UTC).isoformat(),
             "payload": payload,
         }
         try:
@@ -128,4 +134,3 @@ class EventBus:
             self.execution_log.append(event)
         except OSError as exc:  # the audit file is a convenience; the row is the record
             log.warning("could not append to the execution log: %s", exc)
-        return event_id

@@ -12,8 +12,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from .contract import DocumentResult, Reason, WorkflowState
-from .db.store import _aware
+from .contract import DocumentResult, Reason, StepState, WorkflowState
+from .db.store import StepClose, _aware
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -66,36 +66,51 @@ def conclude(
     duplicate_of: str | None = None,
     quarantine: bool = False,
     escalate: bool = False,
+    close: StepClose | None = None,
+    expect_step: str | None = None,
 ) -> bool:
-    """End a workflow. Returns False if it had already ended (nothing is changed then)."""
+    """End a workflow; returns False if this caller no longer owns it (nothing changes then).
+
+    The step's last attempt, the terminal state and the completion event row are
+    written in one transaction (:meth:`StateStore.conclude`); the Redis fan-out and
+    the audit log follow the commit.
+    """
     wf = rt.state.get_workflow(workflow_id)
     if wf["current_state"] not in ("queued", "running"):
         return False
     if quarantine and wf.get("sha256"):
         rt.storage.quarantine(wf["sha256"])
     reason_value = reason.value if reason else None
+    outputs = rt.state.step_outputs(workflow_id)
+    if (
+        close is not None
+        and close.output is not None
+        and close.state in (StepState.SUCCESS, StepState.REJECTED)
+    ):
+        outputs[close.step] = close.output
     result = build_result(
-        wf,
-        rt.state.step_outputs(workflow_id),
-        status=state.value,
-        reason=reason_value,
-        duplicate_of=duplicate_of,
+        wf, outputs, status=state.value, reason=reason_value, duplicate_of=duplicate_of
     ).to_dict()
     if quarantine:
         result["quarantined"] = True
     payload = {**result, "detail": detail, "rule_name": wf["rule_name"]}
+    events = [(f"{workflow_id}:workflow.{state.value}", f"workflow.{state.value}", state.value)]
     if escalate:
-        rt.events.emit("workflow.escalated", workflow_id, payload, "escalated")
-    rt.events.emit(f"workflow.{state.value}", workflow_id, payload, state.value)
-    won = rt.state.finish_workflow(
+        events.insert(0, (f"{workflow_id}:workflow.escalated", "workflow.escalated", "escalated"))
+    won = rt.state.conclude(
         workflow_id,
         state,
         reason=reason_value,
         detail=detail,
         duplicate_of=duplicate_of,
         result=result,
+        events=[(event_id, type_, payload) for event_id, type_, _ in events],
+        close=close,
+        expect_step=expect_step,
     )
     if won:
+        for event_id, type_, channel in events:
+            rt.events.fan_out(event_id, type_, workflow_id, payload, channel)
         log.info(
             "workflow %s ended %s%s",
             workflow_id,

@@ -78,9 +78,7 @@ def submit(
             return existing
     definition = rt.definitions.get(workflow)
     if definition is None:
-        raise SubmissionError(
-            f"unknown workflow {workflow!r}: known are {', '.join(sorted(rt.definitions))}"
-        )
+        raise SubmissionError(f"unknown workflow {workflow!r}: known are {', '.join(sorted(rt.definitions))}")
     if definition.model.trigger.type != "api_request":
         raise SubmissionError(f"workflow {workflow!r} is scheduled, not started by submissions")
 

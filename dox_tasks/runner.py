@@ -26,6 +26,7 @@ from celery import Task
 
 from . import runtime
 from .contract import OnFailure, Reason, StepState, WorkflowState
+from .db.store import StepClose
 from .definitions.schema import Step
 from .errors import IntegrityFault, StateStoreUnavailable, TransientError
 from .finish import conclude
@@ -36,8 +37,8 @@ log = logging.getLogger("dox.step")
 
 StepFn = Callable[[StepContext], Outcome]
 #: Retry budget when the results database itself is down (no attempt can be counted).
-DB_RETRY_DELAY_S = 5.0
-DB_MAX_RETRIES = 120
+DB_RETRY_DELAY_S = 2.0
+DB_RETRY_MAX_DELAY_S = 30.0
 
 
 class StepLog(logging.LoggerAdapter):
@@ -62,9 +63,7 @@ def retry_policy(rt: Runtime, step: Step) -> tuple[int, float, float]:
     return attempts, backoff, delay
 
 
-def run_step(
-    task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str
-) -> dict[str, Any]:
+def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str) -> dict[str, Any]:
     rt = runtime.get()
     slog = StepLog(log, {"workflow_id": workflow_id, "step": step_name, "task_id": task.request.id})
     try:
@@ -94,8 +93,10 @@ def run_step(
         )
     except StateStoreUnavailable as exc:
         # The database is down: nothing can be recorded. Wait for it (not an attempt).
-        slog.warning("results database unavailable, retrying in %.0fs: %s", DB_RETRY_DELAY_S, exc)
-        raise task.retry(exc=exc, countdown=DB_RETRY_DELAY_S, max_retries=DB_MAX_RETRIES) from exc
+        # Keep waiting however long it takes: a message dropped here would be a lost workflow.
+        countdown = min(DB_RETRY_MAX_DELAY_S, DB_RETRY_DELAY_S * (1 + task.request.retries))
+        slog.warning("results database unavailable, retrying in %.0fs: %s", countdown, exc)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
 
 
 def _run(
@@ -114,6 +115,18 @@ def _run(
         workflow_id, step.name, task.request.id, task.request.hostname, max_deliveries=attempts + 2
     )
     if not start.run:
+        wf = start.workflow or {}
+        if (
+            start.done_before
+            and wf.get("current_state") in ("queued", "running")
+            and wf.get("current_step") == next_step
+            and next_step is not None
+        ):
+            # An earlier delivery finished this step but its worker died before the
+            # chain sent the next one. Let this delivery's chain send it (a duplicate
+            # next message is absorbed by the next step's own guard).
+            slog.warning("step already done; re-sending the rest of the chain")
+            return {"resent": next_step}
         stop_chain(task)
         if start.poison:
             slog.error("poison message: %s; failing the workflow", start.why)
@@ -123,6 +136,7 @@ def _run(
                 WorkflowState.FAILED,
                 reason=Reason.POISON,
                 detail=f"step {step.name} {start.why}",
+                expect_step=step.name,
             )
         else:
             slog.warning("ignored delivery: %s", start.why)
@@ -195,28 +209,21 @@ def _run(
             slog=slog,
         )
 
-    if outcome.end is not None:
-        state = StepState.REJECTED if outcome.end is WorkflowState.REJECTED else StepState.SUCCESS
-        if rt.state.finish_step(
+    if outcome.end is not None or next_step is None:
+        end = outcome.end or WorkflowState.SUCCESS
+        state = StepState.REJECTED if end is WorkflowState.REJECTED else StepState.SUCCESS
+        conclude(
+            rt,
             workflow_id,
-            step.name,
-            start.attempt,
-            state,
-            output=outcome.output,
-            next_step=None,
-            started_at=start.started_at,
-        ):
-            conclude(
-                rt,
-                workflow_id,
-                outcome.end,
-                reason=outcome.reason,
-                detail=outcome.detail,
-                duplicate_of=outcome.duplicate_of,
-                quarantine=outcome.quarantine,
-            )
+            end,
+            reason=outcome.reason,
+            detail=outcome.detail,
+            duplicate_of=outcome.duplicate_of,
+            quarantine=outcome.quarantine,
+            close=StepClose(step.name, start.attempt, state, outcome.output, started_at=start.started_at),
+        )
         stop_chain(task)
-        return {"workflow_id": workflow_id, "step": step.name, "end": outcome.end.value}
+        return {"workflow_id": workflow_id, "step": step.name, "end": end.value}
 
     if not rt.state.finish_step(
         workflow_id,
@@ -230,8 +237,6 @@ def _run(
         slog.warning("another delivery of this step finished first; not continuing")
         stop_chain(task)
         return {"superseded": True}
-    if next_step is None:
-        conclude(rt, workflow_id, WorkflowState.SUCCESS)
     return {"workflow_id": workflow_id, "step": step.name, "next": next_step}
 
 
@@ -254,9 +259,7 @@ def _fault(
     message = f"{type(exc).__name__}: {exc}"
     if retryable and attempt <= attempts:
         countdown = delay * backoff ** (attempt - 1) * random.uniform(1.0, 1.25)
-        rt.state.finish_step(
-            workflow_id, step.name, attempt, StepState.RETRY, error=message, traceback=tb
-        )
+        rt.state.finish_step(workflow_id, step.name, attempt, StepState.RETRY, error=message, traceback=tb)
         slog.warning(
             "attempt %d failed (%s); retry %d/%d in %.1fs",
             attempt,
@@ -267,24 +270,31 @@ def _fault(
         )
         # DOX counts attempts itself (in the database), so Celery's own cap is off.
         raise task.retry(exc=exc, countdown=countdown, max_retries=None)
-    rt.state.finish_step(
-        workflow_id, step.name, attempt, StepState.FAILED, error=message, traceback=tb
-    )
     stop_chain(task)
     policy = OnFailure(step.on_failure)
     slog.error("step failed after %d attempt(s): %s; on_failure=%s", attempt, message, policy.value)
     detail = f"step {step.name} failed after {attempt} attempt(s): {message}"[:2000]
+    close = StepClose(step.name, attempt, StepState.FAILED, error=message, traceback=tb)
     if policy is OnFailure.QUARANTINE:
-        conclude(
-            rt, workflow_id, WorkflowState.REJECTED, reason=reason, detail=detail, quarantine=True
+        won = conclude(
+            rt,
+            workflow_id,
+            WorkflowState.REJECTED,
+            reason=reason,
+            detail=detail,
+            quarantine=True,
+            close=close,
         )
     else:
-        conclude(
+        won = conclude(
             rt,
             workflow_id,
             WorkflowState.FAILED,
             reason=reason,
             detail=detail,
             escalate=policy is OnFailure.ESCALATE,
+            close=close,
         )
+    if not won:  # another delivery owns the workflow now; just close this attempt
+        rt.state.finish_step(workflow_id, step.name, attempt, StepState.FAILED, error=message, traceback=tb)
     return {"workflow_id": workflow_id, "step": step.name, "failed": reason.value}

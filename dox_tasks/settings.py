@@ -60,26 +60,18 @@ class Settings(BaseSettings):
 
     max_file_size_mb: float = Field(50, validation_alias=_env("MAX_FILE_SIZE_MB"), gt=0)
     clamav_enabled: bool = Field(True, validation_alias=_env("CLAMAV_ENABLED"))
-    clamd_timeout_s: float = Field(30.0, validation_alias=_env("DOX_CLAMD_TIMEOUT"), gt=0)
-    rate_limit_per_user_per_day: int = Field(
-        100, validation_alias=_env("RATE_LIMIT_PER_USER_PER_DAY"), ge=0
-    )
+    clamd_timeout_s: float = Field(100.0, validation_alias=_env("DOX_CLAMD_TIMEOUT"), gt=0)
+    rate_limit_per_user_per_day: int = Field(100, validation_alias=_env("RATE_LIMIT_PER_USER_PER_DAY"), ge=0)
     workflow_timeout: int = Field(300, validation_alias=_env("WORKFLOW_TIMEOUT"), gt=1)
     workflow_retry_attempts: int = Field(3, validation_alias=_env("WORKFLOW_RETRY_ATTEMPTS"), ge=0)
-    workflow_retry_backoff: float = Field(
-        1.5, validation_alias=_env("WORKFLOW_RETRY_BACKOFF"), ge=1
-    )
+    workflow_retry_backoff: float = Field(1.5, validation_alias=_env("WORKFLOW_RETRY_BACKOFF"), ge=1)
     workflow_retry_delay: float = Field(2.0, validation_alias=_env("WORKFLOW_RETRY_DELAY"), ge=0)
     workflow_concurrency: int = Field(10, validation_alias=_env("WORKFLOW_CONCURRENCY"), gt=0)
     visibility_timeout: int = Field(3600, validation_alias=_env("DOX_VISIBILITY_TIMEOUT"), gt=0)
-    worker_max_memory_mib: int = Field(
-        512, validation_alias=_env("DOX_WORKER_MAX_MEMORY_MIB"), gt=0
-    )
+    worker_max_memory_mib: int = Field(512, validation_alias=_env("DOX_WORKER_MAX_MEMORY_MIB"), gt=0)
     db_pool_size: int = Field(2, validation_alias=_env("DOX_DB_POOL_SIZE"), gt=0)
 
-    allowed_types: Annotated[list[str], NoDecode] = Field(
-        ["pdf"], validation_alias=_env("DOX_ALLOWED_TYPES")
-    )
+    allowed_types: Annotated[list[str], NoDecode] = Field(["pdf"], validation_alias=_env("DOX_ALLOWED_TYPES"))
     duplicate_scope: str = Field("user", validation_alias=_env("DOX_DUPLICATE_SCOPE"))
     recognize_max_pages: int = Field(5, validation_alias=_env("DOX_RECOGNIZE_MAX_PAGES"), gt=0)
     parser_cpu_s: int = Field(10, validation_alias=_env("DOX_PARSER_CPU_S"), gt=0)

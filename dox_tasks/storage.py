@@ -142,10 +142,14 @@ class ContentStore:
         return storage_key(sha256)
 
     def quarantine(self, sha256: str) -> Path:
-        """Move a document out of staging (and the store) into quarantine; idempotent."""
+        """Move a document out of staging into quarantine; idempotent.
+
+        A copy already in the object store is left alone: earlier workflows point at
+        it, and deciding about stored documents (re-scans) is maintenance's job.
+        """
         target = self.quarantine_path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
-        for source in (self.staged_path(sha256), self.object_path(sha256)):
+        for source in (self.staged_path(sha256),):
             if source.exists():
                 if not target.exists():
                     fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="quarantine-")

@@ -1,5 +1,9 @@
 """Celery tasks: one thin wrapper per step, plus the intake task.
 
+Step tasks have ``max_retries=None``: DOX counts attempts itself, in the database
+(Celery's ``retry(max_retries=None)`` falls back to the task's own cap, which
+would silently end a workflow's retries at three).
+
 Each step task only hands its arguments to :func:`dox_tasks.runner.run_step`
 with the plain-Python step function. Upstream services may call ``dox.submit``
 (and nothing else): a step message for a workflow that is not running at that
@@ -8,6 +12,7 @@ step is ignored and logged.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Task
@@ -20,33 +25,35 @@ from .steps.scan import scan
 from .steps.store import store
 from .steps.validate import validate
 
+log = logging.getLogger(__name__)
 
-@app.task(bind=True, name="dox.validate")
+
+@app.task(bind=True, name="dox.validate", max_retries=None)
 def validate_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
     return run_step(self, validate, workflow_id, step, definition_hash)
 
 
-@app.task(bind=True, name="dox.scan")
+@app.task(bind=True, name="dox.scan", max_retries=None)
 def scan_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
     return run_step(self, scan, workflow_id, step, definition_hash)
 
 
-@app.task(bind=True, name="dox.store")
+@app.task(bind=True, name="dox.store", max_retries=None)
 def store_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
     return run_step(self, store, workflow_id, step, definition_hash)
 
 
-@app.task(bind=True, name="dox.recognize")
+@app.task(bind=True, name="dox.recognize", max_retries=None)
 def recognize_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
     return run_step(self, recognize, workflow_id, step, definition_hash)
 
 
-@app.task(bind=True, name="dox.publish")
+@app.task(bind=True, name="dox.publish", max_retries=None)
 def publish_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
     return run_step(self, publish, workflow_id, step, definition_hash)
 
 
-@app.task(bind=True, name="dox.noop")
+@app.task(bind=True, name="dox.noop", max_retries=None)
 def noop_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
     return run_step(self, noop, workflow_id, step, definition_hash)
 
@@ -81,5 +88,7 @@ def submit_task(
             from_service=True,
         )
     except DoxError as exc:
+        # Results are not stored, so say it where an operator looks: the worker log.
+        log.error("dox.submit refused %r from user %r: %s", path, user, exc)
         return {"error": str(exc)}
     return {"workflow_id": workflow_id}

@@ -57,9 +57,7 @@ def malformed() -> bytes:
     # Ends properly, but the cross-reference offsets point at garbage.
     data = simple().replace(b"xref\n0 ", b"xref\n0 ")
     head, _, _ = data.partition(b"xref")
-    return (
-        head + b"xref\n0 3\nthis is not a table\ntrailer\n<< /Root 99 0 R >>\nstartxref\n9\n%%EOF\n"
-    )
+    return head + b"xref\n0 3\nthis is not a table\ntrailer\n<< /Root 99 0 R >>\nstartxref\n9\n%%EOF\n"
 
 
 def javascript_plain() -> bytes:

@@ -92,9 +92,7 @@ class Clamd:
         self.extra_conf: list[str] = []  # e.g. raised limits for a benchmark
 
     def start(self) -> None:
-        binary = shutil.which("clamd") or (
-            "/usr/sbin/clamd" if Path("/usr/sbin/clamd").exists() else None
-        )
+        binary = shutil.which("clamd") or ("/usr/sbin/clamd" if Path("/usr/sbin/clamd").exists() else None)
         if binary is None:
             unavailable("clamd", "not installed (apt-get install clamav-daemon)")
         db = self.workdir / "db"
@@ -103,9 +101,7 @@ class Clamd:
         for line in (ROOT / "deploy" / "clamd.conf").read_text().splitlines():
             key = line.split(" ", 1)[0]
             overridden = {c.split(" ", 1)[0] for c in self.extra_conf}
-            if key in ("TCPSocket", "TCPAddr", "DatabaseDirectory", "LogFile", "User") or (
-                key in overridden
-            ):
+            if key in ("TCPSocket", "TCPAddr", "DatabaseDirectory", "LogFile", "User") or (key in overridden):
                 continue
             conf.append(line)
         conf += [

@@ -85,9 +85,7 @@ def test_dox_run_with_real_clamd_sees_eicar_infected(tmp_path, clamd_url):
     folder.mkdir()
     (folder / "quarterly.pdf").write_bytes(pdfs.eicar_pdf())
     (folder / "clean.pdf").write_bytes(pdfs.unique(1))
-    res = dox(
-        ["run", str(folder), "--json"], clean_env(tmp_path, DOX_CLAMD_URL=clamd_url), tmp_path
-    )
+    res = dox(["run", str(folder), "--json"], clean_env(tmp_path, DOX_CLAMD_URL=clamd_url), tmp_path)
     assert res.returncode == 0, res.stderr
     results = {Path(r["file"]).name: r for r in map(json.loads, res.stdout.splitlines())}
     bad = results["quarterly.pdf"]

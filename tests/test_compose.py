@@ -18,9 +18,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
 def test_core_services_are_there():
-    assert {"redis", "postgres", "clamav", "migrate", "worker", "worker-scan"} <= set(
-        COMPOSE["services"]
-    )
+    assert {"redis", "postgres", "clamav", "migrate", "worker", "worker-scan"} <= set(COMPOSE["services"])
 
 
 def test_broker_never_evicts_and_has_a_password():
@@ -66,8 +64,7 @@ def test_every_dox_command_in_compose_runs(service, command, pg_url, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOX_")}
     env.update(DOX_DATABASE_URL=pg_url, DOX_HOME=str(tmp_path))
     args = [
-        c.replace("${WORKFLOW_CONCURRENCY:-10}", "2").replace("${SCAN_CONCURRENCY:-4}", "2")
-        for c in command
+        c.replace("${WORKFLOW_CONCURRENCY:-10}", "2").replace("${SCAN_CONCURRENCY:-4}", "2") for c in command
     ]
     if args[0] == "worker":
         args = [*args, "--help"]  # a worker would run forever; check its arguments parse

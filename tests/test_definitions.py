@@ -71,6 +71,11 @@ def test_action_is_an_alias_of_task(tmp_path):
             10,
             "unknown on_failure target 'explode'",
         ),
+        (
+            ("    task: dox.validate\n", "    task: dox.validate\n    params: {max_pagez: 3}\n"),
+            6,
+            "does not understand 'max_pagez'",
+        ),
     ],
 )
 def test_each_problem_names_file_line_and_fix(tmp_path, mutation, line, words):

@@ -126,9 +126,7 @@ def test_worker_sigkilled_with_200_in_flight(stack, harness_factory, tmp_path):
 
     ids = [h.submit(pdfs.unique(1000 + n)) for n in range(200)]
     first = start_worker("victim")
-    h.wait_until(
-        lambda: 20 <= _finished(h.rt.state, ids) < 150, timeout=120, what="the run to be under way"
-    )
+    h.wait_until(lambda: 20 <= _finished(h.rt.state, ids) < 150, timeout=120, what="the run to be under way")
     os.killpg(first.pid, signal.SIGKILL)  # the worker and its pool processes, no goodbye
     first.wait(10)
     killed_at = _finished(h.rt.state, ids)

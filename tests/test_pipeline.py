@@ -170,9 +170,7 @@ def test_staged_file_changed_before_store_fails_and_stores_nothing(stack, harnes
     h = harness_factory(stack)
     h.worker(queues=["validation", "scan"])
     wid = h.submit(pdfs.unique(5))
-    h.wait_until(
-        lambda: h.rt.state.get_workflow(wid)["current_step"] == "store", what="scan to finish"
-    )
+    h.wait_until(lambda: h.rt.state.get_workflow(wid)["current_step"] == "store", what="scan to finish")
     h.stop_workers()
     staged = h.rt.storage.staged_path(h.rt.state.get_workflow(wid)["sha256"])
     os.chmod(staged, 0o644)
@@ -191,19 +189,13 @@ def test_forged_step_message_for_finished_workflow_changes_nothing(dox):
     dox.app.send_task(
         "dox.store", args=(row["workflow_id"], "store", row["definition_hash"]), queue="storage"
     )
-    dox.app.send_task(
-        "dox.validate", args=(row["workflow_id"], "validate", "f" * 64), queue="validation"
-    )
-    dox.app.send_task(
-        "dox.scan", args=("no-such-workflow", "scan", row["definition_hash"]), queue="scan"
-    )
+    dox.app.send_task("dox.validate", args=(row["workflow_id"], "validate", "f" * 64), queue="validation")
+    dox.app.send_task("dox.scan", args=("no-such-workflow", "scan", row["definition_hash"]), queue="scan")
     import time
 
     time.sleep(1.5)
     assert dox.rt.state.step_rows(row["workflow_id"]) == before
-    assert dox.rt.state.get_workflow(row["workflow_id"]) == dox.rt.state.get_workflow(
-        row["workflow_id"]
-    )
+    assert dox.rt.state.get_workflow(row["workflow_id"]) == dox.rt.state.get_workflow(row["workflow_id"])
     assert dox.rt.state.get_workflow(row["workflow_id"])["current_state"] == "success"
 
 

@@ -37,9 +37,7 @@ def test_time_limit_reaching_visibility_timeout_is_refused_naming_both():
     s = Settings().model_copy(update={"workflow_timeout": 4000})
     with pytest.raises(ConfigError) as exc:
         s.check()
-    assert "WORKFLOW_TIMEOUT=4000s" in str(exc.value) and "DOX_VISIBILITY_TIMEOUT=3600s" in str(
-        exc.value
-    )
+    assert "WORKFLOW_TIMEOUT=4000s" in str(exc.value) and "DOX_VISIBILITY_TIMEOUT=3600s" in str(exc.value)
 
 
 def test_retry_delay_reaching_visibility_timeout_is_refused():

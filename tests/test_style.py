@@ -20,8 +20,13 @@ def tool(name: str) -> str:
 
 
 def test_ruff_is_clean():
-    res = subprocess.run([tool("ruff"), "check", "dox_tasks", "tests", "bench", "examples"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [tool("ruff"), "check", "dox_tasks", "tests", "bench", "examples"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 

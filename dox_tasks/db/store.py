@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, Table, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
@@ -35,6 +35,74 @@ SR = cast(Table, WorkflowStepResult.__table__)
 EV = cast(Table, WorkflowEvent.__table__)
 WD = cast(Table, WorkflowDefinition.__table__)
 LIVE = [s.value for s in LIVE_STATES]
+_IS_LIVE = or_(*(WS.c.current_state == v for v in LIVE))
+
+# The hot path (every step runs these) uses statements built once: constructing and
+# cache-keying a statement per call cost more CPU than the database work itself.
+_SEL_WF = select(WS).where(WS.c.workflow_id == bindparam("b_wid"))
+_SEL_WF_LOCKED = _SEL_WF.with_for_update()
+_SEL_ATTEMPTS = select(SR.c.attempt, SR.c.state).where(
+    SR.c.workflow_id == bindparam("b_wid"), SR.c.step == bindparam("b_step")
+)
+_MARK_LOST = (
+    update(SR)
+    .where(
+        SR.c.workflow_id == bindparam("b_wid"),
+        SR.c.step == bindparam("b_step"),
+        SR.c.state == StepState.RUNNING.value,
+    )
+    .values(
+        state=StepState.LOST.value,
+        finished_at=bindparam("b_ts"),
+        error="worker lost (message redelivered)",
+    )
+)
+_INSERT_ATTEMPT = insert(SR)
+_SET_RUNNING = (
+    update(WS)
+    .where(WS.c.workflow_id == bindparam("b_wid"))
+    .values(current_state=WorkflowState.RUNNING.value, updated_at=bindparam("b_ts"))
+)
+_ADVANCE = (
+    update(WS)
+    .where(WS.c.workflow_id == bindparam("b_wid"), WS.c.current_step == bindparam("b_step"), _IS_LIVE)
+    .values(current_step=bindparam("b_next"), updated_at=bindparam("b_ts"))
+)
+_CLOSE_ATTEMPT = (
+    update(SR)
+    .where(
+        SR.c.workflow_id == bindparam("b_wid"),
+        SR.c.step == bindparam("b_step"),
+        SR.c.attempt == bindparam("b_attempt"),
+    )
+    .values(
+        state=bindparam("b_state"),
+        finished_at=bindparam("b_ts"),
+        duration_ms=bindparam("b_duration"),
+        output=bindparam("b_output", type_=SR.c.output.type),
+        error=bindparam("b_error"),
+        traceback=bindparam("b_traceback"),
+    )
+)
+_SEL_STARTED = select(SR.c.started_at).where(
+    SR.c.workflow_id == bindparam("b_wid"),
+    SR.c.step == bindparam("b_step"),
+    SR.c.attempt == bindparam("b_attempt"),
+)
+_FINISH_WF = (
+    update(WS)
+    .where(WS.c.workflow_id == bindparam("b_wid"), _IS_LIVE)
+    .values(
+        current_state=bindparam("b_state"),
+        reason=bindparam("b_reason"),
+        detail=bindparam("b_detail"),
+        duplicate_of=bindparam("b_dup"),
+        result=bindparam("b_result", type_=WS.c.result.type),
+        updated_at=bindparam("b_ts"),
+        finished_at=bindparam("b_ts"),
+    )
+)
+_SEL_STEPS = select(SR).where(SR.c.workflow_id == bindparam("b_wid")).order_by(SR.c.id)
 
 T = TypeVar("T")
 
@@ -52,6 +120,20 @@ class StepStart:
     why: str = ""
     poison: bool = False
     workflow: dict[str, Any] | None = None  # the row, as locked at the start of the step
+    started_at: datetime | None = None
+    done_before: bool = False  # an earlier delivery of this step already succeeded
+
+
+@dataclass(frozen=True)
+class StepClose:
+    """How the attempt that ends a workflow is closed, in the same transaction."""
+
+    step: str
+    attempt: int
+    state: StepState
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    traceback: str | None = None
     started_at: datetime | None = None
 
 
@@ -109,9 +191,7 @@ class StateStore:
             self._insert_ignore(
                 conn,
                 WD,
-                dict(
-                    definition_hash=digest, name=name, version=version, body=body, created_at=now()
-                ),
+                dict(definition_hash=digest, name=name, version=version, body=body, created_at=now()),
             )
 
     def load_definition(self, digest: str) -> dict[str, Any] | None:
@@ -181,7 +261,7 @@ class StateStore:
 
     def get_workflow(self, workflow_id: str) -> dict[str, Any]:
         with self.tx() as conn:
-            row = conn.execute(select(WS).where(WS.c.workflow_id == workflow_id)).mappings().first()
+            row = conn.execute(_SEL_WF, {"b_wid": workflow_id}).mappings().first()
         if row is None:
             raise UnknownWorkflow(f"no workflow with id {workflow_id}")
         return dict(row)
@@ -206,14 +286,16 @@ class StateStore:
         worker that died as ``lost``, insert this attempt (number = previous + 1).
         """
         with self.tx() as conn:
-            q = select(WS).where(WS.c.workflow_id == workflow_id)
             if self.is_postgres:
                 # Losing this commit in a Postgres crash only undercounts one delivery;
                 # not waiting for the WAL flush saves ~1 ms per step. Terminal and
                 # step-finish transitions stay fully durable.
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                q = q.with_for_update()
-            found = conn.execute(q).mappings().first()
+            found = (
+                conn.execute(_SEL_WF_LOCKED if self.is_postgres else _SEL_WF, {"b_wid": workflow_id})
+                .mappings()
+                .first()
+            )
             if found is None:
                 return StepStart(False, why="unknown workflow (forged message?)")
             wf = dict(found)
@@ -224,50 +306,32 @@ class StateStore:
                     False, why=f"workflow is at step {wf['current_step']!r}, not {step!r} (stale)"
                 )
             ts = now()
-            previous = conn.execute(
-                select(SR.c.attempt, SR.c.state).where(
-                    SR.c.workflow_id == workflow_id, SR.c.step == step
-                )
-            ).all()
+            keys = {"b_wid": workflow_id, "b_step": step}
+            previous = conn.execute(_SEL_ATTEMPTS, keys).all()
             if any(r.state == StepState.RUNNING.value for r in previous):
                 # An attempt still marked running belongs to a worker that died holding it.
-                conn.execute(
-                    update(SR)
-                    .where(
-                        SR.c.workflow_id == workflow_id,
-                        SR.c.step == step,
-                        SR.c.state == StepState.RUNNING.value,
-                    )
-                    .values(
-                        state=StepState.LOST.value,
-                        finished_at=ts,
-                        error="worker lost (message redelivered)",
-                    )
-                )
+                conn.execute(_MARK_LOST, {**keys, "b_ts": ts})
             attempt = max((r.attempt for r in previous), default=0) + 1
             poison = attempt > max_deliveries
             why = f"delivered {attempt} times (limit {max_deliveries})" if poison else ""
             conn.execute(
-                insert(SR).values(
-                    workflow_id=workflow_id,
-                    step=step,
-                    attempt=attempt,
-                    task_id=task_id,
-                    worker_hostname=hostname,
-                    started_at=ts,
-                    state=(StepState.FAILED if poison else StepState.RUNNING).value,
-                    finished_at=ts if poison else None,
-                    error=why or None,
-                )
+                _INSERT_ATTEMPT,
+                {
+                    "workflow_id": workflow_id,
+                    "step": step,
+                    "attempt": attempt,
+                    "task_id": task_id,
+                    "worker_hostname": hostname,
+                    "started_at": ts,
+                    "state": (StepState.FAILED if poison else StepState.RUNNING).value,
+                    "finished_at": ts if poison else None,
+                    "error": why or None,
+                },
             )
             if poison:
                 return StepStart(False, attempt=attempt, poison=True, why=why, workflow=wf)
             if wf["current_state"] != WorkflowState.RUNNING.value:
-                conn.execute(
-                    update(WS)
-                    .where(WS.c.workflow_id == workflow_id)
-                    .values(current_state=WorkflowState.RUNNING.value, updated_at=ts)
-                )
+                conn.execute(_SET_RUNNING, {"b_wid": workflow_id, "b_ts": ts})
                 wf["current_state"] = WorkflowState.RUNNING.value
         return StepStart(True, attempt=attempt, workflow=wf, started_at=ts)
 
@@ -292,50 +356,33 @@ class StateStore:
         caller must not continue the chain.
         """
         ts = now()
+        keys = {"b_wid": workflow_id, "b_step": step}
         with self.tx() as conn:
-            started = (
-                started_at
-                or conn.execute(
-                    select(SR.c.started_at).where(
-                        SR.c.workflow_id == workflow_id, SR.c.step == step, SR.c.attempt == attempt
-                    )
-                ).scalar()
-            )
+            started = started_at or conn.execute(_SEL_STARTED, {**keys, "b_attempt": attempt}).scalar()
             duration = int((ts - _aware(started)).total_seconds() * 1000) if started else None
             final_state = state
             if state in (StepState.SUCCESS, StepState.REJECTED):
-                moved = conn.execute(
-                    update(WS)
-                    .where(
-                        WS.c.workflow_id == workflow_id,
-                        WS.c.current_step == step,
-                        WS.c.current_state.in_(LIVE),
-                    )
-                    .values(current_step=next_step, updated_at=ts)
-                ).rowcount
+                moved = conn.execute(_ADVANCE, {**keys, "b_next": next_step, "b_ts": ts}).rowcount
                 if not moved:
                     final_state = StepState.SUPERSEDED
             conn.execute(
-                update(SR)
-                .where(SR.c.workflow_id == workflow_id, SR.c.step == step, SR.c.attempt == attempt)
-                .values(
-                    state=final_state.value,
-                    finished_at=ts,
-                    duration_ms=duration,
-                    output=output,
-                    error=error,
-                    traceback=(traceback or None) and traceback[-4000:],
-                )
+                _CLOSE_ATTEMPT,
+                {
+                    **keys,
+                    "b_attempt": attempt,
+                    "b_state": final_state.value,
+                    "b_ts": ts,
+                    "b_duration": duration,
+                    "b_output": output,
+                    "b_error": error,
+                    "b_traceback": (traceback or None) and traceback[-4000:],
+                },
             )
         return final_state is state
 
     def step_rows(self, workflow_id: str) -> list[dict[str, Any]]:
         with self.tx() as conn:
-            rows = (
-                conn.execute(select(SR).where(SR.c.workflow_id == workflow_id).order_by(SR.c.id))
-                .mappings()
-                .all()
-            )
+            rows = conn.execute(_SEL_STEPS, {"b_wid": workflow_id}).mappings().all()
         return [dict(r) for r in rows]
 
     def step_outputs(self, workflow_id: str) -> dict[str, dict[str, Any]]:
@@ -361,10 +408,46 @@ class StateStore:
         ts = now()
         with self.tx() as conn:
             changed = conn.execute(
-                update(WS)
-                .where(WS.c.workflow_id == workflow_id, WS.c.current_state.in_(LIVE))
-                .values(
+                _FINISH_WF,
+                {
+                    "b_wid": workflow_id,
+                    "b_state": state.value,
+                    "b_reason": reason,
+                    "b_detail": detail,
+                    "b_dup": duplicate_of,
+                    "b_result": result,
+                    "b_ts": ts,
+                },
+            ).rowcount
+        return bool(changed)
+
+    def conclude(
+        self,
+        workflow_id: str,
+        state: WorkflowState,
+        *,
+        reason: str | None,
+        detail: str | None,
+        duplicate_of: str | None,
+        result: dict[str, Any],
+        events: list[tuple[str, str, dict[str, Any]]],
+        close: StepClose | None = None,
+        expect_step: str | None = None,
+    ) -> bool:
+        """The terminal transition, atomically: close the last attempt, end the workflow,
+        record its events. Only a delivery that still owns the workflow's current step
+        (``close.step`` / ``expect_step``) may end it; the first writer wins.
+        """
+        ts = now()
+        step = close.step if close else expect_step
+        with self.tx() as conn:
+            q = update(WS).where(WS.c.workflow_id == workflow_id, _IS_LIVE)
+            if step is not None:
+                q = q.where(WS.c.current_step == step)
+            won = conn.execute(
+                q.values(
                     current_state=state.value,
+                    current_step=None,
                     reason=reason,
                     detail=detail,
                     duplicate_of=duplicate_of,
@@ -373,16 +456,39 @@ class StateStore:
                     finished_at=ts,
                 )
             ).rowcount
-        return bool(changed)
+            if close is not None:
+                started = close.started_at
+                conn.execute(
+                    _CLOSE_ATTEMPT,
+                    {
+                        "b_wid": workflow_id,
+                        "b_step": close.step,
+                        "b_attempt": close.attempt,
+                        "b_state": (close.state if won else StepState.SUPERSEDED).value,
+                        "b_ts": ts,
+                        "b_duration": int((ts - _aware(started)).total_seconds() * 1000) if started else None,
+                        "b_output": close.output,
+                        "b_error": close.error,
+                        "b_traceback": (close.traceback or None) and close.traceback[-4000:],
+                    },
+                )
+            if won:
+                for event_id, type_, payload in events:
+                    self._insert_ignore(
+                        conn,
+                        EV,
+                        dict(
+                            id=event_id, workflow_id=workflow_id, type=type_, payload=payload, created_at=ts
+                        ),
+                    )
+        return bool(won)
 
     def set_result(self, workflow_id: str, result: dict[str, Any]) -> None:
         with self.tx() as conn:
             conn.execute(update(WS).where(WS.c.workflow_id == workflow_id).values(result=result))
 
     # -- lookups used by validation -------------------------------------------------
-    def find_duplicate(
-        self, sha256: str, user: str | None, exclude: str, before: datetime
-    ) -> str | None:
+    def find_duplicate(self, sha256: str, user: str | None, exclude: str, before: datetime) -> str | None:
         """The earliest earlier workflow with the same bytes that succeeded or is still live.
 
         Counting live ones too makes the answer independent of which of two
@@ -441,9 +547,7 @@ class StateStore:
     def events(self, workflow_id: str) -> list[dict[str, Any]]:
         with self.tx() as conn:
             rows = (
-                conn.execute(
-                    select(EV).where(EV.c.workflow_id == workflow_id).order_by(EV.c.created_at)
-                )
+                conn.execute(select(EV).where(EV.c.workflow_id == workflow_id).order_by(EV.c.created_at))
                 .mappings()
                 .all()
             )

@@ -153,7 +153,15 @@ def _graph_problems(model: DefinitionModel, lines: dict[Path_, int], where: str)
         if names.count(step.name) > 1 and names.index(step.name) != i:
             line = _line_of(lines, ("steps", i, "name"))
             problems.append(f"{where}:{line}: steps.{i}.name: step {step.name!r} is defined twice")
-        if resolve(step.task) is None:
+        info = resolve(step.task)
+        for key in sorted(set(step.params) - (info.params if info else set(step.params))):
+            line = _line_of(lines, ("steps", i, "params", key))
+            known = ", ".join(sorted(info.params)) if info and info.params else "none"
+            problems.append(
+                f"{where}:{line}: steps.{i}.params.{key}: {step.task} does not understand {key!r}"
+                f" (it takes: {known})"
+            )
+        if info is None:
             key = "task" if ("steps", i, "task") in lines else "action"
             line = _line_of(lines, ("steps", i, key))
             problems.append(
@@ -179,8 +187,7 @@ def _graph_problems(model: DefinitionModel, lines: dict[Path_, int], where: str)
             line = _line_of(lines, ("steps", i, "on_success"))
             loop = " → ".join([*seen[seen.index(current) :], current])
             problems.append(
-                f"{where}:{line}: steps.{i}.on_success: cycle {loop}:"
-                f" point the last step at {COMPLETE!r}"
+                f"{where}:{line}: steps.{i}.on_success: cycle {loop}: point the last step at {COMPLETE!r}"
             )
             return problems
         seen.append(current)

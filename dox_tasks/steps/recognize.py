@@ -18,9 +18,7 @@ from .pdf import extract_text
 def recognize(ctx: StepContext) -> Outcome:
     s = ctx.rt.settings
     if ctx.from_earlier("detected_type") not in (None, "pdf"):
-        return ok(
-            recognition=Recognition.UNREADABLE.value, template=None, confidence=0.0, fields={}
-        )
+        return ok(recognition=Recognition.UNREADABLE.value, template=None, confidence=0.0, fields={})
     max_pages = int(ctx.params.get("max_pages", s.recognize_max_pages))
     path = ctx.rt.storage.staged_path(ctx.sha256)
     if not path.exists():

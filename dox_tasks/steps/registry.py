@@ -14,22 +14,27 @@ class TaskInfo:
     name: str
     queue: str
     summary: str
+    params: frozenset[str] = frozenset()  # the step's `params:` keys it understands
 
 
 STEP_TASKS: dict[str, TaskInfo] = {
     t.name: t
     for t in (
         TaskInfo(
-            "dox.validate", "validation", "rate limit, size, type, PDF structure, hash/duplicates"
+            "dox.validate",
+            "validation",
+            "rate limit, size, type, PDF structure, hash/duplicates",
+            frozenset({"rate_limit_per_day", "max_file_size", "allowed_types"}),
         ),
         TaskInfo("dox.scan", "scan", "ClamAV INSTREAM scan; infected documents go to quarantine"),
+        TaskInfo("dox.store", "storage", "promote the staged bytes into the content-addressed store"),
         TaskInfo(
-            "dox.store", "storage", "promote the staged bytes into the content-addressed store"
+            "dox.recognize",
+            "recognition",
+            "extract text and match templates, typed fields",
+            frozenset({"max_pages"}),
         ),
-        TaskInfo("dox.recognize", "recognition", "extract text and match templates, typed fields"),
-        TaskInfo(
-            "dox.publish", "events", "completion event: row, Redis stream, pub/sub, JSONL log"
-        ),
+        TaskInfo("dox.publish", "events", "completion event: row, Redis stream, pub/sub, JSONL log"),
         TaskInfo("dox.noop", "validation", "does nothing (benchmarks of orchestration overhead)"),
     )
 }

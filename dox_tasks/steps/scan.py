@@ -25,7 +25,7 @@ def scan(ctx: StepContext) -> Outcome:
         return reject(
             Reason.TOO_LARGE,
             f"too large for the virus scanner's limits ({verdict.signature}); not stored",
-            scan="infected",
+            scan="skipped",
             signature=verdict.signature,
             engine=verdict.engine,
         )

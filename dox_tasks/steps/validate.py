@@ -79,9 +79,7 @@ def validate(ctx: StepContext) -> Outcome:
     if infected:
         return reject(Reason.INFECTED, infected, quarantine=True, signature=infected)
     scope_user = None if s.duplicate_scope == "global" else wf["user_id"]
-    original = ctx.rt.state.find_duplicate(
-        ctx.sha256, scope_user, ctx.workflow_id, before=wf["created_at"]
-    )
+    original = ctx.rt.state.find_duplicate(ctx.sha256, scope_user, ctx.workflow_id, before=wf["created_at"])
     if original:
         return duplicate(original, sha256=ctx.sha256, **facts)
     return ok(sha256=ctx.sha256, size=size, **facts)
