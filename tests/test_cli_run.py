@@ -92,3 +92,67 @@ def test_dox_run_with_real_clamd_sees_eicar_infected(tmp_path, clamd_url):
     assert (bad["status"], bad["reason"], bad["scan"]) == ("rejected", "infected", "infected")
     assert bad["signature"].startswith("Dox.Test.EICAR")
     assert results["clean.pdf"]["scan"] == "clean"
+
+
+@pytest.mark.integration
+def test_dox_run_local_worker_on_redis_postgres_clamd(tmp_path, stack):
+    """`dox run --local-worker` with DOX_BROKER_URL, DOX_DATABASE_URL and DOX_CLAMD_URL set."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(pdfs.unique(21))
+    (folder / "b.pdf").write_bytes(pdfs.eicar_pdf())
+    env = clean_env(
+        tmp_path,
+        DOX_BROKER_URL=stack.broker_url,
+        DOX_DATABASE_URL=stack.database_url,
+        DOX_CLAMD_URL=stack.clamd_url,
+        DOX_NAMESPACE=stack.namespace,
+        DOX_BROKER_KEY_PREFIX=stack.broker_key_prefix,
+    )
+    res = dox(["db", "upgrade"], env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    res = dox(["run", str(folder), "--local-worker", "--json"], env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    results = {Path(r["file"]).name: r for r in map(json.loads, res.stdout.splitlines())}
+    assert results["a.pdf"]["status"] == "success" and results["a.pdf"]["scan"] == "clean"
+    assert results["b.pdf"]["reason"] == "infected"
+    wid = results["a.pdf"]["workflow_id"]
+    status = dox(["status", wid, "--json"], env, tmp_path)
+    assert json.loads(status.stdout)["storage_key"] == results["a.pdf"]["storage_key"]
+
+
+@pytest.mark.integration
+def test_dox_submit_wait_against_a_running_worker(tmp_path, stack, harness_factory):
+    """`dox submit --wait` hands files to workers started elsewhere (here: the test's)."""
+    harness = harness_factory(stack)
+    harness.worker()
+    s = harness.settings
+    (tmp_path / "c.pdf").write_bytes(pdfs.unique(22))
+    env = clean_env(
+        tmp_path,
+        DOX_BROKER_URL=s.broker_url,
+        DOX_DATABASE_URL=s.database_url,
+        DOX_CLAMD_URL=s.clamd_url,
+        DOX_NAMESPACE=s.namespace,
+        DOX_BROKER_KEY_PREFIX=s.broker_key_prefix,
+        DOX_STORAGE_ROOT=str(s.storage),
+    )
+    res = dox(["submit", str(tmp_path / "c.pdf"), "--user", "zoe", "--wait", "--json"], env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout)
+    assert result["status"] == "success" and result["file"].endswith("c.pdf")
+
+
+def test_embedded_worker_survives_loops_and_bombs(tmp_path):
+    """The solo in-process worker has no Celery time limits: the sandbox must hold."""
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    (folder / "loop.pdf").write_bytes(pdfs.looping_page_tree())
+    (folder / "bomb.pdf").write_bytes(pdfs.compression_bomb())
+    (folder / "fine.pdf").write_bytes(pdfs.unique(30))
+    res = dox(["run", str(folder), "--json"], clean_env(tmp_path), tmp_path)
+    assert res.returncode == 0, res.stderr
+    results = {Path(r["file"]).name: r for r in map(json.loads, res.stdout.splitlines())}
+    assert results["loop.pdf"]["reason"] == "too_complex"
+    assert results["bomb.pdf"]["reason"] == "too_complex"
+    assert results["fine.pdf"]["status"] == "success"  # processed after the hostile ones

@@ -94,3 +94,19 @@ def test_paths_outside_the_inbox_are_refused_clearly(inbox, path, words):
 def test_service_paths_need_an_inbox():
     with pytest.raises(SubmissionError, match="DOX_INBOX_ROOT"):
         confine("/etc/hostname", None, required=True)
+
+
+def test_submit_from_a_service_refuses_paths_outside_the_inbox(tmp_path, inbox):
+    """Through the public entry point: a clear refusal, and no workflow is created."""
+    from dox_tasks import runtime, submit
+    from dox_tasks.settings import Settings
+
+    rt = runtime.configure(Settings().model_copy(update={"home": tmp_path / "home", "inbox_root": inbox}))
+    for path in ("../secret.txt", "link-out.pdf", str(tmp_path / "secret.txt")):
+        with pytest.raises(SubmissionError, match="outside the inbox|'..' is not allowed"):
+            submit(path, user="svc", from_service=True)
+    from sqlalchemy import text
+
+    with rt.state.engine.connect() as c:
+        assert c.execute(text("select count(*) from workflow_states")).scalar() == 0
+    runtime.configure(Settings())
