@@ -139,6 +139,7 @@ def send(
     except Exception as exc:  # noqa: BLE001 - broker errors come in many types
         log.error("workflow %s is recorded queued but could not be sent: %s", workflow_id, exc)
         raise SubmissionError(
-            f"workflow {workflow_id} is recorded (queued) but the broker refused the message:"
-            f" {exc}. It will be re-sent by the stuck-workflow reaper."
+            f"workflow {workflow_id} is recorded (queued) but the broker refused its message:"
+            f" {exc}. Nothing is lost: the row stays queued and can be re-sent once the broker"
+            " is back (see docs/OPERATIONS.md, re-driving a stuck workflow)."
         ) from exc

@@ -170,3 +170,24 @@ def test_message_delivered_too_often_ends_poison(stack, harness_factory):
     assert attempts == ["lost"] * 5 + ["failed"]
     assert [e["type"] for e in h.rt.state.events(wid)] == ["workflow.failed"]
     assert intake  # the intake path sent the chain; nothing else was needed
+
+
+def test_redelivered_finished_step_resends_the_rest_of_the_chain(stack, harness_factory):
+    """A worker died after `validate` committed but before the chain sent `scan`: the
+    redelivered validate message must send scan, not strand the workflow."""
+    from dox_tasks import intake
+    from dox_tasks.contract import StepState
+
+    h = harness_factory(stack)
+    wid = h.submit(pdfs.unique(40))  # chain sent; no worker yet
+    # What the dead worker got done: validate ran and committed, scan never sent.
+    start = h.rt.state.begin_step(wid, "validate", "dead", "gone", max_deliveries=5)
+    h.rt.state.finish_step(
+        wid, "validate", start.attempt, StepState.SUCCESS, output={"pages": 1}, next_step="scan"
+    )
+    assert intake  # the queued validate message stands in for the redelivery
+    h.worker()
+    row = h.wait([wid])[wid]
+    assert row["current_state"] == "success"
+    validate = [s for s in h.rt.state.step_rows(wid) if s["step"] == "validate"]
+    assert [s["state"] for s in validate] == ["success"]  # not run again

@@ -301,13 +301,16 @@ class StateStore:
             wf = dict(found)
             if wf["current_state"] not in LIVE:
                 return StepStart(False, why=f"workflow is already {wf['current_state']}")
-            if wf["current_step"] != step:
-                return StepStart(
-                    False, why=f"workflow is at step {wf['current_step']!r}, not {step!r} (stale)"
-                )
-            ts = now()
             keys = {"b_wid": workflow_id, "b_step": step}
             previous = conn.execute(_SEL_ATTEMPTS, keys).all()
+            if wf["current_step"] != step:
+                return StepStart(
+                    False,
+                    why=f"workflow is at step {wf['current_step']!r}, not {step!r} (stale)",
+                    workflow=wf,
+                    done_before=any(r.state == StepState.SUCCESS.value for r in previous),
+                )
+            ts = now()
             if any(r.state == StepState.RUNNING.value for r in previous):
                 # An attempt still marked running belongs to a worker that died holding it.
                 conn.execute(_MARK_LOST, {**keys, "b_ts": ts})

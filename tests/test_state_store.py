@@ -1,0 +1,156 @@
+"""One contract, two backends: the results layer on SQLite (embedded) and PostgreSQL.
+
+Each transition has one owner and is idempotent; these tests pin that down on both.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import services
+
+from dox_tasks.contract import StepState, WorkflowState
+from dox_tasks.db.store import StateStore, StepClose
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = StateStore(f"sqlite:///{tmp_path / 'dox.db'}")
+        s.migrate()
+        yield s
+        s.engine.dispose()
+        return
+    url = services.create_database()
+    s = StateStore(url)
+    s.migrate()
+    yield s
+    s.engine.dispose()
+    services.drop_database(url)
+
+
+def new_workflow(store: StateStore, sha: str = "a" * 64, user: str = "u", key: str | None = None) -> str:
+    store.save_definition("d" * 64, "wf", "1", {})
+    wid, _ = store.create_workflow(
+        rule_name="wf",
+        definition_hash="d" * 64,
+        definition_version="1",
+        first_step="one",
+        user=user,
+        source=None,
+        file_name="f.pdf",
+        sha256=sha,
+        size=3,
+        metadata=None,
+        idempotency_key=key,
+    )
+    return wid
+
+
+def test_idempotency_key_creates_once(store):
+    a = new_workflow(store, key="k1")
+    b = new_workflow(store, key="k1")
+    assert a == b
+
+
+def test_attempts_are_counted_before_the_body_and_lost_ones_marked(store):
+    wid = new_workflow(store)
+    first = store.begin_step(wid, "one", "t1", "h", max_deliveries=5)
+    assert first.run and first.attempt == 1 and first.workflow["current_state"] == "running"
+    second = store.begin_step(wid, "one", "t2", "h", max_deliveries=5)  # redelivery after a crash
+    assert second.run and second.attempt == 2
+    assert [r["state"] for r in store.step_rows(wid)] == ["lost", "running"]
+
+
+def test_poison_after_too_many_deliveries(store):
+    wid = new_workflow(store)
+    for _ in range(3):
+        assert store.begin_step(wid, "one", "t", "h", max_deliveries=3).run
+    last = store.begin_step(wid, "one", "t", "h", max_deliveries=3)
+    assert not last.run and last.poison and last.attempt == 4
+    assert store.step_rows(wid)[-1]["state"] == "failed"
+
+
+def test_success_advances_once_and_a_duplicate_is_superseded(store):
+    wid = new_workflow(store)
+    a = store.begin_step(wid, "one", "ta", "h", max_deliveries=5)
+    b = store.begin_step(wid, "one", "tb", "h", max_deliveries=5)  # a concurrent duplicate
+    assert store.finish_step(wid, "one", b.attempt, StepState.SUCCESS, output={"x": 1}, next_step="two")
+    assert not store.finish_step(wid, "one", a.attempt, StepState.SUCCESS, output={"x": 2}, next_step="two")
+    rows = store.step_rows(wid)
+    assert sorted(r["state"] for r in rows) == ["success", "superseded"]
+    assert store.get_workflow(wid)["current_step"] == "two"
+    assert store.step_outputs(wid) == {"one": {"x": 1}}
+
+
+def test_stale_delivery_is_refused_and_knows_the_step_was_done(store):
+    wid = new_workflow(store)
+    a = store.begin_step(wid, "one", "t", "h", max_deliveries=5)
+    store.finish_step(wid, "one", a.attempt, StepState.SUCCESS, next_step="two")
+    again = store.begin_step(wid, "one", "t", "h", max_deliveries=5)
+    assert not again.run and again.done_before and "stale" in again.why
+
+
+def test_terminal_transition_is_atomic_and_first_writer_wins(store):
+    wid = new_workflow(store)
+    a = store.begin_step(wid, "one", "t", "h", max_deliveries=5)
+    close = StepClose("one", a.attempt, StepState.REJECTED, {"reason": "empty"})
+    won = store.conclude(
+        wid,
+        WorkflowState.REJECTED,
+        reason="empty",
+        detail="0 bytes",
+        duplicate_of=None,
+        result={"status": "rejected"},
+        events=[(f"{wid}:workflow.rejected", "workflow.rejected", {"status": "rejected"})],
+        close=close,
+    )
+    assert won
+    lost = store.conclude(
+        wid,
+        WorkflowState.FAILED,
+        reason="internal_error",
+        detail="late",
+        duplicate_of=None,
+        result={"status": "failed"},
+        events=[(f"{wid}:workflow.failed", "workflow.failed", {})],
+        expect_step="one",
+    )
+    assert not lost
+    row = store.get_workflow(wid)
+    assert (row["current_state"], row["reason"], row["current_step"]) == ("rejected", "empty", None)
+    assert [e["type"] for e in store.events(wid)] == ["workflow.rejected"]
+    assert store.step_rows(wid)[0]["state"] == "rejected"
+    assert not store.begin_step(wid, "one", "t", "h", max_deliveries=5).run  # finished stays finished
+
+
+def test_a_delivery_that_lost_ownership_cannot_end_the_workflow(store):
+    wid = new_workflow(store)
+    a = store.begin_step(wid, "one", "t", "h", max_deliveries=5)
+    store.finish_step(wid, "one", a.attempt, StepState.SUCCESS, next_step="two")
+    late = StepClose("one", a.attempt, StepState.FAILED, error="boom")
+    assert not store.conclude(
+        wid,
+        WorkflowState.FAILED,
+        reason="internal_error",
+        detail="x",
+        duplicate_of=None,
+        result={},
+        events=[],
+        close=late,
+    )
+    assert store.get_workflow(wid)["current_state"] == "running"
+
+
+def test_duplicates_point_at_the_earliest_copy(store):
+    first = new_workflow(store, sha="b" * 64)
+    time.sleep(0.01)
+    second = new_workflow(store, sha="b" * 64)
+    other_user = new_workflow(store, sha="b" * 64, user="v")
+    created = store.get_workflow(second)["created_at"]
+    assert store.find_duplicate("b" * 64, "u", second, before=created) == first
+    assert store.find_duplicate("b" * 64, "u", first, before=store.get_workflow(first)["created_at"]) is None
+    assert store.find_duplicate(
+        "b" * 64, None, other_user, before=store.get_workflow(other_user)["created_at"]
+    )
