@@ -35,6 +35,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
     if settings.broker_key_prefix:
         transport["global_keyprefix"] = settings.broker_key_prefix
+    if settings.embedded:
+        # kombu's in-memory transport is polled; its 1 s default would add a second per step.
+        transport["polling_interval"] = 0.01
     routes = {name: {"queue": info.queue} for name, info in STEP_TASKS.items()}
     routes["dox.submit"] = {"queue": "validation"}
     return {

@@ -148,7 +148,8 @@ def _run(
         outcome = fn(ctx)
     except StateStoreUnavailable:
         raise
-    except IntegrityFault as exc:
+    except Exception as exc:  # noqa: BLE001 - every fault must end in a recorded state
+        reason, retryable = classify(exc)
         return _fault(
             task,
             rt,
@@ -156,57 +157,10 @@ def _run(
             workflow_id,
             start.attempt,
             exc,
-            Reason.INTERNAL_ERROR,
-            retryable=False,
-            attempts=attempts,
-            backoff=backoff,
-            delay=delay,
-            slog=slog,
-        )
-    except TransientError as exc:
-        return _fault(
-            task,
-            rt,
-            step,
-            workflow_id,
-            start.attempt,
-            exc,
-            Reason(exc.reason),
-            retryable=True,
-            attempts=attempts,
-            backoff=backoff,
-            delay=delay,
-            slog=slog,
-        )
-    except SoftTimeLimitExceeded as exc:
-        return _fault(
-            task,
-            rt,
-            step,
-            workflow_id,
-            start.attempt,
-            exc,
-            Reason.TIMEOUT,
-            retryable=True,
-            attempts=attempts,
-            backoff=backoff,
-            delay=delay,
-            slog=slog,
-        )
-    except Exception as exc:  # noqa: BLE001 - a bug must end in a recorded state, not a crash
-        return _fault(
-            task,
-            rt,
-            step,
-            workflow_id,
-            start.attempt,
-            exc,
-            Reason.INTERNAL_ERROR,
-            retryable=True,
-            attempts=attempts,
-            backoff=backoff,
-            delay=delay,
-            slog=slog,
+            reason,
+            retryable,
+            (attempts, backoff, delay),
+            slog,
         )
 
     if outcome.end is not None or next_step is None:
@@ -240,6 +194,17 @@ def _run(
     return {"workflow_id": workflow_id, "step": step.name, "next": next_step}
 
 
+def classify(exc: BaseException) -> tuple[Reason, bool]:
+    """(reason recorded if retries run out, whether to retry) for a step's exception."""
+    if isinstance(exc, IntegrityFault):
+        return Reason.INTERNAL_ERROR, False  # the bytes changed: retrying cannot help
+    if isinstance(exc, TransientError):
+        return Reason(exc.reason), True
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return Reason.TIMEOUT, True
+    return Reason.INTERNAL_ERROR, True  # a bug or an unexpected error: retry, then record
+
+
 def _fault(
     task: Task,
     rt: Runtime,
@@ -248,13 +213,11 @@ def _fault(
     attempt: int,
     exc: BaseException,
     reason: Reason,
-    *,
     retryable: bool,
-    attempts: int,
-    backoff: float,
-    delay: float,
+    policy: tuple[int, float, float],
     slog: StepLog,
 ) -> dict[str, Any]:
+    attempts, backoff, delay = policy
     tb = traceback.format_exc(limit=20)
     message = f"{type(exc).__name__}: {exc}"
     if retryable and attempt <= attempts:
@@ -271,11 +234,11 @@ def _fault(
         # DOX counts attempts itself (in the database), so Celery's own cap is off.
         raise task.retry(exc=exc, countdown=countdown, max_retries=None)
     stop_chain(task)
-    policy = OnFailure(step.on_failure)
-    slog.error("step failed after %d attempt(s): %s; on_failure=%s", attempt, message, policy.value)
+    on_failure = OnFailure(step.on_failure)
+    slog.error("step failed after %d attempt(s): %s; on_failure=%s", attempt, message, on_failure.value)
     detail = f"step {step.name} failed after {attempt} attempt(s): {message}"[:2000]
     close = StepClose(step.name, attempt, StepState.FAILED, error=message, traceback=tb)
-    if policy is OnFailure.QUARANTINE:
+    if on_failure is OnFailure.QUARANTINE:
         won = conclude(
             rt,
             workflow_id,
@@ -292,7 +255,7 @@ def _fault(
             WorkflowState.FAILED,
             reason=reason,
             detail=detail,
-            escalate=policy is OnFailure.ESCALATE,
+            escalate=on_failure is OnFailure.ESCALATE,
             close=close,
         )
     if not won:  # another delivery owns the workflow now; just close this attempt
