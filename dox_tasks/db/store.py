@@ -14,6 +14,7 @@ Each transition has one owner and is written idempotently:
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 
@@ -101,6 +102,11 @@ _FINISH_WF = (
         updated_at=bindparam("b_ts"),
         finished_at=bindparam("b_ts"),
     )
+)
+# PostgreSQL: the same two transitions as server-side functions (migration 0002).
+_PG_BEGIN = text("SELECT * FROM dox_begin_step(:wid, :step, :task, :host, :max)")
+_PG_FINISH = text(
+    "SELECT dox_finish_step(:wid, :step, :attempt, :state, :next, :output, :error, :tb, :started)"
 )
 _SEL_STEPS = select(SR).where(SR.c.workflow_id == bindparam("b_wid")).order_by(SR.c.id)
 
@@ -285,6 +291,8 @@ class StateStore:
         One transaction: lock the workflow row, mark attempts left ``running`` by a
         worker that died as ``lost``, insert this attempt (number = previous + 1).
         """
+        if self.is_postgres:
+            return self._begin_step_pg(workflow_id, step, task_id, hostname, max_deliveries)
         with self.tx() as conn:
             if self.is_postgres:
                 # Losing this commit in a Postgres crash only undercounts one delivery;
@@ -338,6 +346,23 @@ class StateStore:
                 wf["current_state"] = WorkflowState.RUNNING.value
         return StepStart(True, attempt=attempt, workflow=wf, started_at=ts)
 
+    def _begin_step_pg(
+        self, workflow_id: str, step: str, task_id: str | None, hostname: str | None, max_deliveries: int
+    ) -> StepStart:
+        params = {"wid": workflow_id, "step": step, "task": task_id, "host": hostname, "max": max_deliveries}
+        with self.tx() as conn:
+            r = conn.execute(_PG_BEGIN, params).one()
+            found = conn.execute(_SEL_WF, {"b_wid": workflow_id}).mappings().first()
+        return StepStart(
+            bool(r.run),
+            attempt=int(r.attempt),
+            why=str(r.why or ""),
+            poison=bool(r.poison),
+            workflow=dict(found) if found else None,
+            started_at=r.started,
+            done_before=bool(r.done_before),
+        )
+
     def finish_step(
         self,
         workflow_id: str,
@@ -358,6 +383,24 @@ class StateStore:
         attempt is then recorded ``superseded`` (never a second success row) and the
         caller must not continue the chain.
         """
+        tb = (traceback or None) and traceback[-4000:]
+        if self.is_postgres:
+            with self.tx() as conn:
+                final = conn.execute(
+                    _PG_FINISH,
+                    {
+                        "wid": workflow_id,
+                        "step": step,
+                        "attempt": attempt,
+                        "state": state.value,
+                        "next": next_step,
+                        "output": None if output is None else json.dumps(output),
+                        "error": error,
+                        "tb": tb,
+                        "started": started_at,
+                    },
+                ).scalar()
+            return final == state.value
         ts = now()
         keys = {"b_wid": workflow_id, "b_step": step}
         with self.tx() as conn:
