@@ -76,10 +76,8 @@ def conclude(
     the audit log follow the commit.
     """
     wf = rt.state.get_workflow(workflow_id)
-    if wf["current_state"] not in ("queued", "running"):
+    if wf["current_state"] not in ("queued", "running") and close is None:
         return False
-    if quarantine and wf.get("sha256"):
-        rt.storage.quarantine(wf["sha256"])
     reason_value = reason.value if reason else None
     outputs = rt.state.step_outputs(workflow_id)
     if (
@@ -109,6 +107,8 @@ def conclude(
         expect_step=expect_step,
     )
     if won:
+        if quarantine and wf.get("sha256"):
+            rt.storage.quarantine(wf["sha256"])  # after the commit: only the owner moves bytes
         for event_id, type_, channel in events:
             rt.events.fan_out(event_id, type_, workflow_id, payload, channel)
         log.info(

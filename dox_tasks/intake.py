@@ -72,6 +72,11 @@ def submit(
     rt = runtime.get()
     if not user or len(user) > 200:
         raise SubmissionError("user must be a non-empty name of at most 200 characters")
+    for name, value, limit in (("source", source, 200), ("idempotency_key", idempotency_key, 200)):
+        if value is not None and len(value) > limit:
+            raise SubmissionError(f"{name} is longer than {limit} characters")
+    if file_name is not None and len(file_name) > 500:
+        raise SubmissionError("file name is longer than 500 characters")
     if idempotency_key:
         existing = rt.state.find_by_idempotency_key(idempotency_key)
         if existing:
@@ -86,7 +91,7 @@ def submit(
         staged = rt.storage.stage(io.BytesIO(document), rt.settings.max_file_size)
     elif isinstance(document, str | os.PathLike):
         path = confine(document, rt.settings.inbox_root, required=from_service)
-        file_name = file_name or path.name
+        file_name = file_name or path.name[-500:]
         with path.open("rb") as fh:
             staged = rt.storage.stage(fh, rt.settings.max_file_size)
     else:

@@ -23,6 +23,7 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Task
+from celery.exceptions import Retry
 
 from . import runtime
 from .contract import OnFailure, Reason, StepState, WorkflowState
@@ -91,11 +92,19 @@ def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: s
             delay,
             slog,
         )
+    except Retry:
+        raise
     except StateStoreUnavailable as exc:
         # The database is down: nothing can be recorded. Wait for it (not an attempt).
         # Keep waiting however long it takes: a message dropped here would be a lost workflow.
         countdown = min(DB_RETRY_MAX_DELAY_S, DB_RETRY_DELAY_S * (1 + task.request.retries))
         slog.warning("results database unavailable, retrying in %.0fs: %s", countdown, exc)
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+    except Exception as exc:  # noqa: BLE001 - bookkeeping failed outside the step body
+        # Never let the message be acked with the workflow half-recorded: deliver it
+        # again. The next delivery is counted, so a fault that always recurs ends as poison.
+        countdown = min(DB_RETRY_MAX_DELAY_S, DB_RETRY_DELAY_S * (1 + task.request.retries))
+        slog.exception("bookkeeping failed (%s); delivering again in %.0fs", exc, countdown)
         raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
 
 
@@ -121,10 +130,11 @@ def _run(
             and wf.get("current_state") in ("queued", "running")
             and wf.get("current_step") == next_step
             and next_step is not None
+            and not rt.state.has_attempts(workflow_id, next_step)
         ):
             # An earlier delivery finished this step but its worker died before the
-            # chain sent the next one. Let this delivery's chain send it (a duplicate
-            # next message is absorbed by the next step's own guard).
+            # chain sent the next one, which has not started. Let this delivery's chain
+            # send it (should the original also be queued, its guard absorbs the copy).
             slog.warning("step already done; re-sending the rest of the chain")
             return {"resent": next_step}
         stop_chain(task)

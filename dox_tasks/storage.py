@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,21 +141,24 @@ class ContentStore:
         return storage_key(sha256)
 
     def quarantine(self, sha256: str) -> Path:
-        """Move a document out of staging into quarantine; idempotent.
+        """Move a document out of staging into quarantine; idempotent and safe to race.
 
-        A copy already in the object store is left alone: earlier workflows point at
-        it, and deciding about stored documents (re-scans) is maintenance's job.
+        A hard link makes the quarantine copy in one atomic step (two workers
+        quarantining the same bytes both succeed). A copy already in the object store
+        is left alone: earlier workflows point at it, and deciding about stored
+        documents (re-scans) is maintenance's job.
         """
         target = self.quarantine_path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
-        for source in (self.staged_path(sha256),):
-            if source.exists():
-                if not target.exists():
-                    fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="quarantine-")
-                    os.close(fd)
-                    shutil.copyfile(source, tmp_name)
-                    self._place(Path(tmp_name), target, read_only=True)
-                source.unlink(missing_ok=True)
+        source = self.staged_path(sha256)
+        try:
+            os.link(source, target)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            if not target.exists():
+                raise
+        source.unlink(missing_ok=True)
         return target
 
     def open_staged(self, sha256: str) -> BinaryIO:

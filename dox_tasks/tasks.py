@@ -91,4 +91,7 @@ def submit_task(
         # Results are not stored, so say it where an operator looks: the worker log.
         log.error("dox.submit refused %r from user %r: %s", path, user, exc)
         return {"error": str(exc)}
+    except OSError as exc:  # e.g. an unreadable inbox file: an answer, not a crash
+        log.error("dox.submit could not read %r from user %r: %s", path, user, exc)
+        return {"error": f"could not read {path!r}: {exc.strerror or exc}"}
     return {"workflow_id": workflow_id}

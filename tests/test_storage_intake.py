@@ -110,3 +110,16 @@ def test_submit_from_a_service_refuses_paths_outside_the_inbox(tmp_path, inbox):
     with rt.state.engine.connect() as c:
         assert c.execute(text("select count(*) from workflow_states")).scalar() == 0
     runtime.configure(Settings())
+
+
+def test_quarantine_is_safe_when_workers_race(tmp_path):
+    """Two workers quarantining the same infected bytes at once both succeed; no temp files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = ContentStore(tmp_path)
+    for round_ in range(30):
+        staged = store.stage(io.BytesIO(b"evil %d" % round_), max_bytes=100)
+        with ThreadPoolExecutor(4) as pool:
+            targets = list(pool.map(lambda _: store.quarantine(staged.sha256), range(4)))
+        assert len(set(targets)) == 1 and targets[0].exists()
+    assert list(store.tmp.iterdir()) == []

@@ -25,6 +25,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Connection, Engine, Table, bindparam, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..contract import LIVE_STATES, StepState, WorkflowState
 from ..errors import StateStoreUnavailable, UnknownWorkflow
@@ -164,6 +165,8 @@ class StateStore:
                 yield conn
         except (OperationalError, SAInterfaceError) as exc:
             raise StateStoreUnavailable(f"results database unavailable: {exc.orig}") from exc
+        except PoolTimeout as exc:
+            raise StateStoreUnavailable(f"no free database connection: {exc}") from exc
 
     def status_of(self, ids: list[str]) -> dict[str, str]:
         """Just the states (cheap enough to poll)."""
@@ -425,6 +428,10 @@ class StateStore:
                 },
             )
         return final_state is state
+
+    def has_attempts(self, workflow_id: str, step: str) -> bool:
+        with self.tx() as conn:
+            return conn.execute(_SEL_ATTEMPTS, {"b_wid": workflow_id, "b_step": step}).first() is not None
 
     def step_rows(self, workflow_id: str) -> list[dict[str, Any]]:
         with self.tx() as conn:

@@ -74,7 +74,7 @@ class Step(Strict):
 class DefinitionModel(Strict):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[a-z0-9_]+$")
     service: str = ""
-    version: str = "1.0.0"
+    version: str = Field("1.0.0", max_length=50)
     priority: Literal["low", "normal", "high", "critical"] = "normal"
     description: str | None = None
     trigger: Trigger

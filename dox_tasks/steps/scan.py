@@ -30,7 +30,7 @@ def scan(ctx: StepContext) -> Outcome:
             engine=verdict.engine,
         )
     if verdict.result == "infected":
-        storage.quarantine(ctx.sha256)
+        # quarantine=True: the terminal path moves the bytes once it owns the workflow.
         return reject(
             Reason.INFECTED,
             str(verdict.signature),

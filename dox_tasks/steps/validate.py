@@ -42,6 +42,10 @@ def validate(ctx: StepContext) -> Outcome:
         return reject(Reason.EMPTY, "the document is empty (0 bytes)")
 
     path = ctx.rt.storage.staged_path(ctx.sha256)
+    if not path.exists() and ctx.rt.storage.quarantine_path(ctx.sha256).exists():
+        # Another workflow with the same bytes was found infected meanwhile.
+        signature = ctx.rt.state.known_infected(ctx.sha256) or "quarantined earlier"
+        return reject(Reason.INFECTED, signature, signature=signature)
     with path.open("rb") as fh:
         head = fh.read(1024)
     actual = sniff(head)
