@@ -56,6 +56,22 @@ def build_result(
     )
 
 
+#: What a duplicate inherits from its original: where the bytes are and what they are.
+_INHERITED = ("scan", "signature", "template", "recognition", "confidence", "fields", "pages", "storage_key")
+
+
+def _from_original(rt: Runtime, original_id: str) -> dict[str, Any]:
+    """A duplicate answers like its original did, once the original has finished."""
+    try:
+        original = rt.state.get_workflow(original_id)
+    except Exception:  # noqa: BLE001 - best effort: the duplicate's own answer stands
+        return {}
+    done = original.get("result") or {}
+    if original["current_state"] != WorkflowState.SUCCESS.value:
+        return {}
+    return {k: done[k] for k in _INHERITED if done.get(k) is not None}
+
+
 def conclude(
     rt: Runtime,
     workflow_id: str,
@@ -89,6 +105,8 @@ def conclude(
     result = build_result(
         wf, outputs, status=state.value, reason=reason_value, duplicate_of=duplicate_of
     ).to_dict()
+    if duplicate_of:
+        result.update(_from_original(rt, duplicate_of))
     if quarantine:
         result["quarantined"] = True
     payload = {**result, "detail": detail, "rule_name": wf["rule_name"]}

@@ -117,6 +117,9 @@ def test_same_document_twice_is_a_duplicate_stored_once(dox):
     assert second["current_state"] == "duplicate"
     assert second["duplicate_of"] == first["workflow_id"]
     assert second["result"]["duplicate_of"] == first["workflow_id"]
+    # a duplicate answers where the bytes are and what they are, like its original
+    assert second["result"]["storage_key"] == first["result"]["storage_key"]
+    assert second["result"]["scan"] == first["result"]["scan"] == "clean"
     assert dox.objects() == [first["sha256"]]
     # another user's copy is not a duplicate (scope: user)
     other = dox.run(doc, user="bob")

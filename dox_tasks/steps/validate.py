@@ -76,7 +76,8 @@ def validate(ctx: StepContext) -> Outcome:
         except LimitExceeded as exc:
             return reject(Reason.TOO_COMPLEX, f"parsing stopped at the {exc.what}")
         if report.get("reason"):
-            return reject(Reason(report["reason"]), str(report["detail"]))
+            pages = {"pages": report["pages"]} if report.get("pages") is not None else {}
+            return reject(Reason(report["reason"]), str(report["detail"]), **pages)
         facts.update(pages=report["pages"], flags=report.get("flags", []))
 
     infected = ctx.rt.state.known_infected(ctx.sha256)
