@@ -121,8 +121,18 @@ def _run(
     slog: StepLog,
 ) -> dict[str, Any]:
     start = rt.state.begin_step(
-        workflow_id, step.name, task.request.id, task.request.hostname, max_deliveries=attempts + 2
+        workflow_id,
+        step.name,
+        task.request.id,
+        task.request.hostname,
+        max_deliveries=attempts + 2,
+        hold_s=min(step.timeout or rt.settings.workflow_timeout, rt.settings.workflow_timeout),
     )
+    if start.busy_for:
+        # An overlapping delivery is (maybe) still running this step: come back after its
+        # time limit instead of running the body twice at once.
+        slog.warning("%s; checking again in %ds", start.why, start.busy_for)
+        raise task.retry(countdown=start.busy_for, max_retries=None)
     if not start.run:
         wf = start.workflow or {}
         if (

@@ -163,6 +163,14 @@ def test_message_delivered_too_often_ends_poison(stack, harness_factory):
     # the sixth (> WORKFLOW_RETRY_ATTEMPTS + 2) must fail the workflow instead of looping.
     for _ in range(5):
         assert h.rt.state.begin_step(wid, "validate", "t", "gone", max_deliveries=5).run
+    with h.rt.state.engine.begin() as c:  # ... long enough ago that none can still be alive
+        c.execute(
+            text(
+                "update workflow_step_results set started_at = started_at - interval '1 hour'"
+                " where workflow_id = :w"
+            ),
+            {"w": wid},
+        )
     h.worker()
     row = h.wait([wid])[wid]
     assert (row["current_state"], row["reason"]) == ("failed", "poison")

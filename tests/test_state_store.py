@@ -63,6 +63,15 @@ def test_attempts_are_counted_before_the_body_and_lost_ones_marked(store):
     assert [r["state"] for r in store.step_rows(wid)] == ["lost", "running"]
 
 
+def test_an_overlapping_delivery_waits_instead_of_running_twice(store):
+    wid = new_workflow(store)
+    first = store.begin_step(wid, "one", "t1", "h", max_deliveries=5, hold_s=60)
+    assert first.run
+    second = store.begin_step(wid, "one", "t2", "h", max_deliveries=5, hold_s=60)
+    assert not second.run and 50 <= second.busy_for <= 61
+    assert [r["state"] for r in store.step_rows(wid)] == ["running"]  # not counted, not lost
+
+
 def test_poison_after_too_many_deliveries(store):
     wid = new_workflow(store)
     for _ in range(3):

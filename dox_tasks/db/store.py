@@ -43,6 +43,9 @@ _IS_LIVE = or_(*(WS.c.current_state == v for v in LIVE))
 # cache-keying a statement per call cost more CPU than the database work itself.
 _SEL_WF = select(WS).where(WS.c.workflow_id == bindparam("b_wid"))
 _SEL_WF_LOCKED = _SEL_WF.with_for_update()
+_SEL_STARTED_ATTEMPTS = select(SR.c.attempt, SR.c.state, SR.c.started_at).where(
+    SR.c.workflow_id == bindparam("b_wid"), SR.c.step == bindparam("b_step")
+)
 _SEL_ATTEMPTS = select(SR.c.attempt, SR.c.state).where(
     SR.c.workflow_id == bindparam("b_wid"), SR.c.step == bindparam("b_step")
 )
@@ -105,7 +108,7 @@ _FINISH_WF = (
     )
 )
 # PostgreSQL: the same two transitions as server-side functions (migration 0002).
-_PG_BEGIN = text("SELECT * FROM dox_begin_step(:wid, :step, :task, :host, :max)")
+_PG_BEGIN = text("SELECT * FROM dox_begin_step(:wid, :step, :task, :host, :max, :hold)")
 _PG_FINISH = text(
     "SELECT dox_finish_step(:wid, :step, :attempt, :state, :next, :output, :error, :tb, :started)"
 )
@@ -129,6 +132,7 @@ class StepStart:
     workflow: dict[str, Any] | None = None  # the row, as locked at the start of the step
     started_at: datetime | None = None
     done_before: bool = False  # an earlier delivery of this step already succeeded
+    busy_for: int = 0  # > 0: another delivery may still be running it; try again in that many s
 
 
 @dataclass(frozen=True)
@@ -288,14 +292,17 @@ class StateStore:
         task_id: str | None,
         hostname: str | None,
         max_deliveries: int,
+        hold_s: int = 0,
     ) -> StepStart:
         """Count this delivery and decide whether the step body may run.
 
         One transaction: lock the workflow row, mark attempts left ``running`` by a
         worker that died as ``lost``, insert this attempt (number = previous + 1).
+        A ``running`` attempt younger than ``hold_s`` (the step's time limit) may still
+        be alive: the delivery is told to come back later instead (``busy_for``).
         """
         if self.is_postgres:
-            return self._begin_step_pg(workflow_id, step, task_id, hostname, max_deliveries)
+            return self._begin_step_pg(workflow_id, step, task_id, hostname, max_deliveries, hold_s)
         with self.tx() as conn:
             if self.is_postgres:
                 # Losing this commit in a Postgres crash only undercounts one delivery;
@@ -313,7 +320,7 @@ class StateStore:
             if wf["current_state"] not in LIVE:
                 return StepStart(False, why=f"workflow is already {wf['current_state']}")
             keys = {"b_wid": workflow_id, "b_step": step}
-            previous = conn.execute(_SEL_ATTEMPTS, keys).all()
+            previous = conn.execute(_SEL_STARTED_ATTEMPTS, keys).all()
             if wf["current_step"] != step:
                 return StepStart(
                     False,
@@ -322,7 +329,16 @@ class StateStore:
                     done_before=any(r.state == StepState.SUCCESS.value for r in previous),
                 )
             ts = now()
-            if any(r.state == StepState.RUNNING.value for r in previous):
+            running = [_aware(r.started_at) for r in previous if r.state == StepState.RUNNING.value]
+            young = [t for t in running if (ts - t).total_seconds() < hold_s]
+            if young:
+                wait = hold_s - (ts - max(young)).total_seconds()
+                return StepStart(
+                    False,
+                    why="another delivery of this step is still running",
+                    busy_for=max(1, int(wait) + 1),
+                )
+            if running:
                 # An attempt still marked running belongs to a worker that died holding it.
                 conn.execute(_MARK_LOST, {**keys, "b_ts": ts})
             attempt = max((r.attempt for r in previous), default=0) + 1
@@ -350,9 +366,22 @@ class StateStore:
         return StepStart(True, attempt=attempt, workflow=wf, started_at=ts)
 
     def _begin_step_pg(
-        self, workflow_id: str, step: str, task_id: str | None, hostname: str | None, max_deliveries: int
+        self,
+        workflow_id: str,
+        step: str,
+        task_id: str | None,
+        hostname: str | None,
+        max_deliveries: int,
+        hold_s: int,
     ) -> StepStart:
-        params = {"wid": workflow_id, "step": step, "task": task_id, "host": hostname, "max": max_deliveries}
+        params = {
+            "wid": workflow_id,
+            "step": step,
+            "task": task_id,
+            "host": hostname,
+            "max": max_deliveries,
+            "hold": hold_s,
+        }
         with self.tx() as conn:
             r = conn.execute(_PG_BEGIN, params).one()
             found = conn.execute(_SEL_WF, {"b_wid": workflow_id}).mappings().first()
@@ -364,6 +393,7 @@ class StateStore:
             workflow=dict(found) if found else None,
             started_at=r.started,
             done_before=bool(r.done_before),
+            busy_for=int(r.busy_for or 0),
         )
 
     def finish_step(
