@@ -148,7 +148,9 @@ class Dox:
 
     def __init__(self, workdir: Path, clamd_url: str, **extra_env: str):
         self.workdir = workdir
-        self.db_url = _create_db()
+        import services
+
+        self.db_url = services.create_database(PG_ADMIN, prefix="dox_bench")
         ns = f"bench{uuid.uuid4().hex[:6]}"
         defs = workdir / "defs"
         if not defs.exists():
@@ -246,27 +248,9 @@ class Dox:
         from dox_tasks import runtime
 
         runtime.get().close()
-        _drop_db(self.db_url)
+        import services
 
-
-def _create_db() -> str:
-    import psycopg2
-
-    name = f"dox_bench_{uuid.uuid4().hex[:8]}"
-    conn = psycopg2.connect(PG_ADMIN)
-    conn.autocommit = True
-    conn.cursor().execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-
-
-def _drop_db(url: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(PG_ADMIN)
-    conn.autocommit = True
-    conn.cursor().execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    conn.close()
+        services.drop_database(self.db_url, PG_ADMIN)
 
 
 def bench_dox_noop(dox: Dox, n: int) -> float:

@@ -25,7 +25,7 @@ from kombu import Queue
 from . import runtime
 from .contract import QUEUES
 from .errors import DoxError
-from .settings import Settings, load
+from .settings import Settings, load, longest_retry_wait
 from .steps.registry import STEP_TASKS
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def check_step_retries(settings: Settings) -> None:
     for definition in rt.definitions.values():
         for step in definition.model.steps:
             attempts, backoff, delay = retry_policy(rt, step)
-            longest = delay * backoff ** max(0, attempts - 1) * 1.25 if attempts else 0.0
+            longest = longest_retry_wait(attempts, backoff, delay)
             if longest >= settings.visibility_timeout:
                 raise DoxError(
                     f"{definition.source}: step {step.name!r} may wait {longest:.0f}s before a retry"

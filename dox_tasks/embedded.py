@@ -2,7 +2,7 @@
 
 ``dox run`` with no configuration uses kombu's in-memory broker and an
 in-process worker with the ``solo`` pool — the same task code path a production
-worker runs (task ids, hostnames, acks, retries), never ``task_always_eager``.
+worker runs (task ids, hostnames, acks, retries), never Celery's eager mode.
 Untrusted parsing still happens in sandboxed child processes, so a hostile PDF
 cannot take this process down even though the solo pool has no time limits.
 """

@@ -96,20 +96,6 @@ class EventBus:
         self.fanout = fanout
         self.execution_log = ExecutionLog(log_folder)
 
-    def emit(
-        self,
-        type_: str,
-        workflow_id: str | None,
-        payload: dict[str, Any],
-        channel_suffix: str,
-        event_id: str | None = None,
-    ) -> str:
-        """Record, then fan out one event; returns its id. Safe to call twice."""
-        event_id = event_id or f"{workflow_id}:{type_}"
-        self.state.insert_event(event_id, workflow_id, type_, payload)
-        self.fan_out(event_id, type_, workflow_id, payload, channel_suffix)
-        return event_id
-
     def fan_out(
         self, event_id: str, type_: str, workflow_id: str | None, payload: dict[str, Any], channel_suffix: str
     ) -> None:

@@ -32,6 +32,7 @@ from .definitions.schema import Step
 from .errors import IntegrityFault, StateStoreUnavailable, TransientError
 from .finish import conclude
 from .runtime import Runtime
+from .settings import RETRY_JITTER, retry_wait
 from .steps.base import Outcome, StepContext
 
 log = logging.getLogger("dox.step")
@@ -241,7 +242,7 @@ def _fault(
     tb = traceback.format_exc(limit=20)
     message = f"{type(exc).__name__}: {exc}"
     if retryable and attempt <= attempts:
-        countdown = delay * backoff ** (attempt - 1) * random.uniform(1.0, 1.25)
+        countdown = retry_wait(attempt - 1, backoff, delay) * random.uniform(1.0, RETRY_JITTER)
         rt.state.finish_step(workflow_id, step.name, attempt, StepState.RETRY, error=message, traceback=tb)
         slog.warning(
             "attempt %d failed (%s); retry %d/%d in %.1fs",

@@ -8,7 +8,6 @@ under ``$DOX_HOME`` and no servers at all.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlparse
@@ -138,16 +137,12 @@ class Settings(BaseSettings):
         """A little below the hard limit, so a step can record its own timeout."""
         return max(1, self.workflow_timeout - max(1, self.workflow_timeout // 20))
 
-    def retry_delay(self, retry_index: int) -> float:
-        """Delay before retry ``retry_index`` (0-based), before jitter."""
-        return float(self.workflow_retry_delay * self.workflow_retry_backoff**retry_index)
-
     @property
     def max_retry_delay(self) -> float:
-        """Longest delay any retry can wait, jitter (up to +25 %) included."""
-        if self.workflow_retry_attempts == 0:
-            return 0.0
-        return self.retry_delay(self.workflow_retry_attempts - 1) * 1.25
+        """Longest delay any retry can wait, jitter included."""
+        return longest_retry_wait(
+            self.workflow_retry_attempts, self.workflow_retry_backoff, self.workflow_retry_delay
+        )
 
     def check(self) -> None:
         """Refuse configurations that cannot work; the message names both values.
@@ -182,6 +177,20 @@ class Settings(BaseSettings):
         return out
 
 
+#: Retries wait up to 25 % longer than the nominal delay, so workers do not retry in step.
+RETRY_JITTER = 1.25
+
+
+def retry_wait(retry_index: int, backoff: float, delay: float) -> float:
+    """Nominal wait before retry ``retry_index`` (0-based): the delay grows by ``backoff``."""
+    return float(delay * backoff**retry_index)
+
+
+def longest_retry_wait(attempts: int, backoff: float, delay: float) -> float:
+    """The longest any of ``attempts`` retries can wait, jitter included."""
+    return retry_wait(attempts - 1, backoff, delay) * RETRY_JITTER if attempts else 0.0
+
+
 def redact_url(url: str) -> str:
     parsed = urlparse(url)
     if parsed.password:
@@ -204,7 +213,3 @@ def parse_clamd_url(url: str) -> tuple[str, str | int]:
 def load() -> Settings:
     """Read settings from the environment (called once per process by the runtime)."""
     return Settings()  # type: ignore[call-arg]
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

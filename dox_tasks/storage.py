@@ -39,17 +39,6 @@ def _check_hex(sha256: str) -> None:
         raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
 
 
-def hash_file(path: Path) -> tuple[str, int]:
-    """SHA-256 and size of a file, streamed in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 @dataclass(frozen=True)
 class Staged:
     """Result of staging: the content address, and whether the input was over the limit."""
@@ -160,9 +149,6 @@ class ContentStore:
                 raise
         source.unlink(missing_ok=True)
         return target
-
-    def open_staged(self, sha256: str) -> BinaryIO:
-        return self.staged_path(sha256).open("rb")
 
     def iter_objects(self) -> Iterator[str]:
         for path in self.objects.glob("sha256/*/*/*"):

@@ -61,14 +61,9 @@ def malformed() -> bytes:
 
 
 def javascript_plain() -> bytes:
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R /OpenAction 5 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R >>",
-        stream_obj(content_stream(["Hi"])),
-        b"<< /S /JavaScript /JS (app.alert\\(1\\)) >>",
-    ]
-    return assemble(objects)
+    from make_samples import javascript_pdf  # type: ignore[import-not-found]
+
+    return javascript_pdf()
 
 
 def javascript_escaped_name() -> bytes:

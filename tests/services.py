@@ -46,27 +46,27 @@ def redis_ok() -> str | None:
         return str(exc)
 
 
-def create_database() -> str:
-    """A fresh PostgreSQL database for one test; returns its URL."""
+def create_database(admin_url: str = PG_ADMIN_URL, prefix: str = "dox_t") -> str:
+    """A fresh PostgreSQL database for one test (or one benchmark run); returns its URL."""
     import psycopg2
 
-    name = f"dox_t_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
-        conn = psycopg2.connect(PG_ADMIN_URL, connect_timeout=3)
+        conn = psycopg2.connect(admin_url, connect_timeout=3)
     except Exception as exc:  # noqa: BLE001
         unavailable("PostgreSQL", str(exc).strip())
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
     conn.close()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
-def drop_database(url: str) -> None:
+def drop_database(url: str, admin_url: str = PG_ADMIN_URL) -> None:
     import psycopg2
 
     name = url.rsplit("/", 1)[1]
-    conn = psycopg2.connect(PG_ADMIN_URL, connect_timeout=3)
+    conn = psycopg2.connect(admin_url, connect_timeout=3)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

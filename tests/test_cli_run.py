@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pdfs
 import pytest
@@ -24,6 +25,19 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env["DOX_HOME"] = str(tmp_path / "home")
     env.update(extra)
     return env
+
+
+def server_env(tmp_path: Path, settings: Any, **extra: str) -> dict[str, str]:
+    """The environment of a `dox` command pointed at a test's Redis, Postgres and clamd."""
+    return clean_env(
+        tmp_path,
+        DOX_BROKER_URL=settings.broker_url,
+        DOX_DATABASE_URL=settings.database_url,
+        DOX_CLAMD_URL=settings.clamd_url,
+        DOX_NAMESPACE=settings.namespace,
+        DOX_BROKER_KEY_PREFIX=settings.broker_key_prefix,
+        **extra,
+    )
 
 
 def dox(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -101,14 +115,7 @@ def test_dox_run_local_worker_on_redis_postgres_clamd(tmp_path, stack):
     folder.mkdir()
     (folder / "a.pdf").write_bytes(pdfs.unique(21))
     (folder / "b.pdf").write_bytes(pdfs.eicar_pdf())
-    env = clean_env(
-        tmp_path,
-        DOX_BROKER_URL=stack.broker_url,
-        DOX_DATABASE_URL=stack.database_url,
-        DOX_CLAMD_URL=stack.clamd_url,
-        DOX_NAMESPACE=stack.namespace,
-        DOX_BROKER_KEY_PREFIX=stack.broker_key_prefix,
-    )
+    env = server_env(tmp_path, stack)
     res = dox(["db", "upgrade"], env, tmp_path)
     assert res.returncode == 0, res.stderr
     res = dox(["run", str(folder), "--local-worker", "--json"], env, tmp_path)
@@ -128,15 +135,7 @@ def test_dox_submit_wait_against_a_running_worker(tmp_path, stack, harness_facto
     harness.worker()
     s = harness.settings
     (tmp_path / "c.pdf").write_bytes(pdfs.unique(22))
-    env = clean_env(
-        tmp_path,
-        DOX_BROKER_URL=s.broker_url,
-        DOX_DATABASE_URL=s.database_url,
-        DOX_CLAMD_URL=s.clamd_url,
-        DOX_NAMESPACE=s.namespace,
-        DOX_BROKER_KEY_PREFIX=s.broker_key_prefix,
-        DOX_STORAGE_ROOT=str(s.storage),
-    )
+    env = server_env(tmp_path, s, DOX_STORAGE_ROOT=str(s.storage))
     res = dox(["submit", str(tmp_path / "c.pdf"), "--user", "zoe", "--wait", "--json"], env, tmp_path)
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout)

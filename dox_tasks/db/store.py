@@ -8,8 +8,9 @@ Each transition has one owner and is written idempotently:
 * :meth:`finish_step` — closes the attempt; a success moves ``current_step``
   forward only if nobody else did (a redelivered duplicate becomes ``superseded``,
   so there is never a second success row).
-* :meth:`finish_workflow` — the single terminal transition: the first writer
-  wins; a finished workflow never moves backwards.
+* :meth:`conclude` — the single terminal transition (last attempt, terminal state
+  and event rows in one transaction): the first writer wins; a finished workflow
+  never moves backwards.
 """
 
 from __future__ import annotations
@@ -93,19 +94,6 @@ _SEL_STARTED = select(SR.c.started_at).where(
     SR.c.workflow_id == bindparam("b_wid"),
     SR.c.step == bindparam("b_step"),
     SR.c.attempt == bindparam("b_attempt"),
-)
-_FINISH_WF = (
-    update(WS)
-    .where(WS.c.workflow_id == bindparam("b_wid"), _IS_LIVE)
-    .values(
-        current_state=bindparam("b_state"),
-        reason=bindparam("b_reason"),
-        detail=bindparam("b_detail"),
-        duplicate_of=bindparam("b_dup"),
-        result=bindparam("b_result", type_=WS.c.result.type),
-        updated_at=bindparam("b_ts"),
-        finished_at=bindparam("b_ts"),
-    )
 )
 # PostgreSQL: the same two transitions as server-side functions (migration 0002).
 _PG_BEGIN = text("SELECT * FROM dox_begin_step(:wid, :step, :task, :host, :max, :hold)")
@@ -477,33 +465,6 @@ class StateStore:
         return out
 
     # -- terminal transition --------------------------------------------------------
-    def finish_workflow(
-        self,
-        workflow_id: str,
-        state: WorkflowState,
-        *,
-        reason: str | None = None,
-        detail: str | None = None,
-        duplicate_of: str | None = None,
-        result: dict[str, Any] | None = None,
-    ) -> bool:
-        """Move a live workflow to its terminal state. Only the first caller wins."""
-        ts = now()
-        with self.tx() as conn:
-            changed = conn.execute(
-                _FINISH_WF,
-                {
-                    "b_wid": workflow_id,
-                    "b_state": state.value,
-                    "b_reason": reason,
-                    "b_detail": detail,
-                    "b_dup": duplicate_of,
-                    "b_result": result,
-                    "b_ts": ts,
-                },
-            ).rowcount
-        return bool(changed)
-
     def conclude(
         self,
         workflow_id: str,
@@ -566,11 +527,6 @@ class StateStore:
                     )
         return bool(won)
 
-    def set_result(self, workflow_id: str, result: dict[str, Any]) -> None:
-        with self.tx() as conn:
-            conn.execute(update(WS).where(WS.c.workflow_id == workflow_id).values(result=result))
-
-    # -- lookups used by validation -------------------------------------------------
     def find_duplicate(self, sha256: str, user: str | None, exclude: str, before: datetime) -> str | None:
         """The earliest earlier workflow with the same bytes that succeeded or is still live.
 
@@ -611,22 +567,6 @@ class StateStore:
         return (row.detail or "known infected") if row else None
 
     # -- events ---------------------------------------------------------------------
-    def insert_event(
-        self, event_id: str, workflow_id: str | None, type_: str, payload: dict[str, Any]
-    ) -> bool:
-        with self.tx() as conn:
-            return self._insert_ignore(
-                conn,
-                EV,
-                dict(
-                    id=event_id,
-                    workflow_id=workflow_id,
-                    type=type_,
-                    payload=payload,
-                    created_at=now(),
-                ),
-            )
-
     def events(self, workflow_id: str) -> list[dict[str, Any]]:
         with self.tx() as conn:
             rows = (
