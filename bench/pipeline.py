@@ -283,7 +283,7 @@ def bench_real(dox: Dox, n: int) -> float:
 def bench_latency(dox: Dox, rate: float, seconds: float) -> list[float]:
     import pdfs
 
-    from dox_tasks.db.store import _aware
+    from dox_tasks.db.store import aware
 
     ids = []
     t0 = time.perf_counter()
@@ -297,7 +297,7 @@ def bench_latency(dox: Dox, rate: float, seconds: float) -> list[float]:
     rows = dox.wait(ids)
     dox.check(ids, rows, "success")
     return sorted(
-        (_aware(r["finished_at"]) - _aware(r["created_at"])).total_seconds() * 1000 for r in rows.values()
+        (aware(r["finished_at"]) - aware(r["created_at"])).total_seconds() * 1000 for r in rows.values()
     )
 
 

@@ -316,6 +316,9 @@ def db_upgrade() -> None:
 
 
 def main() -> None:
+    from .cli_ops import register
+
+    register(cli)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

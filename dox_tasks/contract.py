@@ -90,8 +90,10 @@ class OnFailure(StrEnum):
     ABORT = "abort"  # failed, nothing more
 
 
-#: The five step kinds; each has its own Celery queue so it scales on its own.
-QUEUES = ("validation", "scan", "storage", "recognition", "events")
+#: The five document step kinds, each on its own Celery queue so it scales on its own,
+#: then the scheduled jobs (``operations``) and the team sync's health checks
+#: (``coordination``: I/O-bound, served by a threads pool with a slot per service).
+QUEUES = ("validation", "scan", "storage", "recognition", "events", "operations", "coordination")
 
 #: The last ``on_success`` target: the workflow is complete.
 COMPLETE = "complete"

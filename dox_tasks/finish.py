@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .contract import DocumentResult, Reason, StepState, WorkflowState
-from .db.store import StepClose, _aware
+from .db.store import StepClose, aware
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def build_result(
     merged: dict[str, Any] = {}
     for out in outputs.values():
         merged.update(out)
-    end = _aware(wf["finished_at"]) if wf.get("finished_at") else datetime.now(UTC)
+    end = aware(wf["finished_at"]) if wf.get("finished_at") else datetime.now(UTC)
     status = status or wf["current_state"]
     scan = merged.get("scan")
     if scan is None and status == WorkflowState.SUCCESS:
@@ -52,8 +52,27 @@ def build_result(
         size=wf.get("size"),
         storage_key=merged.get("storage_key"),
         duplicate_of=duplicate_of or wf.get("duplicate_of"),
-        duration_ms=int((end - _aware(wf["created_at"])).total_seconds() * 1000),
+        duration_ms=int((end - aware(wf["created_at"])).total_seconds() * 1000),
     )
+
+
+def job_result(
+    wf: dict[str, Any], outputs: dict[str, dict[str, Any]], *, status: str, reason: str | None
+) -> dict[str, Any]:
+    """A scheduled run's result: which job and slot, how it ended, and what its steps reported."""
+    end = aware(wf["finished_at"]) if wf.get("finished_at") else datetime.now(UTC)
+    merged: dict[str, Any] = {}
+    for out in outputs.values():
+        merged.update(out)
+    return {
+        **merged,
+        "workflow_id": wf["workflow_id"],
+        "job": wf["rule_name"],
+        "slot": wf["schedule_slot"],
+        "status": status,
+        "reason": reason,
+        "duration_ms": int((end - aware(wf["created_at"])).total_seconds() * 1000),
+    }
 
 
 #: What a duplicate inherits from its original: where the bytes are and what they are.
@@ -102,9 +121,12 @@ def conclude(
         and close.state in (StepState.SUCCESS, StepState.REJECTED)
     ):
         outputs[close.step] = close.output
-    result = build_result(
-        wf, outputs, status=state.value, reason=reason_value, duplicate_of=duplicate_of
-    ).to_dict()
+    if wf.get("schedule_slot"):
+        result = job_result(wf, outputs, status=state.value, reason=reason_value)
+    else:
+        result = build_result(
+            wf, outputs, status=state.value, reason=reason_value, duplicate_of=duplicate_of
+        ).to_dict()
     if duplicate_of:
         result.update(_from_original(rt, duplicate_of))
     if quarantine:

@@ -97,7 +97,7 @@ def submit(
     else:
         staged = rt.storage.stage(document, rt.settings.max_file_size)
 
-    _save_snapshot(rt, definition)
+    save_snapshot(rt, definition)
     first = definition.ordered_steps()[0].name
     workflow_id, created = rt.state.create_workflow(
         rule_name=definition.name,
@@ -121,7 +121,7 @@ def submit(
 _saved: set[str] = set()
 
 
-def _save_snapshot(rt: Runtime, definition: Any) -> None:
+def save_snapshot(rt: Runtime, definition: Any) -> None:
     key = f"{rt.settings.db_url}|{definition.digest}"
     if key not in _saved:
         rt.state.save_definition(

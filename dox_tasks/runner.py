@@ -184,6 +184,19 @@ def _run(
             slog,
         )
 
+    if outcome.handoff:
+        rt.state.finish_step(
+            workflow_id,
+            step.name,
+            start.attempt,
+            StepState.SUCCESS,
+            output=outcome.output,
+            next_step=step.name,  # stays at this step until the chord concludes the workflow
+            started_at=start.started_at,
+        )
+        stop_chain(task)
+        return {"workflow_id": workflow_id, "step": step.name, "handoff": True}
+
     if outcome.end is not None or next_step is None:
         end = outcome.end or WorkflowState.SUCCESS
         state = StepState.REJECTED if end is WorkflowState.REJECTED else StepState.SUCCESS

@@ -76,6 +76,26 @@ class Settings(BaseSettings):
     parser_cpu_s: int = Field(10, validation_alias=_env("DOX_PARSER_CPU_S"), gt=0)
     parser_memory_mib: int = Field(768, validation_alias=_env("DOX_PARSER_MEMORY_MIB"), gt=0)
 
+    # -- scheduling and operations --------------------------------------------------
+    beat_lock_ttl_s: int = Field(
+        30,
+        validation_alias=_env("DOX_BEAT_LOCK_TTL"),
+        ge=2,
+        le=55,
+        description="A dead Beat's lock expires after this; a standby takes over within TTL + 1 s.",
+    )
+    beat_grace_s: int = Field(120, validation_alias=_env("DOX_BEAT_GRACE"), gt=0)
+    reaper_queued_after_s: int = Field(
+        600,
+        validation_alias=_env("DOX_REAPER_QUEUED_AFTER"),
+        gt=0,
+        description="A workflow whose step has waited this long without starting is examined.",
+    )
+    reaper_grace_s: int = Field(60, validation_alias=_env("DOX_REAPER_GRACE"), ge=0)
+    reaper_max_redrives: int = Field(3, validation_alias=_env("DOX_REAPER_MAX_REDRIVES"), ge=0)
+    backup_dir: Path | None = Field(None, validation_alias=_env("DOX_BACKUP_DIR"))
+    backup_retention_days: int = Field(30, validation_alias=_env("DOX_BACKUP_RETENTION_DAYS"), gt=0)
+
     @field_validator("allowed_types", mode="before")
     @classmethod
     def _split_types(cls, v: object) -> object:
@@ -111,6 +131,10 @@ class Settings(BaseSettings):
     @property
     def memory_banks(self) -> Path:
         return (self.memory_bank_path or self.state / "memory-banks").resolve()
+
+    @property
+    def backups(self) -> Path:
+        return (self.backup_dir or self.home / "backups").resolve()
 
     @property
     def definitions(self) -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 from celery import Task
 
 from .app import app
+from .jobs import steps as jobs
 from .runner import run_step
 from .steps.publish import noop, publish
 from .steps.recognize import recognize
@@ -56,6 +57,26 @@ def publish_task(self: Task, workflow_id: str, step: str, definition_hash: str) 
 @app.task(bind=True, name="dox.noop", max_retries=None)
 def noop_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
     return run_step(self, noop, workflow_id, step, definition_hash)
+
+
+@app.task(bind=True, name="dox.jobs.reap", max_retries=None)
+def reap_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, jobs.reap_stuck_workflows, workflow_id, step, definition_hash)
+
+
+@app.task(bind=True, name="dox.jobs.backup_database", max_retries=None)
+def backup_database_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, jobs.backup_database, workflow_id, step, definition_hash)
+
+
+@app.task(bind=True, name="dox.jobs.backup_config", max_retries=None)
+def backup_config_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, jobs.backup_config, workflow_id, step, definition_hash)
+
+
+@app.task(bind=True, name="dox.jobs.backup_documents", max_retries=None)
+def backup_documents_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, jobs.backup_documents, workflow_id, step, definition_hash)
 
 
 @app.task(bind=True, name="dox.submit", acks_late=True)

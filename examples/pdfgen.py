@@ -32,9 +32,7 @@ def stream_obj(data: bytes, extra: str = "", compress: bool = False) -> bytes:
     return b"<< /Length %d%s >>\nstream\n" % (len(data), extra.encode()) + data + b"\nendstream"
 
 
-def assemble(
-    objects: list[bytes], root: int = 1, info: int | None = None, trailer_extra: str = ""
-) -> bytes:
+def assemble(objects: list[bytes], root: int = 1, info: int | None = None, trailer_extra: str = "") -> bytes:
     """Classic PDF with an xref table; object i+1 is ``objects[i]``."""
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []

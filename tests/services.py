@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from contextlib import closing, suppress
 from pathlib import Path
+from typing import Any
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("DOX_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -238,3 +241,102 @@ class TcpProxy:
 
     def restore(self) -> None:
         self.start()
+
+
+# -- `dox` as a subprocess ---------------------------------------------------------
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DOX_", "CLAMAV_", "MAX_FILE", "WORKFLOW_", "RATE_LIMIT"))
+    }
+    env["DOX_HOME"] = str(tmp_path / "home")
+    env.update(extra)
+    return env
+
+
+def server_env(tmp_path: Path, settings: Any, **extra: str) -> dict[str, str]:
+    """The environment of a `dox` command pointed at a test's Redis, Postgres and clamd."""
+    return clean_env(
+        tmp_path,
+        DOX_BROKER_URL=settings.broker_url,
+        DOX_DATABASE_URL=settings.database_url,
+        DOX_CLAMD_URL=settings.clamd_url,
+        DOX_NAMESPACE=settings.namespace,
+        DOX_BROKER_KEY_PREFIX=settings.broker_key_prefix,
+        **extra,
+    )
+
+
+def dox(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dox_tasks.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+class RedisServer:
+    """A private redis-server on a free port, for tests that flush or restart it."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            unavailable("redis-server", "not installed (Debian: apt-get install redis-server)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(exe), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with suppress(Exception):
+                redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def flushall(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.url).flushall()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def spawn_dox(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A long-running `dox` process (worker, beat) in its own session, output to ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dox_tasks.cli", *args],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(30)

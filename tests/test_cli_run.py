@@ -3,52 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pdfs
 import pytest
+from services import clean_env, dox, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 INBOX = ROOT / "examples" / "inbox"
-
-
-def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DOX_", "CLAMAV_", "MAX_FILE", "WORKFLOW_", "RATE_LIMIT"))
-    }
-    env["DOX_HOME"] = str(tmp_path / "home")
-    env.update(extra)
-    return env
-
-
-def server_env(tmp_path: Path, settings: Any, **extra: str) -> dict[str, str]:
-    """The environment of a `dox` command pointed at a test's Redis, Postgres and clamd."""
-    return clean_env(
-        tmp_path,
-        DOX_BROKER_URL=settings.broker_url,
-        DOX_DATABASE_URL=settings.database_url,
-        DOX_CLAMD_URL=settings.clamd_url,
-        DOX_NAMESPACE=settings.namespace,
-        DOX_BROKER_KEY_PREFIX=settings.broker_key_prefix,
-        **extra,
-    )
-
-
-def dox(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dox_tasks.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-    )
 
 
 def test_examples_inbox_gets_every_expected_status(tmp_path):

@@ -64,8 +64,12 @@ class WorkflowStateRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Scheduled runs: the cron slot this run belongs to (ISO 8601 UTC), or
+    #: ``manual:<time>``. Unique per job, so no slot runs twice whatever sent it.
+    schedule_slot: Mapped[str | None] = mapped_column(String(60))
 
     __table_args__ = (
+        UniqueConstraint("rule_name", "schedule_slot", name="uq_workflow_schedule_slot"),
         Index("ix_workflow_states_state_created", "current_state", "created_at"),
         Index("ix_workflow_states_rule_name", "rule_name", "created_at"),
         Index("ix_workflow_states_sha256", "sha256", "current_state"),
@@ -105,3 +109,22 @@ class WorkflowEvent(Base):
     type: Mapped[str] = mapped_column(String(60))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class BackupRow(Base):
+    """One backup archive: what it holds, its checksum and how it was verified."""
+
+    __tablename__ = "backups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(20))  # database | config | documents
+    workflow_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    path: Mapped[str] = mapped_column(String(1000))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(Integer)
+    row_counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20))  # ok | failed
+    verified: Mapped[str | None] = mapped_column(String(20))  # readback | restore
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

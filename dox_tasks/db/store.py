@@ -212,14 +212,16 @@ class StateStore:
         source: str | None,
         file_name: str | None,
         sha256: str | None,
-        size: int,
+        size: int | None,
         metadata: dict[str, Any] | None,
         idempotency_key: str | None,
         over_limit: bool = False,
+        schedule_slot: str | None = None,
     ) -> tuple[str, bool]:
         """Write the ``queued`` row. Returns (workflow_id, created).
 
-        With an idempotency key seen before, returns the earlier workflow and creates nothing.
+        With an idempotency key seen before, returns the earlier workflow and creates nothing;
+        likewise for a scheduled run whose (rule_name, schedule_slot) already has a row.
         """
         if idempotency_key:
             existing = self.find_by_idempotency_key(idempotency_key)
@@ -243,17 +245,48 @@ class StateStore:
             metadata={**(metadata or {}), **({"over_limit": True} if over_limit else {})},
             created_at=ts,
             updated_at=ts,
+            schedule_slot=schedule_slot,
         )
         try:
             with self.tx() as conn:
                 conn.execute(insert(WS).values(**values))
         except IntegrityError:
+            existing = None
             if idempotency_key:
                 existing = self.find_by_idempotency_key(idempotency_key)
-                if existing:
-                    return existing, False
+            elif schedule_slot:
+                existing = self.run_for_slot(rule_name, schedule_slot)
+            if existing:
+                return existing, False
             raise
         return workflow_id, True
+
+    def run_for_slot(self, rule_name: str, slot: str) -> str | None:
+        """The scheduled run recorded for (job, slot), if any."""
+        with self.tx() as conn:
+            row = conn.execute(
+                select(WS.c.workflow_id).where(WS.c.rule_name == rule_name, WS.c.schedule_slot == slot)
+            ).first()
+        return row.workflow_id if row else None
+
+    def last_runs(self, rule_names: list[str]) -> dict[str, dict[str, Any]]:
+        """Each job's most recent run (scheduled or manual): slot, state, times."""
+        out: dict[str, dict[str, Any]] = {}
+        with self.tx() as conn:
+            for name in rule_names:
+                row = (
+                    conn.execute(
+                        select(WS)
+                        .where(WS.c.rule_name == name, WS.c.schedule_slot.is_not(None))
+                        .order_by(WS.c.created_at.desc())
+                        .limit(1)
+                    )
+                    .mappings()
+                    .first()
+                )
+                if row is not None:
+                    out[name] = dict(row)
+        return out
 
     def find_by_idempotency_key(self, key: str) -> str | None:
         with self.tx() as conn:
@@ -317,7 +350,7 @@ class StateStore:
                     done_before=any(r.state == StepState.SUCCESS.value for r in previous),
                 )
             ts = now()
-            running = [_aware(r.started_at) for r in previous if r.state == StepState.RUNNING.value]
+            running = [aware(r.started_at) for r in previous if r.state == StepState.RUNNING.value]
             young = [t for t in running if (ts - t).total_seconds() < hold_s]
             if young:
                 wait = hold_s - (ts - max(young)).total_seconds()
@@ -426,7 +459,7 @@ class StateStore:
         keys = {"b_wid": workflow_id, "b_step": step}
         with self.tx() as conn:
             started = started_at or conn.execute(_SEL_STARTED, {**keys, "b_attempt": attempt}).scalar()
-            duration = int((ts - _aware(started)).total_seconds() * 1000) if started else None
+            duration = int((ts - aware(started)).total_seconds() * 1000) if started else None
             final_state = state
             if state in (StepState.SUCCESS, StepState.REJECTED):
                 moved = conn.execute(_ADVANCE, {**keys, "b_next": next_step, "b_ts": ts}).rowcount
@@ -510,7 +543,7 @@ class StateStore:
                         "b_attempt": close.attempt,
                         "b_state": (close.state if won else StepState.SUPERSEDED).value,
                         "b_ts": ts,
-                        "b_duration": int((ts - _aware(started)).total_seconds() * 1000) if started else None,
+                        "b_duration": int((ts - aware(started)).total_seconds() * 1000) if started else None,
                         "b_output": close.output,
                         "b_error": close.error,
                         "b_traceback": (close.traceback or None) and close.traceback[-4000:],
@@ -547,7 +580,7 @@ class StateStore:
                 q.add_columns(WS.c.created_at).order_by(WS.c.created_at, WS.c.workflow_id)
             ).all()
         for row in rows:
-            if _aware(row.created_at) < _aware(before) or row.workflow_id < exclude:
+            if aware(row.created_at) < aware(before) or row.workflow_id < exclude:
                 return str(row.workflow_id)
         return None
 
@@ -577,6 +610,6 @@ class StateStore:
         return [dict(r) for r in rows]
 
 
-def _aware(ts: datetime) -> datetime:
+def aware(ts: datetime) -> datetime:
     """SQLite hands back naive datetimes; they were written in UTC."""
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

@@ -26,10 +26,22 @@ class RetryPolicy(Strict):
 
 
 class Trigger(Strict):
+    """How a workflow starts: a submission (``api_request``) or Beat (``schedule``).
+
+    A schedule names its cron slots (5 fields, or 6 with seconds last), their
+    timezone, and what happens to a slot nobody ran on time (Beat was down):
+    ``catch_up: once`` runs the latest missed slot once, ``skip`` lets it go.
+    ``deadline`` (seconds after the slot) is the latest a run may still start;
+    by default a ``once`` job may start any time before its next slot, a ``skip``
+    job only within DOX_BEAT_GRACE.
+    """
+
     type: Literal["api_request", "schedule"]
     source: str | None = None
     cron: str | None = None
     timezone: str | None = None
+    catch_up: Literal["once", "skip"] | None = None
+    deadline: int | None = Field(None, gt=0, le=366 * 86400)
 
     @model_validator(mode="after")
     def _schedule_needs_cron(self) -> Trigger:
@@ -42,6 +54,10 @@ class Trigger(Strict):
                 ZoneInfo(self.timezone or "UTC")
             except (ZoneInfoNotFoundError, ValueError) as exc:
                 raise ValueError(f"unknown timezone {self.timezone!r} (use e.g. UTC)") from exc
+            if self.catch_up is None:
+                raise ValueError("a schedule trigger needs 'catch_up: once' or 'catch_up: skip'")
+        elif self.cron or self.catch_up or self.deadline:
+            raise ValueError("cron, catch_up and deadline only apply to 'type: schedule'")
         return self
 
 

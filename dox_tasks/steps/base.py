@@ -28,6 +28,8 @@ class Outcome:
     detail: str | None = None
     duplicate_of: str | None = None
     quarantine: bool = False
+    #: The step started work elsewhere (a chord) that will end the workflow itself.
+    handoff: bool = False
 
 
 def ok(**output: Any) -> Outcome:
@@ -56,6 +58,15 @@ def duplicate(of: str, **output: Any) -> Outcome:
 
 def complete(**output: Any) -> Outcome:
     return Outcome(output=output, end=WorkflowState.SUCCESS)
+
+
+def handoff(**output: Any) -> Outcome:
+    """The step is done, but the workflow goes on elsewhere (a chord that concludes it).
+
+    The workflow stays ``running`` at this step; the reaper knows such a step by
+    ``chord: true`` in its output and finishes the workflow if the chord never does.
+    """
+    return Outcome(output={**output, "chord": True}, handoff=True)
 
 
 @dataclass

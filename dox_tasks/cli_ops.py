@@ -1,0 +1,225 @@
+"""``dox`` commands for the scheduled side: schedule, beat, jobs, backups.
+
+Added to the main ``dox`` group by :func:`register` (called from :mod:`dox_tasks.cli`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .cli import _rt, out
+
+
+def _iso(ts: Any) -> str | None:
+    if ts is None:
+        return None
+    from .db.store import aware
+
+    return aware(ts).isoformat().replace("+00:00", "Z")
+
+
+@click.command("schedule")
+@click.option("--json", "as_json", is_flag=True, help="one object per job")
+def schedule_cmd(as_json: bool) -> None:
+    """List the scheduled jobs: cron, timezone, catch-up policy, last and next run."""
+    import beat_schedule
+
+    rt = _rt()
+    jobs = beat_schedule.build(rt.definitions.values())
+    last = rt.state.last_runs(list(jobs))
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    for name, job in sorted(jobs.items()):
+        run = last.get(name)
+        rows.append(
+            {
+                "name": name,
+                "cron": job.cron,
+                "timezone": job.timezone,
+                "catch_up": job.catch_up.value,
+                "deadline_s": job.deadline_s,
+                "last_run": None
+                if run is None
+                else {
+                    "slot": run["schedule_slot"],
+                    "status": run["current_state"],
+                    "started_at": _iso(run["created_at"]),
+                    "workflow_id": run["workflow_id"],
+                },
+                "next_run": _iso(job.next_slot(now)),
+            }
+        )
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, sort_keys=True))
+        return
+    table = Table()
+    for col in ("job", "cron", "tz", "catch-up", "last run", "status", "next run"):
+        table.add_column(col)
+    for r in rows:
+        lr = r["last_run"] or {}
+        table.add_row(
+            r["name"],
+            r["cron"],
+            r["timezone"],
+            r["catch_up"],
+            lr.get("slot") or "never",
+            lr.get("status") or "",
+            r["next_run"],
+        )
+    out.print(table)
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def beat(ctx: click.Context) -> None:
+    """Start Celery Beat with DOX's scheduler (run two for availability: one sends)."""
+    from .app import app
+
+    app.start(argv=["beat", "--loglevel=INFO", "-S", "dox_tasks.jobs.beat:DoxScheduler", *ctx.args])
+
+
+def _start(name: str, actor: str | None, wait: bool, timeout: float, as_json: bool) -> dict[str, Any]:
+    from .embedded import wait_for
+    from .jobs.launch import run_now
+
+    rt = _rt()
+    if rt.settings.embedded:
+        raise click.UsageError("jobs run on the workers: set DOX_BROKER_URL (and start `dox worker`)")
+    launch = run_now(rt, name, actor)
+    result: dict[str, Any] = {"job": name, "workflow_id": launch.workflow_id, "slot": launch.slot}
+    if wait:
+        row = wait_for(rt.state, [launch.workflow_id], timeout)[launch.workflow_id]
+        result = dict(row.get("result") or {**result, "status": row["current_state"]})
+        if row.get("detail"):
+            result.setdefault("detail", row["detail"])
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True, default=str))
+    else:
+        for key, value in result.items():
+            if not isinstance(value, dict | list):
+                out.print(f"[bold]{key:>12}[/] {value if value is not None else ''}")
+    return result
+
+
+def _exit_for(results: list[dict[str, Any]], waited: bool) -> None:
+    if waited and any(r.get("status") != "success" for r in results):
+        sys.exit(1)
+
+
+@click.group()
+def jobs() -> None:
+    """Scheduled jobs, run by hand (recorded with slot manual:<time>)."""
+
+
+@jobs.command("run")
+@click.argument("name")
+@click.option("--actor", default=None, help="who runs it (default: the OS user)")
+@click.option("--wait", is_flag=True, help="wait for the result")
+@click.option("--timeout", default=900.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_run(name: str, actor: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Run a scheduled job now; it does not use up its next scheduled slot."""
+    _exit_for([_start(name, actor, wait, timeout, as_json)], wait)
+
+
+@click.group()
+def backup() -> None:
+    """Backups of the database, the configuration and the documents."""
+
+
+@backup.command("run")
+@click.option(
+    "--kind",
+    type=click.Choice(["database", "config", "documents", "all"]),
+    default="all",
+    show_default=True,
+)
+@click.option("--actor", default=None)
+@click.option("--wait", is_flag=True)
+@click.option("--timeout", default=900.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def backup_run(kind: str, actor: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Back up now (the workers do it; recorded like the nightly run)."""
+    kinds = ["database", "config", "documents"] if kind == "all" else [kind]
+    _exit_for([_start(f"backup_{k}", actor, wait, timeout, as_json) for k in kinds], wait)
+
+
+@backup.command("list")
+@click.option("--kind", default=None)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def backup_list(kind: str | None, limit: int, as_json: bool) -> None:
+    """The recorded backups, newest first."""
+    from .jobs import records
+
+    rows = records.backups(_rt().state, kind, limit)
+    if as_json:
+        for r in rows:
+            click.echo(
+                json.dumps({**r, "created_at": _iso(r["created_at"]), "verified_at": _iso(r["verified_at"])})
+            )
+        return
+    table = Table()
+    for col in ("id", "kind", "created", "status", "verified", "size", "path / detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["kind"],
+            _iso(r["created_at"]) or "",
+            r["status"],
+            r["verified"] or "",
+            str(r["size"] or ""),
+            r["path"] if r["status"] == "ok" else (r["detail"] or r["path"]),
+        )
+    out.print(table)
+
+
+@backup.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--restore", "full", is_flag=True, help="also restore into a scratch database and compare")
+def backup_verify(file: Path, full: bool) -> None:
+    """Check an archive: checksum and read-back (and a scratch restore with --restore)."""
+    from .jobs import backup as bk
+
+    rt = _rt()
+    bk.verify_readback(file, rt.settings.db_url)
+    click.echo(f"{file}: checksum ok, reads back")
+    if full:
+        counts = bk.verify_by_restore(file, rt.settings.db_url)
+        click.echo(f"{file}: restored into a scratch database; row counts match the recorded ones: {counts}")
+
+
+@backup.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--into", "into", required=True, help="a NEW database to create and restore into")
+def backup_restore(file: Path, into: str) -> None:
+    """Restore a database archive into a new database (never over an existing one)."""
+    from .jobs import backup as bk
+
+    rt = _rt()
+    counts = bk.restore(file, rt.settings.db_url, into)
+    try:
+        expected = bk.recorded_counts(file)
+    except bk.BackupError:
+        expected = None
+    click.echo(json.dumps({"restored_into": into, "row_counts": counts, "recorded_row_counts": expected}))
+    if expected is not None and counts != expected:
+        click.echo("row counts differ from the ones recorded at backup time", err=True)
+        sys.exit(1)
+
+
+def register(group: click.Group) -> None:
+    for command in (schedule_cmd, beat, jobs, backup):
+        group.add_command(command)

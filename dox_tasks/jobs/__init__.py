@@ -1,0 +1,1 @@
+"""Scheduled operations: the slot arithmetic, the single-sender Beat scheduler and the jobs."""

@@ -1,0 +1,89 @@
+"""Queries and writes the operations jobs need (reaper, backups), beside the hot-path StateStore."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, func, insert, select, update
+
+from ..contract import LIVE_STATES
+from ..db.models import BackupRow
+from ..db.store import EV, SR, WS, StateStore, now
+
+BK = cast(Table, BackupRow.__table__)
+
+
+def live_workflows(state: StateStore, older_than: datetime, limit: int = 1000) -> list[dict[str, Any]]:
+    """Queued or running workflows not touched since ``older_than`` (oldest first)."""
+    with state.tx() as conn:
+        rows = conn.execute(
+            select(WS)
+            .where(WS.c.current_state.in_([s.value for s in LIVE_STATES]), WS.c.updated_at < older_than)
+            .order_by(WS.c.updated_at)
+            .limit(limit)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def latest_attempt(state: StateStore, workflow_id: str, step: str) -> dict[str, Any] | None:
+    with state.tx() as conn:
+        row = (
+            conn.execute(
+                select(SR)
+                .where(SR.c.workflow_id == workflow_id, SR.c.step == step)
+                .order_by(SR.c.attempt.desc())
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+    return dict(row) if row else None
+
+
+def count_events(state: StateStore, workflow_id: str, type_: str) -> int:
+    with state.tx() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).where(EV.c.workflow_id == workflow_id, EV.c.type == type_)
+            ).scalar_one()
+        )
+
+
+def record_event(
+    state: StateStore, event_id: str, workflow_id: str | None, type_: str, payload: dict[str, Any]
+) -> bool:
+    """Insert an event row (idempotent by id); a workflow's ``updated_at`` is touched too."""
+    ts = now()
+    with state.tx() as conn:
+        written = state._insert_ignore(
+            conn, EV, dict(id=event_id, workflow_id=workflow_id, type=type_, payload=payload, created_at=ts)
+        )
+        if written and workflow_id:
+            conn.execute(update(WS).where(WS.c.workflow_id == workflow_id).values(updated_at=ts))
+    return written
+
+
+def add_backup(state: StateStore, **values: Any) -> int:
+    values.setdefault("created_at", now())
+    with state.tx() as conn:
+        return int(conn.execute(insert(BK).values(**values).returning(BK.c.id)).scalar_one())
+
+
+def update_backup(state: StateStore, backup_id: int, **values: Any) -> None:
+    with state.tx() as conn:
+        conn.execute(update(BK).where(BK.c.id == backup_id).values(**values))
+
+
+def backups(state: StateStore, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    q = select(BK).order_by(BK.c.created_at.desc(), BK.c.id.desc()).limit(limit)
+    if kind:
+        q = q.where(BK.c.kind == kind)
+    with state.tx() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def backup_by_path(state: StateStore, path: str) -> dict[str, Any] | None:
+    with state.tx() as conn:
+        row = conn.execute(select(BK).where(BK.c.path == path)).mappings().first()
+    return dict(row) if row else None
