@@ -135,6 +135,8 @@ def reconfigure(app: Celery, settings: Settings) -> None:
         app._pool.force_close_all()
         app._pool = None
     app.amqp._producer_pool = None
+    # The remote-control mailbox caches the producer pool it first saw (kombu cached_property).
+    app.control.mailbox.__dict__.pop("producer_pool", None)
     app.conf.update(celery_config(settings))
     runtime.configure(settings)
 
