@@ -40,9 +40,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport["polling_interval"] = 0.01
     routes = {name: {"queue": info.queue} for name, info in STEP_TASKS.items()}
     routes["dox.submit"] = {"queue": "validation"}
+    routes["dox.sync.probe"] = {"queue": "coordination"}
+    routes["dox.sync.collect"] = {"queue": "operations"}
     return {
         "broker_url": settings.broker_url,
-        "result_backend": settings.result_backend or ("cache+memory://" if settings.embedded else None),
+        # Results are ignored except where a chord needs them (the team sync's checks).
+        "result_backend": settings.result_backend or _default_backend(settings),
+        "result_expires": 86400,
         "task_serializer": "json",
         "result_serializer": "json",
         "event_serializer": "json",
@@ -73,6 +77,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": False,
         "task_send_sent_event": False,
     }
+
+
+def _default_backend(settings: Settings) -> str | None:
+    if settings.embedded:
+        return "cache+memory://"
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return settings.broker_url
+    return None
 
 
 def check_step_retries(settings: Settings) -> None:
@@ -138,6 +150,9 @@ def reconfigure(app: Celery, settings: Settings) -> None:
     # The remote-control mailbox caches the producer pool it first saw (kombu cached_property).
     app.control.mailbox.__dict__.pop("producer_pool", None)
     app.conf.update(celery_config(settings))
+    # The result backend is cached (per thread unless thread-safe): build it again on first use.
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
     runtime.configure(settings)
 
 

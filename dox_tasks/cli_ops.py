@@ -134,6 +134,42 @@ def jobs_run(name: str, actor: str | None, wait: bool, timeout: float, as_json: 
 
 
 @click.group()
+def sync() -> None:
+    """The team coordination sync (daily at 09:00 UTC under Beat)."""
+
+
+@sync.command("run")
+@click.option("--actor", default=None)
+@click.option("--wait", is_flag=True, help="wait and print per service and per team")
+@click.option("--timeout", default=900.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def sync_run(actor: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Run the sync now (recorded with slot manual:<time>; the 09:00 slot stays free)."""
+    result = _start("sync_team_coordination", actor, wait, timeout, as_json)
+    if wait and not as_json:
+        _print_sync(result)
+    _exit_for([result], wait)
+
+
+def _print_sync(result: dict[str, Any]) -> None:
+    colours = {"up": "green", "degraded": "yellow", "down": "red"}
+    table = Table(title="services")
+    for col in ("service", "status", "ms", "cause"):
+        table.add_column(col)
+    for name, s in sorted((result.get("services") or {}).items()):
+        colour = colours.get(s["status"], "white")
+        table.add_row(name, f"[{colour}]{s['status']}[/]", str(s["latency_ms"] or ""), s["cause"] or "")
+    out.print(table)
+    teams = Table(title="teams")
+    for col in ("team", "blocked", "escalated", "blocked by"):
+        teams.add_column(col)
+    for name, t in sorted((result.get("teams") or {}).items()):
+        by = ", ".join(b["service"] for b in t["blockers"])
+        teams.add_row(name, "yes" if t["blocked"] else "", "YES" if t["escalated"] else "", by)
+    out.print(teams)
+
+
+@click.group()
 def backup() -> None:
     """Backups of the database, the configuration and the documents."""
 
@@ -221,5 +257,5 @@ def backup_restore(file: Path, into: str) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (schedule_cmd, beat, jobs, backup):
+    for command in (schedule_cmd, beat, jobs, sync, backup):
         group.add_command(command)

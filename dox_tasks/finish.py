@@ -63,7 +63,7 @@ def job_result(
     end = aware(wf["finished_at"]) if wf.get("finished_at") else datetime.now(UTC)
     merged: dict[str, Any] = {}
     for out in outputs.values():
-        merged.update(out)
+        merged.update({k: v for k, v in out.items() if not k.startswith("_")})  # _keys: internal
     return {
         **merged,
         "workflow_id": wf["workflow_id"],
@@ -103,6 +103,7 @@ def conclude(
     escalate: bool = False,
     close: StepClose | None = None,
     expect_step: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> bool:
     """End a workflow; returns False if this caller no longer owns it (nothing changes then).
 
@@ -131,6 +132,8 @@ def conclude(
         result.update(_from_original(rt, duplicate_of))
     if quarantine:
         result["quarantined"] = True
+    if extra:
+        result.update(extra)
     payload = {**result, "detail": detail, "rule_name": wf["rule_name"]}
     events = [(f"{workflow_id}:workflow.{state.value}", f"workflow.{state.value}", state.value)]
     if escalate:

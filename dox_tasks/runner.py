@@ -195,6 +195,11 @@ def _run(
             started_at=start.started_at,
         )
         stop_chain(task)
+        if outcome.after is not None:
+            try:
+                outcome.after()
+            except Exception as exc:  # noqa: BLE001 - the reaper finishes a chord that never started
+                slog.error("could not start the work this step hands over to: %s", exc)
         return {"workflow_id": workflow_id, "step": step.name, "handoff": True}
 
     if outcome.end is not None or next_step is None:

@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     )
     reaper_grace_s: int = Field(60, validation_alias=_env("DOX_REAPER_GRACE"), ge=0)
     reaper_max_redrives: int = Field(3, validation_alias=_env("DOX_REAPER_MAX_REDRIVES"), ge=0)
+    teams_file: Path | None = Field(None, validation_alias=_env("DOX_TEAMS_FILE"))
     backup_dir: Path | None = Field(None, validation_alias=_env("DOX_BACKUP_DIR"))
     backup_retention_days: int = Field(30, validation_alias=_env("DOX_BACKUP_RETENTION_DAYS"), gt=0)
 
@@ -131,6 +132,10 @@ class Settings(BaseSettings):
     @property
     def memory_banks(self) -> Path:
         return (self.memory_bank_path or self.state / "memory-banks").resolve()
+
+    @property
+    def teams(self) -> Path:
+        return (self.teams_file or self.definitions / "teams.yaml").resolve()
 
     @property
     def backups(self) -> Path:

@@ -79,6 +79,40 @@ def backup_documents_task(self: Task, workflow_id: str, step: str, definition_ha
     return run_step(self, jobs.backup_documents, workflow_id, step, definition_hash)
 
 
+@app.task(bind=True, name="dox.jobs.sync", max_retries=None)
+def sync_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    from .jobs.sync.run import start_sync
+
+    return run_step(self, start_sync, workflow_id, step, definition_hash)
+
+
+@app.task(name="dox.sync.probe", ignore_result=False)
+def probe_task(
+    workflow_id: str, service: str, url: str, timeout_s: float, slow_ms: int, deadline: float
+) -> dict[str, Any]:
+    """One health check of the team sync's chord; its answer is recorded in Postgres."""
+    from . import runtime
+    from .jobs.sync.probe import check
+    from .jobs.sync.run import record_check
+
+    rt = runtime.get()
+    if rt.state.status_of([workflow_id]).get(workflow_id) not in ("queued", "running"):
+        log.warning("ignored health check of %s for workflow %s: not a running sync", service, workflow_id)
+        return {"skipped": True}
+    health = check(service, url, float(timeout_s), int(slow_ms), float(deadline))
+    record_check(rt, workflow_id, health)
+    return health.to_dict()
+
+
+@app.task(name="dox.sync.collect")
+def collect_task(workflow_id: str) -> bool:
+    """The chord body: every check answered; finish the sync."""
+    from . import runtime
+    from .jobs.sync.run import finish_sync
+
+    return finish_sync(runtime.get(), workflow_id, deadline_passed=False)
+
+
 @app.task(bind=True, name="dox.submit", acks_late=True)
 def submit_task(
     self: Task,

@@ -115,3 +115,36 @@ def test_slow_is_not_stuck(flushable, harness_factory):
     held = broker.BrokerView(reserved={wid})
     assert examine(h.rt, row, held, Workers({"busy@host": {"validation"}})) is None
     assert records.count_events(h.rt.state, wid, "workflow.stuck") == 0
+
+
+def test_a_sync_whose_chord_never_completes_is_chord_waiting_and_finished(
+    flushable, private_redis, harness_factory, tmp_path
+):
+    import yaml
+
+    from dox_tasks.contract import QUEUES
+
+    teams = {
+        "sync_deadline_s": 1,
+        "teams": [{"name": "a"}, {"name": "b"}],
+        "services": [
+            {"name": f"s{n}", "health_url": f"http://127.0.0.1:9/{n}", "team": "a", "depended_on_by": ["b"]}
+            for n in range(3)
+        ],
+    }
+    path = tmp_path / "teams.yaml"
+    path.write_text(yaml.safe_dump(teams))
+    h = harness_factory(flushable.model_copy(update={"teams_file": path}))
+    h.worker(queues=[q for q in QUEUES if q != "coordination"])  # nobody runs the checks
+    wid = run_now(h.rt, "sync_team_coordination", actor="test").workflow_id
+    h.wait_until(
+        lambda: any(r["state"] == "success" for r in h.rt.state.step_rows(wid)), 30, "the chord to start"
+    )
+    private_redis.flushall()  # the chord's messages are gone for good
+    time.sleep(1.5)  # past the sync deadline (1 s) + grace (0)
+    result = reap(h)
+    assert result["causes"] == {"chord_waiting": 1}
+    assert result["findings"][0]["action"] == "finished"
+    row = h.rt.state.get_workflow(wid)
+    assert (row["current_state"], row["reason"]) == ("failed", "timeout")
+    assert row["result"]["unanswered"] == ["s0", "s1", "s2"] and row["result"]["deadline_passed"] is True

@@ -202,10 +202,16 @@ def _graph_problems(model: DefinitionModel, lines: dict[Path_, int], where: str)
     return problems
 
 
+#: YAML files in workflow_defs/ that are not workflow definitions.
+NOT_DEFINITIONS = frozenset({"teams.yaml", "teams.yml"})
+
+
 def definition_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    return sorted(p for p in path.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    return sorted(
+        p for p in path.glob("*.y*ml") if p.suffix in (".yaml", ".yml") and p.name not in NOT_DEFINITIONS
+    )
 
 
 def validate_path(path: Path) -> tuple[list[Definition], list[str]]:

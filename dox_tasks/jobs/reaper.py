@@ -81,12 +81,21 @@ def inspect_workers(app: Any, me: str | None, my_queues: set[str], timeout: floa
 
 def step_deadline(rt: Runtime, wf: dict[str, Any], attempt: dict[str, Any] | None) -> datetime:
     s = rt.settings
+    if attempt and handed_over(attempt):  # a chord: its own deadline, then the grace
+        waited = float((attempt["output"] or {}).get("deadline_s") or s.reaper_queued_after_s)
+        end = aware(attempt["finished_at"] or attempt["started_at"])
+        return end + timedelta(seconds=waited + s.reaper_grace_s)
     if attempt and attempt["state"] == StepState.RUNNING.value:
         definition = rt.snapshot(wf["definition_hash"])
         step = definition.step(wf["current_step"])
         hard = min(step.timeout or s.workflow_timeout, s.workflow_timeout)
         return aware(attempt["started_at"]) + timedelta(seconds=hard + s.reaper_grace_s)
     return aware(wf["updated_at"]) + timedelta(seconds=s.reaper_queued_after_s)
+
+
+def handed_over(attempt: dict[str, Any]) -> bool:
+    """The step succeeded by starting a chord that should have ended the workflow."""
+    return attempt["state"] == StepState.SUCCESS.value and bool((attempt["output"] or {}).get("chord"))
 
 
 def examine(
@@ -102,7 +111,7 @@ def examine(
     queue = definition.step(step).queue or (info.queue if info else "validation")
     attempt = records.latest_attempt(rt.state, wid, step)
     holder = attempt["worker_hostname"] if attempt and attempt["state"] == StepState.RUNNING.value else None
-    if attempt and attempt["state"] == StepState.SUCCESS.value and (attempt["output"] or {}).get("chord"):
+    if attempt and handed_over(attempt):
         return Cause.CHORD_WAITING, f"step {step} started a chord that never completed"
     where = view.where(wid)
     if where and where.startswith("queue:"):
@@ -141,7 +150,7 @@ def act(rt: Runtime, wf: dict[str, Any], cause: Cause, detail: str) -> Finding:
     if cause is Cause.NO_CONSUMER:
         action = "left"
     elif cause is Cause.CHORD_WAITING:
-        from .sync.finish import finish_sync
+        from .sync.run import finish_sync
 
         finish_sync(rt, wid, deadline_passed=True)
         action = "finished"

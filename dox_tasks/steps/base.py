@@ -10,6 +10,7 @@ retries, recording, the chain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -28,8 +29,10 @@ class Outcome:
     detail: str | None = None
     duplicate_of: str | None = None
     quarantine: bool = False
-    #: The step started work elsewhere (a chord) that will end the workflow itself.
+    #: The step hands the workflow on to work elsewhere (a chord) that will end it.
     handoff: bool = False
+    #: Started by the runner once this step's success is recorded (e.g. send the chord).
+    after: Callable[[], None] | None = None
 
 
 def ok(**output: Any) -> Outcome:
@@ -60,13 +63,15 @@ def complete(**output: Any) -> Outcome:
     return Outcome(output=output, end=WorkflowState.SUCCESS)
 
 
-def handoff(**output: Any) -> Outcome:
+def handoff(start: Callable[[], None], **output: Any) -> Outcome:
     """The step is done, but the workflow goes on elsewhere (a chord that concludes it).
 
-    The workflow stays ``running`` at this step; the reaper knows such a step by
-    ``chord: true`` in its output and finishes the workflow if the chord never does.
+    ``start`` runs after the step's success is recorded, so the chord can never
+    finish before the step that started it. The workflow stays ``running`` at this
+    step; the reaper knows such a step by ``chord: true`` in its output and finishes
+    the workflow if the chord never does.
     """
-    return Outcome(output={**output, "chord": True}, handoff=True)
+    return Outcome(output={**output, "chord": True}, handoff=True, after=start)
 
 
 @dataclass

@@ -37,6 +37,7 @@ STEP_TASKS: dict[str, TaskInfo] = {
         TaskInfo("dox.publish", "events", "completion event: row, Redis stream, pub/sub, JSONL log"),
         TaskInfo("dox.noop", "validation", "does nothing (benchmarks of orchestration overhead)"),
         # Scheduled operations (workflow_defs/*.yaml with a schedule trigger).
+        TaskInfo("dox.jobs.sync", "operations", "team coordination sync: chord of health checks → banks"),
         TaskInfo("dox.jobs.reap", "operations", "explain and re-drive stuck workflows (reaper)"),
         TaskInfo("dox.jobs.backup_database", "operations", "pg_dump in one snapshot, verified, retained"),
         TaskInfo("dox.jobs.backup_config", "operations", "tar.gz of workflow_defs/ and the memory banks"),

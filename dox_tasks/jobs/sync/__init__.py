@@ -1,0 +1,1 @@
+"""The daily team coordination sync: health checks → analysis → memory banks → events."""
