@@ -13,6 +13,7 @@ key) and dedupes for free. Every write is temp file → fsync → rename.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -148,6 +149,15 @@ class ContentStore:
             if not target.exists():
                 raise
         source.unlink(missing_ok=True)
+        return target
+
+    def quarantine_stored(self, sha256: str) -> Path:
+        """Move a *stored* document into quarantine (a re-scan found it infected)."""
+        target = self.quarantine_path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.link(self.object_path(sha256), target)
+        self.object_path(sha256).unlink(missing_ok=True)
         return target
 
     def iter_objects(self) -> Iterator[str]:

@@ -79,6 +79,16 @@ def backup_documents_task(self: Task, workflow_id: str, step: str, definition_ha
     return run_step(self, jobs.backup_documents, workflow_id, step, definition_hash)
 
 
+@app.task(bind=True, name="dox.jobs.maintenance", max_retries=None)
+def maintenance_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, jobs.maintenance_weekly, workflow_id, step, definition_hash)
+
+
+@app.task(bind=True, name="dox.jobs.retention", max_retries=None)
+def retention_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    return run_step(self, jobs.retention_cleanup, workflow_id, step, definition_hash)
+
+
 @app.task(bind=True, name="dox.jobs.sync", max_retries=None)
 def sync_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
     from .jobs.sync.run import start_sync

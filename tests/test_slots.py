@@ -83,10 +83,14 @@ def test_manual_slots_never_use_up_a_cron_slot():
 def test_shipped_schedule_has_the_default_jobs():
     jobs = beat_schedule.build(load_all(Settings().definitions).values())
     expected = {
+        "sync_team_coordination": ("0 9 * * *", "once"),
         "backup_database": ("0 2 * * *", "once"),
         "backup_config": ("30 2 * * *", "once"),
         "backup_documents": ("0 3 * * *", "once"),
         "reap_stuck_workflows": ("*/5 * * * *", "skip"),
+        "maintenance_weekly": ("0 2 * * 0", "once"),
+        "retention_cleanup": ("0 4 * * *", "once"),
     }
+    assert set(jobs) == set(expected)
     for name, (cron, policy) in expected.items():
         assert (jobs[name].cron, jobs[name].catch_up.value, jobs[name].timezone) == (cron, policy, "UTC")

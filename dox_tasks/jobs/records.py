@@ -64,6 +64,21 @@ def record_event(
     return written
 
 
+def last_success(state: StateStore, rule_name: str, exclude: str | None = None) -> dict[str, Any]:
+    """The result of a job's latest successful run ({} if none)."""
+    q = (
+        select(WS.c.result)
+        .where(
+            WS.c.rule_name == rule_name, WS.c.current_state == "success", WS.c.workflow_id != (exclude or "")
+        )
+        .order_by(WS.c.finished_at.desc())
+        .limit(1)
+    )
+    with state.tx() as conn:
+        row = conn.execute(q).first()
+    return dict(row.result or {}) if row else {}
+
+
 def add_backup(state: StateStore, **values: Any) -> int:
     values.setdefault("created_at", now())
     with state.tx() as conn:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from ..db.store import aware
 from ..runtime import Runtime
 from ..steps.base import Outcome, StepContext, complete
-from . import backup, records
+from . import backup, maintenance, records
 from .reaper import inspect_workers, reap
 
 #: A full restore check runs when none succeeded within this long (weekly by default).
@@ -123,3 +123,29 @@ def backup_documents(ctx: StepContext) -> Outcome:
         detail=f"{counts['copied']} new, {counts['already_backed_up']} already there",
     )
     return complete(**counts)
+
+
+def maintenance_weekly(ctx: StepContext) -> Outcome:
+    rt = ctx.rt
+    now = datetime.now(UTC)
+    report: dict[str, object] = {}
+    report.update(maintenance.vacuum_analyze(rt))
+    report.update(maintenance.expire_workflows(rt, now))
+    report.update(maintenance.purge_quarantine(rt, now))
+    report.update(maintenance.clean_staging(rt))
+    report.update(maintenance.freshclam(rt.settings.freshclam_timeout_s))
+    previous = records.last_success(rt.state, "maintenance_weekly", exclude=ctx.workflow_id)
+    report.update(maintenance.rescan(rt, previous.get("signature_version")))
+    report.update(maintenance.disk_check(rt, now))
+    return complete(**report)
+
+
+def retention_cleanup(ctx: StepContext) -> Outcome:
+    rt = ctx.rt
+    now = datetime.now(UTC)
+    report: dict[str, object] = {}
+    report.update(maintenance.expire_workflows(rt, now))
+    report.update(maintenance.purge_quarantine(rt, now))
+    logs = maintenance.prune_execution_logs(rt.settings.memory_banks, rt.settings.retention_days, now)
+    report["execution_logs_removed"] = logs
+    return complete(**report)

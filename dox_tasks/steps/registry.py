@@ -42,6 +42,10 @@ STEP_TASKS: dict[str, TaskInfo] = {
         TaskInfo("dox.jobs.backup_database", "operations", "pg_dump in one snapshot, verified, retained"),
         TaskInfo("dox.jobs.backup_config", "operations", "tar.gz of workflow_defs/ and the memory banks"),
         TaskInfo("dox.jobs.backup_documents", "operations", "copy stored objects the backup lacks"),
+        TaskInfo(
+            "dox.jobs.maintenance", "operations", "vacuum, retention, cleanup, freshclam, re-scan, disk"
+        ),
+        TaskInfo("dox.jobs.retention", "operations", "delete finished workflows and files past retention"),
     )
 }
 
