@@ -87,13 +87,19 @@ def _default_backend(settings: Settings) -> str | None:
     return None
 
 
-def check_step_retries(settings: Settings) -> None:
-    """A definition's own `retry:` must also stay below the visibility timeout."""
+def check_step_retries(settings: Settings, consumes: set[str] | None = None) -> None:
+    """A definition's own `retry:` must also stay below the visibility timeout
+    (for the steps this worker runs: those on the queues it ``consumes``)."""
     from .runner import retry_policy
+    from .steps.registry import resolve
 
     rt = runtime.get()
     for definition in rt.definitions.values():
         for step in definition.model.steps:
+            info = resolve(step.task)
+            queue = step.queue or (info.queue if info else None)
+            if consumes is not None and queue not in consumes:
+                continue
             attempts, backoff, delay = retry_policy(rt, step)
             longest = longest_retry_wait(attempts, backoff, delay)
             if longest >= settings.visibility_timeout:
@@ -111,9 +117,9 @@ class StartupChecks(bootsteps.Step):
         settings = runtime.get().settings
         try:
             settings.check()
-            check_step_retries(settings)  # also loads and validates every definition
-            runtime.get().templates  # noqa: B018
             consumes = set(worker.app.amqp.queues.consume_from or QUEUES)
+            check_step_retries(settings, consumes)  # also loads and validates every definition
+            runtime.get().templates  # noqa: B018
             if (
                 "scan" in consumes
                 and settings.clamav_enabled

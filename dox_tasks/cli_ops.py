@@ -86,6 +86,11 @@ def beat(ctx: click.Context) -> None:
     """Start Celery Beat with DOX's scheduler (run two for availability: one sends)."""
     from .app import app
 
+    if "--help" not in ctx.args and _rt().redis is None:
+        raise click.UsageError(
+            "dox beat needs Redis for its lock: set DOX_BROKER_URL=redis://… or DOX_REDIS_URL"
+        )
+
     app.start(argv=["beat", "--loglevel=INFO", "-S", "dox_tasks.jobs.beat:DoxScheduler", *ctx.args])
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import pdfs
 import pytest
-from services import create_database, dox, drop_database, server_env
+from services import ROOT, create_database, dox, drop_database, server_env
 
 from dox_tasks.jobs import backup, records
 from dox_tasks.jobs.beat import DoxScheduler
@@ -19,7 +20,14 @@ pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.integration]
 def test_a_scheduled_backup_restores_into_a_scratch_database_with_the_recorded_counts(
     stack, harness_factory, tmp_path
 ):
-    h = harness_factory(stack)
+    # Only the document workflow and the nightly database backup: Beat at 02:00 on a
+    # Sunday would otherwise also start the weekly maintenance and catch up the sync.
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    for name in ("process_document_upload.yaml", "backup_database.yaml"):
+        shutil.copy(ROOT / "workflow_defs" / name, defs / name)
+    shutil.copytree(ROOT / "workflow_defs" / "templates", defs / "templates")
+    h = harness_factory(stack.model_copy(update={"defs_dir": defs}))
     h.worker()
     ids = [h.submit(pdfs.unique(500 + n)) for n in range(3)]
     h.wait(ids, 60)
@@ -47,7 +55,7 @@ def test_a_scheduled_backup_restores_into_a_scratch_database_with_the_recorded_c
     scratch_url = create_database(prefix="dox_restore")
     scratch = scratch_url.rsplit("/", 1)[1]
     drop_database(scratch_url)  # restore creates it: it must not exist
-    env = server_env(tmp_path, stack, DOX_HOME=str(stack.home))
+    env = server_env(tmp_path, stack, DOX_HOME=str(stack.home), DOX_DEFS_DIR=str(defs))
     try:
         done = dox(["backup", "restore", result["backup"], "--into", scratch], env, tmp_path)
         assert done.returncode == 0, done.stderr

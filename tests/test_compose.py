@@ -18,7 +18,29 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
 def test_core_services_are_there():
-    assert {"redis", "postgres", "clamav", "migrate", "worker", "worker-scan"} <= set(COMPOSE["services"])
+    assert {
+        "redis",
+        "postgres",
+        "clamav",
+        "migrate",
+        "worker",
+        "worker-scan",
+        "worker-ops",
+        "worker-coord",
+        "beat",
+        "beat-standby",
+    } <= set(COMPOSE["services"])
+
+
+def test_workers_consume_every_queue():
+    from dox_tasks.contract import QUEUES
+
+    consumed = set()
+    for svc in COMPOSE["services"].values():
+        cmd = svc.get("command")
+        if isinstance(cmd, list) and cmd[:1] == ["worker"]:
+            consumed |= set(cmd[cmd.index("-Q") + 1].split(","))
+    assert consumed == set(QUEUES)
 
 
 def test_broker_never_evicts_and_has_a_password():
@@ -66,8 +88,8 @@ def test_every_dox_command_in_compose_runs(service, command, pg_url, tmp_path):
     args = [
         c.replace("${WORKFLOW_CONCURRENCY:-10}", "2").replace("${SCAN_CONCURRENCY:-4}", "2") for c in command
     ]
-    if args[0] == "worker":
-        args = [*args, "--help"]  # a worker would run forever; check its arguments parse
+    if args[0] in ("worker", "beat"):
+        args = [*args, "--help"]  # these run forever; check their arguments parse
     res = subprocess.run(
         [sys.executable, "-m", "dox_tasks.cli", *args],
         capture_output=True,

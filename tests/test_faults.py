@@ -108,6 +108,8 @@ def test_worker_sigkilled_with_200_in_flight(stack, harness_factory, tmp_path):
                 "-m",
                 "dox_tasks.cli",
                 "worker",
+                "-Q",
+                "validation,scan,storage,recognition,events",
                 "-P",
                 "prefork",
                 "-c",
