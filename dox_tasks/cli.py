@@ -241,14 +241,24 @@ def defs() -> None:
 @defs.command("validate")
 @click.argument("path", required=False)
 def defs_validate(path: str | None) -> None:
-    """Check definitions; print each problem as file:line and exit 1 if any."""
+    """Check definitions (and the teams file); print each problem and exit 1 if any."""
     from .definitions import validate_path
+    from .errors import DefinitionError
+    from .jobs.sync.teams import load_teams
     from .settings import load
 
-    target = Path(path) if path else load().definitions
+    settings = load()
+    target = Path(path) if path else settings.definitions
     if not target.exists():
         raise click.UsageError(f"no such file or folder: {target}")
     good, problems = validate_path(target)
+    teams = settings.teams if path is None else target / "teams.yaml"
+    if teams.is_file():
+        try:
+            t = load_teams(teams)
+            click.echo(f"ok  teams: {len(t.teams)} teams, {len(t.services)} services {teams}")
+        except DefinitionError as exc:
+            problems.extend(exc.problems)
     for p in problems:
         click.echo(p, err=True)
     for d in good:

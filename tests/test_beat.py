@@ -175,3 +175,48 @@ def test_redis_flush_and_beat_restart_fire_nothing_twice_and_nothing_out_of_poli
     log2 = (tmp_path / "beat2.log").read_text().splitlines()
     assert not [line for line in log2 if "missed_once" in line and "started" in line]
     assert [line for line in log2 if "missed_skip" in line and "past its deadline" in line]
+
+
+def test_a_second_run_for_the_same_slot_is_refused_whatever_sent_it(stack, harness_factory):
+    from dox_tasks.jobs.launch import run_now, start_run
+
+    h = harness_factory(stack)
+    first = start_run(h.rt, "backup_config", "2026-11-22T02:30:00Z")
+    again = start_run(h.rt, "backup_config", "2026-11-22T02:30:00Z", actor="someone-else")
+    assert first.created and not again.created and again.workflow_id == first.workflow_id
+    manual = run_now(h.rt, "backup_config", actor="operator")
+    assert manual.created and manual.slot.startswith("manual:")
+    # The manual run did not use up a slot: the next night's is still free.
+    assert start_run(h.rt, "backup_config", "2026-11-23T02:30:00Z").created
+    with pytest.raises(Exception, match="unknown scheduled job"):
+        start_run(h.rt, "process_document_upload", "2026-11-22T02:30:00Z")
+
+
+def test_dox_schedule_lists_every_job_with_its_next_run(tmp_path, stack, harness_factory):
+    import json
+
+    from services import dox, server_env
+
+    from dox_tasks.jobs.launch import start_run
+
+    h = harness_factory(stack)
+    start_run(h.rt, "backup_database", "2026-11-22T02:00:00Z")
+    done = dox(["schedule", "--json"], server_env(tmp_path, stack), tmp_path)
+    assert done.returncode == 0, done.stderr
+    jobs = {j["name"]: j for j in map(json.loads, done.stdout.splitlines())}
+    assert set(jobs) == {
+        "sync_team_coordination",
+        "backup_database",
+        "backup_config",
+        "backup_documents",
+        "maintenance_weekly",
+        "reap_stuck_workflows",
+        "retention_cleanup",
+    }
+    sync = jobs["sync_team_coordination"]
+    assert (sync["cron"], sync["timezone"], sync["catch_up"]) == ("0 9 * * *", "UTC", "once")
+    assert sync["next_run"].endswith("T09:00:00Z") and sync["last_run"] is None
+    assert jobs["backup_database"]["last_run"]["slot"] == "2026-11-22T02:00:00Z"
+    assert jobs["backup_database"]["last_run"]["status"] == "queued"
+    table = dox(["schedule"], server_env(tmp_path, stack, COLUMNS="200"), tmp_path)
+    assert table.returncode == 0 and "reap_stuck_workflows" in table.stdout

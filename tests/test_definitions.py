@@ -173,3 +173,40 @@ def test_scan_worker_refuses_to_start_without_clamd(tmp_path):
     )
     assert res.returncode != 0
     assert "DOX_CLAMD_URL" in res.stderr
+
+
+def test_a_schedule_must_say_its_catch_up_policy(tmp_path):
+    text = GOOD.replace(
+        "trigger: {type: api_request, source: test}", 'trigger: {type: schedule, cron: "0 9 * * *"}'
+    )
+    (problem,) = problems_for(tmp_path, text)
+    assert "def.yaml:2: trigger" in problem and "catch_up: once" in problem
+    bad_cron = text.replace('cron: "0 9 * * *"}', 'cron: "0 25 * * *", catch_up: once}')
+    assert "not a valid cron expression" in problems_for(tmp_path, bad_cron)[0]
+    misplaced = GOOD.replace("source: test}", "source: test, catch_up: once}")
+    assert "only apply to 'type: schedule'" in problems_for(tmp_path, misplaced)[0]
+
+
+def test_teams_file_problems_name_the_service(tmp_path):
+    from dox_tasks.errors import DefinitionError
+    from dox_tasks.jobs.sync.teams import load_teams
+
+    path = write(
+        tmp_path,
+        """\
+        teams: [{name: a}]
+        services:
+          - {name: s1, health_url: "http://x/health", team: a, depended_on_by: [ghosts]}
+          - {name: s2, health_url: "ftp://x/health", team: a}
+        """,
+        "teams.yaml",
+    )
+    with pytest.raises(DefinitionError) as err:
+        load_teams(path)
+    text = "\n".join(err.value.problems)
+    assert "health_url" in text and "services.1" in text
+    path.write_text(path.read_text().replace("ftp://", "http://"))
+    with pytest.raises(DefinitionError, match="service 's1' names unknown team 'ghosts'"):
+        load_teams(path)
+    # The definitions folder skips teams.yaml; `dox defs validate` checks it separately.
+    assert load_all(ROOT / "workflow_defs")["sync_team_coordination"]
