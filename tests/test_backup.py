@@ -105,3 +105,25 @@ def test_document_backup_is_incremental(stack, harness_factory, tmp_path):
     h.wait([h.submit(pdfs.unique(602))], 60)
     second = backup.copy_new_documents(h.rt.storage, target)
     assert (second["copied"], second["already_backed_up"]) == (1, 2)
+
+
+def test_a_failed_backup_is_a_failed_workflow_an_alert_and_a_row(
+    stack, harness_factory, tmp_path, monkeypatch
+):
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    text = (ROOT / "workflow_defs" / "backup_database.yaml").read_text()
+    (defs / "backup_database.yaml").write_text(
+        text.replace("retry: {attempts: 2, backoff: 2, delay: 60}", "retry: {attempts: 0}")
+    )
+    h = harness_factory(stack.model_copy(update={"defs_dir": defs}))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no pg_dump on this worker
+    h.worker()
+    from dox_tasks.jobs.launch import run_now
+
+    wid = run_now(h.rt, "backup_database", actor="test").workflow_id
+    row = h.wait([wid], 60)[wid]
+    assert row["current_state"] == "failed" and "pg_dump is not installed" in row["detail"]
+    assert "workflow.escalated" in {e["type"] for e in h.rt.state.events(wid)}
+    (failed,) = records.backups(h.rt.state, "database")
+    assert failed["status"] == "failed" and "pg_dump" in failed["detail"]
