@@ -145,6 +145,6 @@ def send(
         log.error("workflow %s is recorded queued but could not be sent: %s", workflow_id, exc)
         raise SubmissionError(
             f"workflow {workflow_id} is recorded (queued) but the broker refused its message:"
-            f" {exc}. Nothing is lost: the row stays queued and can be re-sent once the broker"
-            " is back (see docs/OPERATIONS.md, re-driving a stuck workflow)."
+            f" {exc}. Nothing is lost: the row stays queued and the reaper re-sends it once the"
+            " broker is back (see docs/OPERATIONS.md, stuck workflows: the reaper)."
         ) from exc
