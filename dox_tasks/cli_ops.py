@@ -122,6 +122,62 @@ def _exit_for(results: list[dict[str, Any]], waited: bool) -> None:
         sys.exit(1)
 
 
+@click.command("health")
+@click.option("--json", "as_json", is_flag=True)
+def health_cmd(as_json: bool) -> None:
+    """The morning checklist. Exit 2: Redis/Postgres down or no worker; 1: degraded; 0: ok."""
+    from .app import app
+    from .health import gather
+
+    report = gather(_rt(), app).to_dict()
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True, default=str))
+    else:
+        _print_health(report)
+    sys.exit(report["exit_code"])
+
+
+def _print_health(r: dict[str, Any]) -> None:
+    colour = {"ok": "green", "degraded": "yellow", "down": "red"}[r["status"]]
+    out.print(f"[bold {colour}]DOX {r['status'].upper()}[/]")
+    for line in r["fatal"]:
+        out.print(f"  [red]✗ {line}[/]")
+    for line in r["problems"]:
+        out.print(f"  [yellow]! {line}[/]")
+    for name in ("redis", "postgres", "clamd"):
+        c = r.get(name) or {}
+        mark = "[green]ok[/]" if c.get("ok") else "[red]down[/]"
+        out.print(f"  {name:<9} {mark} {c.get('version') or c.get('note') or c.get('error') or ''}")
+    workers = r.get("workers") or {}
+    if workers:
+        table = Table(title="queues")
+        for col in ("queue", "waiting", "consumers"):
+            table.add_column(col)
+        for q, hosts in workers["per_queue"].items():
+            table.add_row(q, str((r.get("queues") or {}).get(q)), ", ".join(hosts) or "[red]none[/]")
+        out.print(table)
+    y = r.get("yesterday") or {}
+    if y:
+        out.print(
+            f"  yesterday {y['date']}: {y['total']} workflows, {y['success']} success, {y['failed']} failed,"
+            f" {y['rejected']} rejected, {y['duplicate']} duplicate, average {y['average_duration_s']} s"
+        )
+    b = r.get("backup") or {}
+    if "age_h" in b:
+        out.print(
+            f"  last backup: {b['last_ok'] or 'never'} ({b['age_h']} h ago)"
+            if b["last_ok"]
+            else "  last backup: never"
+        )
+    s = r.get("sync") or {}
+    if s:
+        down = s.get("services_down") or []
+        out.print(
+            f"  last team sync: {s.get('last_run') or 'never'} {s.get('status') or ''};"
+            f" services down: {', '.join(down) or 'none'}"
+        )
+
+
 @click.group()
 def jobs() -> None:
     """Scheduled jobs, run by hand (recorded with slot manual:<time>)."""
@@ -262,5 +318,5 @@ def backup_restore(file: Path, into: str) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (schedule_cmd, beat, jobs, sync, backup):
+    for command in (health_cmd, schedule_cmd, beat, jobs, sync, backup):
         group.add_command(command)

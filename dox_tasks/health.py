@@ -1,0 +1,204 @@
+"""``dox health``: the runbook's morning checklist, gathered and judged in one place.
+
+:func:`gather` asks each service (every probe is bounded and turns a failure into
+a sentence); :func:`judge` turns the findings into an exit code a cron job or a
+Kubernetes probe can use: 2 when DOX cannot work (Redis or Postgres unreachable,
+no worker answers), 1 when degraded (clamd unreachable, a queue nobody consumes,
+the last database backup older than 26 h, the last team sync failed or missed),
+else 0. Other teams' services are reported but never change the code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text
+
+from .contract import QUEUES
+from .db.store import WS, aware
+from .runtime import Runtime
+
+BACKUP_MAX_AGE = timedelta(hours=26)
+#: After its slot, the sync has this long before it counts as missed.
+SYNC_GRACE = timedelta(hours=1)
+SYNC_JOB = "sync_team_coordination"
+
+
+@dataclass
+class Health:
+    checks: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # exit 1
+    fatal: list[str] = field(default_factory=list)  # exit 2
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.fatal else 1 if self.problems else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        status = {0: "ok", 1: "degraded", 2: "down"}[self.exit_code]
+        return {
+            "status": status,
+            "exit_code": self.exit_code,
+            "fatal": self.fatal,
+            "problems": self.problems,
+            **self.checks,
+        }
+
+
+def _redis(rt: Runtime, h: Health) -> bool:
+    client = rt.redis
+    if client is None:
+        h.fatal.append("no Redis configured (DOX_BROKER_URL)")
+        h.checks["redis"] = {"ok": False, "error": "not configured"}
+        return False
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        h.fatal.append(f"Redis unreachable: {exc}")
+        h.checks["redis"] = {"ok": False, "error": str(exc)}
+        return False
+    h.checks["redis"] = {"ok": True}
+    return True
+
+
+def _postgres(rt: Runtime, h: Health) -> bool:
+    try:
+        with rt.state.tx() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        h.fatal.append(f"results database unreachable: {exc}")
+        h.checks["postgres"] = {"ok": False, "error": str(exc)}
+        return False
+    h.checks["postgres"] = {"ok": True}
+    return True
+
+
+def _clamd(rt: Runtime, h: Health) -> None:
+    if not rt.settings.clamav_enabled:
+        h.checks["clamd"] = {"ok": True, "note": "scanning disabled (CLAMAV_ENABLED=false)"}
+        return
+    try:
+        version = rt.scanner.version()
+    except Exception as exc:  # noqa: BLE001
+        h.problems.append(f"clamd unreachable: {exc}")
+        h.checks["clamd"] = {"ok": False, "error": str(exc)}
+        return
+    if version is None:
+        h.problems.append("clamd not configured (DOX_CLAMD_URL)")
+        h.checks["clamd"] = {"ok": False, "error": "not configured"}
+        return
+    engine, _, rest = version.partition("/")
+    signatures = rest.split("/")[0] if rest else None
+    h.checks["clamd"] = {"ok": True, "version": version, "engine": engine, "signatures": signatures}
+
+
+def _workers(app: Any, rt: Runtime, h: Health) -> None:
+    replies = app.control.inspect(timeout=1.0).active_queues() or {}
+    consumers = {
+        q: sorted(host for host, qs in replies.items() if q in {x["name"] for x in qs}) for q in QUEUES
+    }
+    prefix = rt.settings.broker_key_prefix or ""
+    depths: dict[str, int | None] = {}
+    for q in QUEUES:
+        try:
+            depths[q] = int(rt.redis.llen(prefix + q)) if rt.redis is not None else None
+        except Exception:  # noqa: BLE001
+            depths[q] = None
+    h.checks["workers"] = {"alive": sorted(replies), "per_queue": consumers}
+    h.checks["queues"] = depths
+    if not replies:
+        h.fatal.append("no worker answers")
+        return
+    for q, hosts in consumers.items():
+        if not hosts:
+            h.problems.append(f"queue {q!r} has no consumer ({depths.get(q)} waiting)")
+
+
+def _yesterday(rt: Runtime, h: Health, now: datetime) -> None:
+    start = (now - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    end = start + timedelta(days=1)
+    duration = func.avg(
+        func.extract("epoch", WS.c.finished_at - WS.c.created_at)
+        if rt.state.is_postgres
+        else (func.julianday(WS.c.finished_at) - func.julianday(WS.c.created_at)) * 86400
+    )
+    with rt.state.tx() as conn:
+        rows = conn.execute(
+            select(WS.c.current_state, func.count(), duration)
+            .where(WS.c.created_at >= start, WS.c.created_at < end, WS.c.schedule_slot.is_(None))
+            .group_by(WS.c.current_state)
+        ).all()
+    counts = {r[0]: int(r[1]) for r in rows}
+    total = sum(counts.values())
+    weighted = sum(float(r[2] or 0) * int(r[1]) for r in rows if r[2] is not None)
+    finished = sum(int(r[1]) for r in rows if r[2] is not None)
+    h.checks["yesterday"] = {
+        "date": start.date().isoformat(),
+        "total": total,
+        **{s: counts.get(s, 0) for s in ("success", "failed", "rejected", "duplicate")},
+        "average_duration_s": round(weighted / finished, 3) if finished else None,
+    }
+
+
+def _backup(rt: Runtime, h: Health, now: datetime) -> None:
+    from .jobs import records
+
+    ok = [b for b in records.backups(rt.state, "database", limit=50) if b["status"] == "ok"]
+    if not ok:
+        h.problems.append("no database backup recorded")
+        h.checks["backup"] = {"last_ok": None, "age_h": None}
+        return
+    last = aware(ok[0]["created_at"])
+    age = now - last
+    h.checks["backup"] = {
+        "last_ok": last.isoformat(),
+        "age_h": round(age.total_seconds() / 3600, 1),
+        "path": ok[0]["path"],
+    }
+    if age > BACKUP_MAX_AGE:
+        h.problems.append(f"last database backup is {age.total_seconds() / 3600:.0f} h old (limit 26 h)")
+
+
+def _sync(rt: Runtime, h: Health, now: datetime) -> None:
+    import beat_schedule
+
+    runs = rt.state.last_runs([SYNC_JOB])
+    run = runs.get(SYNC_JOB)
+    info: dict[str, Any] = {"last_run": None}
+    if run is not None:
+        result = run.get("result") or {}
+        services = result.get("services") or {}
+        info = {
+            "last_run": aware(run["created_at"]).isoformat(),
+            "slot": run["schedule_slot"],
+            "status": run["current_state"],
+            "services_down": sorted(n for n, s in services.items() if s.get("status") == "down"),
+            "services_degraded": sorted(n for n, s in services.items() if s.get("status") == "degraded"),
+        }
+        if run["current_state"] == "failed":
+            h.problems.append(f"the last team sync failed: {run.get('detail')}")
+    job = beat_schedule.build(rt.definitions.values()).get(SYNC_JOB)
+    if job is not None:
+        slot = job.latest_slot(now)
+        ran_since = run is not None and aware(run["created_at"]) >= slot
+        if now - slot > SYNC_GRACE and not ran_since:
+            h.problems.append(f"the team sync of {slot.isoformat()} is missing")
+        info["expected_slot"] = slot.isoformat()
+    h.checks["sync"] = info
+
+
+def gather(rt: Runtime, app: Any, now: datetime | None = None) -> Health:
+    now = now or datetime.now(UTC)
+    h = Health()
+    redis_ok = _redis(rt, h)
+    pg_ok = _postgres(rt, h)
+    _clamd(rt, h)
+    if redis_ok:
+        _workers(app, rt, h)
+    if pg_ok:
+        _yesterday(rt, h, now)
+        _backup(rt, h, now)
+        _sync(rt, h, now)
+    return h

@@ -1,0 +1,89 @@
+"""`dox health`: the morning checklist against the real services, and its exit codes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pdfs
+import pytest
+from services import clean_env, dox, free_port, server_env
+from sqlalchemy import update
+
+from dox_tasks.db.store import WS
+from dox_tasks.health import gather
+from dox_tasks.jobs import records
+from dox_tasks.jobs.launch import start_run
+from dox_tasks.jobs.slots import slot_key
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.clamd, pytest.mark.integration]
+
+
+def test_health_degraded_then_ok_with_yesterdays_totals(stack, harness_factory, tmp_path):
+    h = harness_factory(stack)
+    h.worker()
+    now = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    report = gather(h.rt, h.app, now)
+    assert report.exit_code == 1, report.to_dict()
+    assert "no database backup recorded" in report.problems
+    assert any("team sync" in p and "missing" in p for p in report.problems)
+    assert report.checks["clamd"]["ok"] and report.checks["clamd"]["engine"].startswith("ClamAV")
+    assert all(report.checks["workers"]["per_queue"].values())  # the test worker consumes every queue
+
+    # Yesterday: two documents; a fresh backup; this morning's sync found one service down.
+    rows = [h.run(pdfs.unique(800)), h.run(pdfs.unique(801))]
+    noon = now - timedelta(days=1)
+    with h.rt.state.tx() as conn:
+        for r in rows:
+            conn.execute(
+                update(WS)
+                .where(WS.c.workflow_id == r["workflow_id"])
+                .values(created_at=noon, finished_at=noon + timedelta(seconds=2))
+            )
+    records.add_backup(
+        h.rt.state, kind="database", path="/x.dump", status="ok", created_at=now - timedelta(hours=3)
+    )
+    slot = now.replace(hour=9)
+    sync = start_run(h.rt, "sync_team_coordination", slot_key(slot))
+    with h.rt.state.tx() as conn:
+        conn.execute(
+            update(WS)
+            .where(WS.c.workflow_id == sync.workflow_id)
+            .values(
+                current_state="success",
+                created_at=slot,
+                result={"services": {"a": {"status": "down"}, "b": {"status": "up"}}},
+            )
+        )
+    report = gather(h.rt, h.app, now)
+    assert report.exit_code == 0, report.to_dict()
+    y = report.checks["yesterday"]
+    assert (y["total"], y["success"], y["failed"], y["average_duration_s"]) == (2, 2, 0, 2.0)
+    assert report.checks["backup"]["age_h"] == 3.0
+    assert report.checks["sync"]["services_down"] == ["a"]  # shown, not an exit code
+
+    # A backup older than 26 h degrades.
+    late = gather(h.rt, h.app, now + timedelta(hours=24))
+    assert late.exit_code == 1 and any("26 h" in p for p in late.problems)
+
+
+def test_health_cli_json_and_exit_2_when_postgres_is_down(tmp_path, stack, harness_factory):
+    h = harness_factory(stack)
+    h.worker(queues=["validation", "scan", "storage", "recognition", "events"])
+    done = dox(["health", "--json"], server_env(tmp_path, stack), tmp_path)
+    report = json.loads(done.stdout)
+    assert done.returncode == 1, report
+    assert "queue 'operations' has no consumer (0 waiting)" in report["problems"]
+    dead = {
+        **server_env(tmp_path, stack),
+        "DOX_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/dox",
+    }
+    down = dox(["health", "--json"], dead, tmp_path)
+    assert down.returncode == 2, down.stderr
+    assert "Traceback" not in down.stderr
+    assert any("results database unreachable" in f for f in json.loads(down.stdout)["fatal"])
+
+
+def test_health_without_a_broker_is_down_with_a_reason(tmp_path):
+    done = dox(["health"], clean_env(tmp_path), tmp_path)
+    assert done.returncode == 2 and "no Redis configured" in done.stdout and "Traceback" not in done.stderr
