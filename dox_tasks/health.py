@@ -47,32 +47,33 @@ class Health:
         }
 
 
+def _reachable(h: Health, name: str, what: str, probe: Any) -> bool:
+    """Run ``probe``; a failure is fatal (DOX cannot work without Redis or Postgres)."""
+    try:
+        probe()
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        h.fatal.append(f"{what} unreachable: {exc}")
+        h.checks[name] = {"ok": False, "error": str(exc)}
+        return False
+    h.checks[name] = {"ok": True}
+    return True
+
+
 def _redis(rt: Runtime, h: Health) -> bool:
     client = rt.redis
     if client is None:
         h.fatal.append("no Redis configured (DOX_BROKER_URL)")
         h.checks["redis"] = {"ok": False, "error": "not configured"}
         return False
-    try:
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        h.fatal.append(f"Redis unreachable: {exc}")
-        h.checks["redis"] = {"ok": False, "error": str(exc)}
-        return False
-    h.checks["redis"] = {"ok": True}
-    return True
+    return _reachable(h, "redis", "Redis", client.ping)
 
 
 def _postgres(rt: Runtime, h: Health) -> bool:
-    try:
+    def select_one() -> None:
         with rt.state.tx() as conn:
             conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001
-        h.fatal.append(f"results database unreachable: {exc}")
-        h.checks["postgres"] = {"ok": False, "error": str(exc)}
-        return False
-    h.checks["postgres"] = {"ok": True}
-    return True
+
+    return _reachable(h, "postgres", "results database", select_one)
 
 
 def _clamd(rt: Runtime, h: Health) -> None:
