@@ -318,5 +318,7 @@ def backup_restore(file: Path, into: str) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (health_cmd, schedule_cmd, beat, jobs, sync, backup):
+    from .cli_workflows import workflows
+
+    for command in (health_cmd, schedule_cmd, beat, jobs, sync, backup, workflows):
         group.add_command(command)

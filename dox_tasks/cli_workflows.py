@@ -1,0 +1,153 @@
+"""``dox workflows list | show``: what happened, without psql one-liners."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+from rich.table import Table
+from sqlalchemy import select
+
+from .cli import _rt, out
+from .contract import WorkflowState
+from .db.store import WS, aware
+
+DURATION = re.compile(r"^(\d+)([smhd])$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30m``, ``24h``, ``7d`` → a timedelta (a clear error for anything else)."""
+    m = DURATION.match(text.strip())
+    if not m:
+        raise click.BadParameter(f"{text!r}: use a number and a unit, e.g. 30m, 24h, 7d")
+    return timedelta(**{UNITS[m.group(2)]: int(m.group(1))})
+
+
+def _iso(ts: Any) -> str | None:
+    return aware(ts).isoformat().replace("+00:00", "Z") if ts else None
+
+
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    duration = None
+    if r["finished_at"]:
+        duration = round((aware(r["finished_at"]) - aware(r["created_at"])).total_seconds(), 3)
+    return {
+        "workflow_id": r["workflow_id"],
+        "rule_name": r["rule_name"],
+        "status": r["current_state"],
+        "reason": r["reason"],
+        "step": r["current_step"],
+        "file": r["file_name"],
+        "user": r["user_id"],
+        "slot": r["schedule_slot"],
+        "created_at": _iso(r["created_at"]),
+        "finished_at": _iso(r["finished_at"]),
+        "duration_s": duration,
+    }
+
+
+@click.group()
+def workflows() -> None:
+    """List and inspect workflows (document workflows and scheduled runs)."""
+
+
+@workflows.command("list")
+@click.option("--status", type=click.Choice([s.value for s in WorkflowState]), default=None)
+@click.option("--rule", default=None, help="definition name, e.g. process_document_upload")
+@click.option("--since", default="24h", show_default=True, help="e.g. 30m, 24h, 7d")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="one object per line")
+def list_cmd(status: str | None, rule: str | None, since: str, limit: int, as_json: bool) -> None:
+    """Newest first."""
+    cutoff = datetime.now(UTC) - parse_duration(since)
+    q = select(WS).where(WS.c.created_at >= cutoff).order_by(WS.c.created_at.desc()).limit(limit)
+    if status:
+        q = q.where(WS.c.current_state == status)
+    if rule:
+        q = q.where(WS.c.rule_name == rule)
+    with _rt().state.tx() as conn:
+        rows = [_row(dict(r)) for r in conn.execute(q).mappings()]
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, sort_keys=True))
+        return
+    colours = {"success": "green", "duplicate": "cyan", "rejected": "yellow", "failed": "red"}
+    table = Table()
+    for col in ("workflow", "rule", "status", "reason", "step", "file / slot", "created", "s"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        c = colours.get(r["status"], "white")
+        table.add_row(
+            r["workflow_id"],
+            r["rule_name"],
+            f"[{c}]{r['status']}[/]",
+            r["reason"] or "",
+            r["step"] or "",
+            r["file"] or r["slot"] or "",
+            r["created_at"],
+            str(r["duration_s"] or ""),
+        )
+    out.print(table)
+    out.print(f"{len(rows)} workflow(s) since {cutoff.isoformat(timespec='seconds')}")
+
+
+@workflows.command("show")
+@click.argument("workflow_id")
+@click.option("--json", "as_json", is_flag=True)
+def show_cmd(workflow_id: str, as_json: bool) -> None:
+    """One workflow: its row, every step attempt (timings, errors) and its events."""
+    rt = _rt()
+    row = rt.state.get_workflow(workflow_id)
+    steps = [
+        {
+            "step": s["step"],
+            "attempt": s["attempt"],
+            "state": s["state"],
+            "worker": s["worker_hostname"],
+            "started_at": _iso(s["started_at"]),
+            "duration_ms": s["duration_ms"],
+            "error": s["error"],
+        }
+        for s in rt.state.step_rows(workflow_id)
+    ]
+    events = [
+        {"type": e["type"], "created_at": _iso(e["created_at"]), "id": e["id"]}
+        for e in rt.state.events(workflow_id)
+    ]
+    report = {**_row(row), "detail": row["detail"], "steps": steps, "events": events, "result": row["result"]}
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True, default=str))
+        return
+    for key in (
+        "workflow_id",
+        "rule_name",
+        "status",
+        "reason",
+        "detail",
+        "file",
+        "slot",
+        "created_at",
+        "finished_at",
+    ):
+        if report.get(key) is not None:
+            out.print(f"[bold]{key:>12}[/] {report[key]}")
+    table = Table(title="steps")
+    for col in ("step", "attempt", "state", "worker", "started", "ms", "error"):
+        table.add_column(col, overflow="fold")
+    for s in steps:
+        table.add_row(
+            s["step"],
+            str(s["attempt"]),
+            s["state"],
+            s["worker"] or "",
+            s["started_at"] or "",
+            str(s["duration_ms"] or ""),
+            s["error"] or "",
+        )
+    out.print(table)
+    for e in events:
+        out.print(f"  event {e['created_at']} {e['type']}")

@@ -1,0 +1,41 @@
+"""`dox workflows list | show` against a real worker's records."""
+
+from __future__ import annotations
+
+import json
+
+import pdfs
+import pytest
+from services import dox, server_env
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.clamd, pytest.mark.integration]
+
+
+def test_list_filters_and_show_tells_the_whole_story(tmp_path, stack, harness_factory):
+    h = harness_factory(stack)
+    h.worker()
+    good = h.run(pdfs.unique(900))
+    bad = h.run(pdfs.truncated())
+    env = server_env(tmp_path, stack)
+
+    listed = dox(["workflows", "list", "--json"], env, tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [r["workflow_id"] for r in rows] == [bad["workflow_id"], good["workflow_id"]]  # newest first
+    rejected = dox(["workflows", "list", "--status", "rejected", "--json"], env, tmp_path)
+    (only,) = [json.loads(line) for line in rejected.stdout.splitlines()]
+    assert (only["workflow_id"], only["reason"]) == (bad["workflow_id"], "truncated")
+    none = dox(["workflows", "list", "--rule", "backup_database", "--json"], env, tmp_path)
+    assert none.stdout == ""
+    wrong = dox(["workflows", "list", "--since", "yesterday"], env, tmp_path)
+    assert wrong.returncode == 2 and "30m, 24h, 7d" in wrong.stderr and "Traceback" not in wrong.stderr
+
+    shown = dox(["workflows", "show", good["workflow_id"], "--json"], env, tmp_path)
+    story = json.loads(shown.stdout)
+    assert [s["step"] for s in story["steps"]] == ["validate", "scan", "store", "recognize", "publish"]
+    assert all(s["state"] == "success" and s["duration_ms"] is not None for s in story["steps"])
+    assert "workflow.success" in [e["type"] for e in story["events"]]
+    table = dox(["workflows", "show", good["workflow_id"]], {**env, "COLUMNS": "200"}, tmp_path)
+    assert table.returncode == 0 and "publish" in table.stdout
+    missing = dox(["workflows", "show", "no-such-id"], env, tmp_path)
+    assert missing.returncode == 2 and "no workflow with id" in missing.stderr
