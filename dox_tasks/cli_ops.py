@@ -318,7 +318,7 @@ def backup_restore(file: Path, into: str) -> None:
 
 
 def register(group: click.Group) -> None:
-    from .cli_workflows import workflows
+    from .cli_workflows import intake, workflows
 
-    for command in (health_cmd, schedule_cmd, beat, jobs, sync, backup, workflows):
+    for command in (health_cmd, schedule_cmd, beat, jobs, sync, backup, workflows, intake):
         group.add_command(command)

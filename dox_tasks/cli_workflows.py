@@ -1,4 +1,4 @@
-"""``dox workflows list | show``: what happened, without psql one-liners."""
+"""``dox workflows list | show`` and ``dox intake pause | resume | status``."""
 
 from __future__ import annotations
 
@@ -151,3 +151,53 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
     out.print(table)
     for e in events:
         out.print(f"  event {e['created_at']} {e['type']}")
+
+
+@click.group()
+def intake() -> None:
+    """Pause and resume new submissions (work in flight continues)."""
+
+
+def _print_intake(state: Any, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    if as_json:
+        click.echo(json.dumps(asdict(state), sort_keys=True))
+    elif state.paused:
+        out.print(
+            f"[yellow]intake PAUSED[/] since {state.since} by {state.actor}: {state.reason or '(no reason)'}"
+        )
+    else:
+        out.print("[green]intake open[/]")
+
+
+_actor = click.option("--actor", default=None, help="who (default: the OS user)")
+_reason = click.option("--reason", default=None, help="why (kept with the action)")
+
+
+@intake.command("pause")
+@_actor
+@_reason
+@click.option("--json", "as_json", is_flag=True)
+def intake_pause(actor: str | None, reason: str | None, as_json: bool) -> None:
+    from .operator import set_paused
+
+    _print_intake(set_paused(_rt(), True, actor, reason), as_json)
+
+
+@intake.command("resume")
+@_actor
+@_reason
+@click.option("--json", "as_json", is_flag=True)
+def intake_resume(actor: str | None, reason: str | None, as_json: bool) -> None:
+    from .operator import set_paused
+
+    _print_intake(set_paused(_rt(), False, actor, reason), as_json)
+
+
+@intake.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def intake_status(as_json: bool) -> None:
+    from .operator import intake_state
+
+    _print_intake(intake_state(_rt()), as_json)

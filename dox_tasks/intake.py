@@ -67,7 +67,8 @@ def submit(
     """Hand DOX a document; returns the workflow id at once (the work is queued).
 
     ``document`` is a path, bytes or a binary stream. Raises
-    :class:`~dox_tasks.errors.SubmissionError` for a refused path or unknown workflow.
+    :class:`~dox_tasks.errors.SubmissionError` for a refused path, an unknown workflow or
+    a paused intake (``dox intake pause``).
     """
     rt = runtime.get()
     if not user or len(user) > 200:
@@ -81,6 +82,9 @@ def submit(
         existing = rt.state.find_by_idempotency_key(idempotency_key)
         if existing:
             return existing
+    from .operator import refuse_if_paused
+
+    refuse_if_paused(rt)
     definition = rt.definitions.get(workflow)
     if definition is None:
         raise SubmissionError(f"unknown workflow {workflow!r}: known are {', '.join(sorted(rt.definitions))}")

@@ -39,3 +39,39 @@ def test_list_filters_and_show_tells_the_whole_story(tmp_path, stack, harness_fa
     assert table.returncode == 0 and "publish" in table.stdout
     missing = dox(["workflows", "show", "no-such-id"], env, tmp_path)
     assert missing.returncode == 2 and "no workflow with id" in missing.stderr
+
+
+def test_intake_pause_refuses_new_work_with_a_reason_and_resume_reopens(tmp_path, stack, harness_factory):
+    from dox_tasks.errors import SubmissionError
+
+    h = harness_factory(stack)
+    h.worker()
+    env = server_env(tmp_path, stack)
+    (tmp_path / "a.pdf").write_bytes(pdfs.unique(910))
+    paused = dox(
+        ["intake", "pause", "--actor", "ops-anna", "--reason", "db migration", "--json"], env, tmp_path
+    )
+    assert paused.returncode == 0, paused.stderr
+    assert json.loads(paused.stdout)["paused"] is True
+    refused = dox(["submit", str(tmp_path / "a.pdf")], env, tmp_path)
+    assert refused.returncode == 2
+    assert "intake is paused" in refused.stderr and "by ops-anna: db migration" in refused.stderr
+    import time
+
+    time.sleep(1.1)  # the submitting process caches the switch for up to a second
+    with pytest.raises(SubmissionError, match="intake is paused"):
+        h.submit(pdfs.unique(911))
+    status = dox(["intake", "status"], env, tmp_path)
+    assert "PAUSED" in status.stdout
+    resumed = dox(["intake", "resume", "--actor", "ops-anna", "--reason", "done"], env, tmp_path)
+    assert resumed.returncode == 0 and "open" in resumed.stdout
+    time.sleep(1.1)
+    assert h.run(pdfs.unique(912))["current_state"] == "success"
+    from sqlalchemy import text
+
+    with h.rt.state.tx() as conn:
+        actions = conn.execute(
+            text("SELECT type, payload FROM workflow_events WHERE type LIKE 'intake.%' ORDER BY created_at")
+        ).all()
+    assert [a[0] for a in actions] == ["intake.paused", "intake.resumed"]
+    assert actions[0][1]["actor"] == "ops-anna" and actions[0][1]["reason"] == "db migration"

@@ -110,6 +110,8 @@ class WorkflowEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
+    __table_args__ = (Index("ix_workflow_events_type_created", "type", "created_at"),)
+
 
 class BackupRow(Base):
     """One backup archive: what it holds, its checksum and how it was verified."""

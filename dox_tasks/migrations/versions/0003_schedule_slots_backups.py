@@ -3,7 +3,8 @@
 ``workflow_states.schedule_slot`` records the cron slot a scheduled run belongs
 to; the unique (rule_name, schedule_slot) pair is what makes "a second run for
 the same job and slot is refused, whatever sent it" a database fact rather than
-a scheduler habit. ``backups`` keeps one row per archive.
+a scheduler habit. ``backups`` keeps one row per archive. An index on
+``workflow_events (type, created_at)`` serves "the latest event of this type".
 
 Revision ID: 0003
 Revises: 0002
@@ -40,9 +41,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_backups_created_at", "backups", ["created_at"])
     op.create_index("ix_backups_workflow_id", "backups", ["workflow_id"])
+    # Latest event of a type (the intake switch, the last sync's events) without a scan.
+    op.create_index("ix_workflow_events_type_created", "workflow_events", ["type", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_workflow_events_type_created", table_name="workflow_events")
     op.drop_index("ix_backups_workflow_id", table_name="backups")
     op.drop_index("ix_backups_created_at", table_name="backups")
     op.drop_table("backups")
