@@ -153,6 +153,22 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
         out.print(f"  event {e['created_at']} {e['type']}")
 
 
+@workflows.command("cancel")
+@click.argument("workflow_id")
+@click.option("--actor", default=None, help="who (default: the OS user)")
+@click.option("--reason", default=None, help="why (kept with the action)")
+@click.option("--json", "as_json", is_flag=True)
+def cancel_cmd(workflow_id: str, actor: str | None, reason: str | None, as_json: bool) -> None:
+    """Cancel a queued or running workflow; its remaining steps do nothing."""
+    from .app import app
+    from .operator import cancel
+
+    result = cancel(_rt(), app, workflow_id, actor, reason)
+    click.echo(
+        json.dumps(result, sort_keys=True) if as_json else f"{workflow_id} cancelled at step {result['step']}"
+    )
+
+
 @click.group()
 def intake() -> None:
     """Pause and resume new submissions (work in flight continues)."""

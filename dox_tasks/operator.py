@@ -17,8 +17,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from .contract import LIVE_STATES, Reason, WorkflowState
 from .db.store import EV, aware
-from .errors import SubmissionError
+from .errors import DoxError, SubmissionError
 from .jobs import records
 from .runtime import Runtime
 
@@ -94,3 +95,32 @@ def set_paused(rt: Runtime, paused: bool, actor: str | None, reason: str | None)
     with _lock:
         _cache.pop(rt.settings.db_url, None)
     return intake_state(rt)
+
+
+def cancel(rt: Runtime, app: Any, workflow_id: str, actor: str | None, reason: str | None) -> dict[str, Any]:
+    """End a live workflow ``cancelled`` and revoke the step message it is waiting on.
+
+    The terminal write is the usual first-writer-wins transition, so a step that
+    finishes at the same moment either wins (the workflow ended anyway) or finds the
+    workflow cancelled and stops; steps not yet started see ``cancelled`` and do nothing.
+    """
+    from .finish import conclude
+
+    who = actor_or_default(actor)
+    detail = f"cancelled by {who}" + (f": {reason}" if reason else "")
+    for _ in range(3):  # the workflow may move to its next step while we look
+        wf = rt.state.get_workflow(workflow_id)
+        if wf["current_state"] not in LIVE_STATES:
+            raise DoxError(f"workflow {workflow_id} already ended {wf['current_state']}: nothing to cancel")
+        step = wf["current_step"]
+        revoked = [
+            r["task_id"] for r in rt.state.step_rows(workflow_id) if r["step"] == step and r["task_id"]
+        ]
+        if conclude(
+            rt, workflow_id, WorkflowState.CANCELLED, reason=Reason.CANCELLED, detail=detail, expect_step=step
+        ):
+            if revoked:
+                app.control.revoke(revoked)
+            record_action(rt, "workflow.cancel", actor, reason, workflow_id, step=step, revoked=revoked)
+            return {"workflow_id": workflow_id, "status": "cancelled", "step": step, "revoked": revoked}
+    raise DoxError(f"workflow {workflow_id} kept moving; try again")

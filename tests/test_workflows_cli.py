@@ -75,3 +75,30 @@ def test_intake_pause_refuses_new_work_with_a_reason_and_resume_reopens(tmp_path
         ).all()
     assert [a[0] for a in actions] == ["intake.paused", "intake.resumed"]
     assert actions[0][1]["actor"] == "ops-anna" and actions[0][1]["reason"] == "db migration"
+
+
+def test_cancel_stops_a_queued_workflow_and_its_steps_do_nothing(tmp_path, stack, harness_factory):
+    h = harness_factory(stack)
+    h.worker(queues=["operations"])  # nothing consumes validation yet: the workflow waits
+    wid = h.submit(pdfs.unique(920))
+    env = server_env(tmp_path, stack)
+    done = dox(
+        ["workflows", "cancel", wid, "--actor", "ops-ben", "--reason", "wrong file", "--json"], env, tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "cancelled"
+    h.stop_workers()
+    h.worker()  # the step message is delivered now, and finds the workflow cancelled
+    queue = f"{stack.broker_key_prefix}validation"
+    h.wait_until(lambda: h.rt.redis.llen(queue) == 0, 10, "the step message to be taken")
+    import time
+
+    time.sleep(1)  # the worker runs the delivery: begin_step refuses it, nothing is recorded
+    row = h.rt.state.get_workflow(wid)
+    assert (row["current_state"], row["reason"]) == ("cancelled", "cancelled")
+    assert row["detail"] == "cancelled by ops-ben: wrong file"
+    assert not any(r["state"] == "success" for r in h.rt.state.step_rows(wid))
+    types = [e["type"] for e in h.rt.state.events(wid)]
+    assert "workflow.cancelled" in types and "workflow.cancel" in types
+    again = dox(["workflows", "cancel", wid], env, tmp_path)
+    assert again.returncode == 2 and "already ended cancelled" in again.stderr
