@@ -169,6 +169,46 @@ def cancel_cmd(workflow_id: str, actor: str | None, reason: str | None, as_json:
     )
 
 
+@click.command("report")
+@click.argument("kind", type=click.Choice(["daily", "weekly"]))
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
+)
+def report_cmd(kind: str, fmt: str) -> None:
+    """Yesterday (daily) or the last 7 days (weekly) against the runbook's targets."""
+    from .report import build
+
+    r = build(_rt(), kind)
+    if fmt == "json":
+        click.echo(json.dumps(r, sort_keys=True))
+        return
+    if fmt == "csv":
+        import csv
+        import sys
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["metric", "value"])
+        for key, value in r.items():
+            writer.writerow([key, json.dumps(value) if isinstance(value, list) else value])
+        return
+    mark = {True: "[green]met[/]", False: "[red]missed[/]", None: "n/a"}
+    out.print(f"[bold]DOX {kind} report[/] {r['from']} → {r['to']}")
+    out.print(
+        f"  {r['total']} documents: {r['success']} success, {r['failed']} failed, {r['rejected']} rejected,"
+        f" {r['duplicate']} duplicate, {r['cancelled']} cancelled, {r['in_flight']} in flight"
+    )
+    rate = "n/a" if r["success_rate"] is None else f"{r['success_rate']:.1%}"
+    out.print(f"  success rate {rate} (target 95%): {mark[r['success_rate_met']]}")
+    out.print(
+        f"  duration p50 {r['p50_duration_s']} s, p95 {r['p95_duration_s']} s (target 30 s):"
+        f" {mark[r['p95_duration_met']]}"
+    )
+    out.print(f"  scan p95 {r['p95_scan_s']} s (target 5 s): {mark[r['p95_scan_met']]}")
+    out.print(f"  top failures: {r['top_failure_reasons'] or 'none'}")
+    out.print(f"  top rejections: {r['top_rejection_reasons'] or 'none'}")
+    out.print(f"  rate-limit hits: {r['rate_limit_hits']}, infected: {r['infected']}")
+
+
 @click.group()
 def intake() -> None:
     """Pause and resume new submissions (work in flight continues)."""

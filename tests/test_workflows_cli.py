@@ -102,3 +102,47 @@ def test_cancel_stops_a_queued_workflow_and_its_steps_do_nothing(tmp_path, stack
     assert "workflow.cancelled" in types and "workflow.cancel" in types
     again = dox(["workflows", "cancel", wid], env, tmp_path)
     assert again.returncode == 2 and "already ended cancelled" in again.stderr
+
+
+def test_daily_report_counts_rates_and_reasons(tmp_path, stack, harness_factory):
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from dox_tasks.db.store import WS
+
+    h = harness_factory(stack.model_copy(update={"rate_limit_per_user_per_day": 4}))
+    h.worker()
+    rows = [h.run(pdfs.unique(930 + n)) for n in range(3)] + [
+        h.run(pdfs.truncated()),
+        h.run(pdfs.unique(940)),
+    ]
+    assert [r["current_state"] for r in rows] == ["success", "success", "success", "rejected", "rejected"]
+    yesterday = datetime.now(UTC).replace(hour=10, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    with h.rt.state.tx() as conn:
+        for r in rows:
+            conn.execute(
+                update(WS)
+                .where(WS.c.workflow_id == r["workflow_id"])
+                .values(created_at=yesterday, finished_at=yesterday + timedelta(seconds=4))
+            )
+        # One of the successes turned out a fault (as if its scan had failed after retries).
+        conn.execute(
+            update(WS)
+            .where(WS.c.workflow_id == rows[2]["workflow_id"])
+            .values(current_state="failed", reason="scanner_unavailable")
+        )
+    done = dox(["report", "daily", "--format", "json"], server_env(tmp_path, stack), tmp_path)
+    assert done.returncode == 0, done.stderr
+    r = json.loads(done.stdout)
+    assert (r["total"], r["success"], r["failed"], r["rejected"]) == (5, 2, 1, 2)
+    assert r["success_rate"] == 0.6667 and r["success_rate_met"] is False
+    assert r["p95_duration_s"] == 4.0 and r["p95_duration_met"] is True
+    assert r["p95_scan_s"] is not None and r["p95_scan_met"] is True
+    assert r["top_failure_reasons"] == [["scanner_unavailable", 1]]
+    assert sorted(map(tuple, r["top_rejection_reasons"])) == [("rate_limited", 1), ("truncated", 1)]
+    assert r["rate_limit_hits"] == 1 and r["infected"] == 0
+    csv_out = dox(["report", "daily", "--format", "csv"], server_env(tmp_path, stack), tmp_path)
+    assert csv_out.stdout.splitlines()[0] == "metric,value" and "success_rate,0.6667" in csv_out.stdout
+    table = dox(["report", "weekly"], {**server_env(tmp_path, stack), "COLUMNS": "200"}, tmp_path)
+    assert table.returncode == 0 and "success rate 66.7% (target 95%): missed" in table.stdout

@@ -1,0 +1,83 @@
+"""``dox report daily | weekly``: the runbook's performance review, from Postgres.
+
+Success rate is success / (success + failed) — rejected and duplicate documents are
+answers, not faults, and are counted apart. Durations are workflow wall times
+(created → finished); scan time is the ``scan`` step's successful attempts.
+Targets from the seeds: success ≥ 95 %, p95 duration ≤ 30 s, p95 scan ≤ 5 s.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from .db.store import SR, WS, aware
+from .runtime import Runtime
+
+TARGETS = {"success_rate": 0.95, "p95_duration_s": 30.0, "p95_scan_s": 5.0}
+DOCUMENT_RULE = "process_document_upload"
+
+
+def period(kind: str, now: datetime) -> tuple[datetime, datetime]:
+    end = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return end - timedelta(days=1 if kind == "daily" else 7), end
+
+
+def _pct(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0], 3)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 3)
+
+
+def build(rt: Runtime, kind: str, now: datetime | None = None) -> dict[str, Any]:
+    start, end = period(kind, now or datetime.now(UTC))
+    in_period = (WS.c.created_at >= start, WS.c.created_at < end, WS.c.rule_name == DOCUMENT_RULE)
+    with rt.state.tx() as conn:
+        rows = conn.execute(
+            select(WS.c.current_state, WS.c.reason, WS.c.created_at, WS.c.finished_at).where(*in_period)
+        ).all()
+        scans = conn.execute(
+            select(SR.c.duration_ms)
+            .join(WS, WS.c.workflow_id == SR.c.workflow_id)
+            .where(*in_period, SR.c.step == "scan", SR.c.state == "success", SR.c.duration_ms.is_not(None))
+        ).all()
+    states = Counter(r.current_state for r in rows)
+    reasons_failed = Counter(r.reason for r in rows if r.current_state == "failed" and r.reason)
+    reasons_rejected = Counter(r.reason for r in rows if r.current_state == "rejected" and r.reason)
+    durations = [
+        (aware(r.finished_at) - aware(r.created_at)).total_seconds()
+        for r in rows
+        if r.finished_at is not None
+    ]
+    scan_s = [s.duration_ms / 1000 for s in scans]
+    judged = states["success"] + states["failed"]
+    rate = round(states["success"] / judged, 4) if judged else None
+    p50, p95, scan95 = _pct(durations, 50), _pct(durations, 95), _pct(scan_s, 95)
+    return {
+        "report": kind,
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "total": len(rows),
+        **{s: states.get(s, 0) for s in ("success", "failed", "rejected", "duplicate", "cancelled")},
+        "in_flight": states.get("queued", 0) + states.get("running", 0),
+        "success_rate": rate,
+        "success_rate_target": TARGETS["success_rate"],
+        "success_rate_met": None if rate is None else rate >= TARGETS["success_rate"],
+        "p50_duration_s": p50,
+        "p95_duration_s": p95,
+        "p95_duration_target_s": TARGETS["p95_duration_s"],
+        "p95_duration_met": None if p95 is None else p95 <= TARGETS["p95_duration_s"],
+        "p95_scan_s": scan95,
+        "p95_scan_target_s": TARGETS["p95_scan_s"],
+        "p95_scan_met": None if scan95 is None else scan95 <= TARGETS["p95_scan_s"],
+        "top_failure_reasons": reasons_failed.most_common(5),
+        "top_rejection_reasons": reasons_rejected.most_common(5),
+        "rate_limit_hits": reasons_rejected.get("rate_limited", 0),
+        "infected": reasons_rejected.get("infected", 0),
+    }
