@@ -32,14 +32,7 @@ def test_health_degraded_then_ok_with_yesterdays_totals(stack, harness_factory, 
 
     # Yesterday: two documents; a fresh backup; this morning's sync found one service down.
     rows = [h.run(pdfs.unique(800)), h.run(pdfs.unique(801))]
-    noon = now - timedelta(days=1)
-    with h.rt.state.tx() as conn:
-        for r in rows:
-            conn.execute(
-                update(WS)
-                .where(WS.c.workflow_id == r["workflow_id"])
-                .values(created_at=noon, finished_at=noon + timedelta(seconds=2))
-            )
+    h.backdate([r["workflow_id"] for r in rows], now - timedelta(days=1), 2)
     records.add_backup(
         h.rt.state, kind="database", path="/x.dump", status="ok", created_at=now - timedelta(hours=3)
     )

@@ -119,13 +119,8 @@ def test_daily_report_counts_rates_and_reasons(tmp_path, stack, harness_factory)
     ]
     assert [r["current_state"] for r in rows] == ["success", "success", "success", "rejected", "rejected"]
     yesterday = datetime.now(UTC).replace(hour=10, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    h.backdate([r["workflow_id"] for r in rows], yesterday, 4)
     with h.rt.state.tx() as conn:
-        for r in rows:
-            conn.execute(
-                update(WS)
-                .where(WS.c.workflow_id == r["workflow_id"])
-                .values(created_at=yesterday, finished_at=yesterday + timedelta(seconds=4))
-            )
         # One of the successes turned out a fault (as if its scan had failed after retries).
         conn.execute(
             update(WS)
