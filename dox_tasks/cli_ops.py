@@ -318,7 +318,19 @@ def backup_restore(file: Path, into: str) -> None:
 
 
 def register(group: click.Group) -> None:
-    from .cli_workflows import intake, report_cmd, workflows
+    from .cli_workflows import documents, intake, quarantine, report_cmd, workflows
 
-    for command in (health_cmd, schedule_cmd, beat, jobs, sync, backup, workflows, intake, report_cmd):
+    for command in (
+        health_cmd,
+        schedule_cmd,
+        beat,
+        jobs,
+        sync,
+        backup,
+        workflows,
+        intake,
+        report_cmd,
+        quarantine,
+        documents,
+    ):
         group.add_command(command)

@@ -257,3 +257,78 @@ def intake_status(as_json: bool) -> None:
     from .operator import intake_state
 
     _print_intake(intake_state(_rt()), as_json)
+
+
+@click.group()
+def quarantine() -> None:
+    """Quarantined documents: list, release a false positive, purge old ones."""
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def quarantine_list(as_json: bool) -> None:
+    from .documents import quarantined
+
+    items = quarantined(_rt())
+    if as_json:
+        for item in items:
+            click.echo(json.dumps(item, sort_keys=True))
+        return
+    table = Table()
+    for col in ("sha256", "size", "since", "reason", "signature", "workflow"):
+        table.add_column(col, overflow="fold")
+    for i in items:
+        table.add_row(
+            i["sha256"],
+            str(i["size"]),
+            i["quarantined_at"],
+            i["reason"] or "",
+            i["signature"] or "",
+            i["workflow_id"] or "",
+        )
+    out.print(table)
+
+
+@quarantine.command("release")
+@click.argument("sha256")
+@_actor
+@_reason
+def quarantine_release(sha256: str, actor: str | None, reason: str | None) -> None:
+    """Move a quarantined document into the store (its workflow's record is unchanged)."""
+    from .documents import release
+
+    click.echo(f"released to {release(_rt(), sha256, actor, reason)}")
+
+
+@quarantine.command("purge")
+@click.option("--older-than", "older_than", default="30d", show_default=True, help="e.g. 30d, 12h")
+@_actor
+@_reason
+def quarantine_purge(older_than: str, actor: str | None, reason: str | None) -> None:
+    from .documents import purge
+
+    gone = purge(_rt(), parse_duration(older_than), actor, reason)
+    click.echo(f"purged {len(gone)} quarantined document(s) older than {older_than}")
+
+
+@click.group()
+def documents() -> None:
+    """Stored documents."""
+
+
+@documents.command("delete")
+@click.argument("sha256")
+@_actor
+@_reason
+@click.option("--json", "as_json", is_flag=True)
+def documents_delete(sha256: str, actor: str | None, reason: str | None, as_json: bool) -> None:
+    """Delete a document's bytes and redact its extracted fields; workflow records stay."""
+    from .documents import delete
+
+    result = delete(_rt(), sha256, actor, reason)
+    files, redacted = len(result["removed"]), len(result["workflows_redacted"])
+    click.echo(
+        json.dumps(result, sort_keys=True)
+        if as_json
+        else f"deleted {files} file(s); redacted {redacted} workflow(s)"
+    )

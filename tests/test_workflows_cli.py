@@ -141,3 +141,43 @@ def test_daily_report_counts_rates_and_reasons(tmp_path, stack, harness_factory)
     assert csv_out.stdout.splitlines()[0] == "metric,value" and "success_rate,0.6667" in csv_out.stdout
     table = dox(["report", "weekly"], {**server_env(tmp_path, stack), "COLUMNS": "200"}, tmp_path)
     assert table.returncode == 0 and "success rate 66.7% (target 95%): missed" in table.stdout
+
+
+def test_quarantine_list_release_purge_and_document_deletion(tmp_path, stack, harness_factory):
+    h = harness_factory(stack)
+    h.worker()
+    env = server_env(tmp_path, stack)
+    infected = h.run(pdfs.eicar_pdf())
+    assert infected["reason"] == "infected"
+    listed = [json.loads(x) for x in dox(["quarantine", "list", "--json"], env, tmp_path).stdout.splitlines()]
+    assert [(i["sha256"], i["reason"]) for i in listed] == [(infected["sha256"], "infected")]
+    assert "EICAR" in listed[0]["signature"]
+    released = dox(["quarantine", "release", infected["sha256"], "--reason", "false positive"], env, tmp_path)
+    assert released.returncode == 0 and h.rt.storage.object_path(infected["sha256"]).exists()
+    assert dox(["quarantine", "list", "--json"], env, tmp_path).stdout == ""
+    purged = dox(["quarantine", "purge", "--older-than", "0s"], env, tmp_path)
+    assert "purged 0" in purged.stdout
+
+    stored = h.run(pdfs.fpdf_document(["INVOICE", "Invoice Number: INV-2026-0042", "Total: 1,250.00 EUR"]))
+    assert stored["current_state"] == "success"
+    gone = dox(
+        ["documents", "delete", stored["sha256"], "--reason", "GDPR request 17", "--json"], env, tmp_path
+    )
+    result = json.loads(gone.stdout)
+    assert result["workflows_redacted"] == [stored["workflow_id"]]
+    assert not h.rt.storage.object_path(stored["sha256"]).exists()
+    row = h.rt.state.get_workflow(stored["workflow_id"])
+    assert row["current_state"] == "success" and row["result"]["redacted"] is True
+    assert row["result"]["fields"] == {} and row["result"]["storage_key"] is None
+    assert all(
+        r["output"] == {"redacted": True}
+        for r in h.rt.state.step_rows(stored["workflow_id"])
+        if r["step"] == "recognize"
+    )
+    from sqlalchemy import text
+
+    with h.rt.state.tx() as conn:
+        actions = [
+            r[0] for r in conn.execute(text("SELECT type FROM workflow_events WHERE id LIKE 'operator:%'"))
+        ]
+    assert sorted(actions) == ["document.delete", "quarantine.purge", "quarantine.release"]
