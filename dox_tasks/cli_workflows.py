@@ -31,6 +31,16 @@ def _iso(ts: Any) -> str | None:
     return aware(ts).isoformat().replace("+00:00", "Z") if ts else None
 
 
+def _table(columns: tuple[str, ...], rows: list[list[Any]], title: str | None = None) -> Table:
+    """A rich table; None shows as empty, everything else as text."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    return table
+
+
 def _row(r: dict[str, Any]) -> dict[str, Any]:
     duration = None
     if r["finished_at"]:
@@ -135,19 +145,9 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
     ):
         if report.get(key) is not None:
             out.print(f"[bold]{key:>12}[/] {report[key]}")
-    table = Table(title="steps")
-    for col in ("step", "attempt", "state", "worker", "started", "ms", "error"):
-        table.add_column(col, overflow="fold")
-    for s in steps:
-        table.add_row(
-            s["step"],
-            str(s["attempt"]),
-            s["state"],
-            s["worker"] or "",
-            s["started_at"] or "",
-            str(s["duration_ms"] or ""),
-            s["error"] or "",
-        )
+    cols = ("step", "attempt", "state", "worker", "started", "ms", "error")
+    keys = ("step", "attempt", "state", "worker", "started_at", "duration_ms", "error")
+    table = _table(cols, [[st[k] for k in keys] for st in steps], title="steps")
     out.print(table)
     for e in events:
         out.print(f"  event {e['created_at']} {e['type']}")
@@ -274,18 +274,10 @@ def quarantine_list(as_json: bool) -> None:
         for item in items:
             click.echo(json.dumps(item, sort_keys=True))
         return
-    table = Table()
-    for col in ("sha256", "size", "since", "reason", "signature", "workflow"):
-        table.add_column(col, overflow="fold")
-    for i in items:
-        table.add_row(
-            i["sha256"],
-            str(i["size"]),
-            i["quarantined_at"],
-            i["reason"] or "",
-            i["signature"] or "",
-            i["workflow_id"] or "",
-        )
+    keys = ("sha256", "size", "quarantined_at", "reason", "signature", "workflow_id")
+    table = _table(
+        ("sha256", "size", "since", "reason", "signature", "workflow"), [[i[k] for k in keys] for i in items]
+    )
     out.print(table)
 
 
