@@ -301,12 +301,16 @@ def backup_verify(file: Path, full: bool) -> None:
 @backup.command("restore")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--into", "into", required=True, help="a NEW database to create and restore into")
-def backup_restore(file: Path, into: str) -> None:
+@click.option("--actor", default=None, help="who (default: the OS user)")
+@click.option("--reason", default=None, help="why (kept with the action)")
+def backup_restore(file: Path, into: str, actor: str | None, reason: str | None) -> None:
     """Restore a database archive into a new database (never over an existing one)."""
     from .jobs import backup as bk
+    from .operator import record_action
 
     rt = _rt()
     counts = bk.restore(file, rt.settings.db_url, into)
+    record_action(rt, "backup.restore", actor, reason, None, file=str(file), into=into, row_counts=counts)
     try:
         expected = bk.recorded_counts(file)
     except bk.BackupError:

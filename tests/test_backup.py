@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pdfs
 import pytest
 from services import ROOT, create_database, dox, drop_database, server_env
+from sqlalchemy import text
 
 from dox_tasks.jobs import backup, records
 from dox_tasks.jobs.beat import DoxScheduler
@@ -57,10 +58,26 @@ def test_a_scheduled_backup_restores_into_a_scratch_database_with_the_recorded_c
     drop_database(scratch_url)  # restore creates it: it must not exist
     env = server_env(tmp_path, stack, DOX_HOME=str(stack.home), DOX_DEFS_DIR=str(defs))
     try:
-        done = dox(["backup", "restore", result["backup"], "--into", scratch], env, tmp_path)
+        restore = [
+            "backup",
+            "restore",
+            result["backup"],
+            "--into",
+            scratch,
+            "--actor",
+            "ops-cara",
+            "--reason",
+            "drill",
+        ]
+        done = dox(restore, env, tmp_path)
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
         assert report["row_counts"] == report["recorded_row_counts"] == counts
+        with h.rt.state.tx() as conn:
+            (action,) = conn.execute(
+                text("SELECT payload FROM workflow_events WHERE type = 'backup.restore'")
+            ).all()
+        assert (action[0]["actor"], action[0]["reason"], action[0]["into"]) == ("ops-cara", "drill", scratch)
         again = dox(["backup", "restore", result["backup"], "--into", scratch], env, tmp_path)
         assert again.returncode == 2 and "already exists" in again.stderr
     finally:
