@@ -94,6 +94,40 @@ def beat(ctx: click.Context) -> None:
     app.start(argv=["beat", "--loglevel=INFO", "-S", "dox_tasks.jobs.beat:DoxScheduler", *ctx.args])
 
 
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def flower(ctx: click.Context) -> None:
+    """Flower for DOX's app, behind basic auth from DOX_FLOWER_USER / DOX_FLOWER_PASSWORD.
+
+    Refuses to start without them unless --unsafe-no-auth. The credentials reach Flower
+    through its environment (FLOWER_BASIC_AUTH), never the command line (`ps` shows that).
+    History persists in $DOX_STATE_DIR/flower.db across restarts.
+    """
+    import os
+
+    from .app import app
+
+    args = list(ctx.args)
+    unsafe = "--unsafe-no-auth" in args
+    args = [a for a in args if a != "--unsafe-no-auth"]
+    settings = _rt().settings
+    user, password = os.environ.get("DOX_FLOWER_USER"), os.environ.get("DOX_FLOWER_PASSWORD")
+    if "--help" not in args:
+        if user and password:
+            os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
+        elif not unsafe:
+            raise click.UsageError(
+                "Flower shows every task's arguments: set DOX_FLOWER_USER and DOX_FLOWER_PASSWORD"
+                " (or pass --unsafe-no-auth on a machine nobody else can reach)"
+            )
+        settings.state.mkdir(parents=True, exist_ok=True)
+    state = settings.state / "flower.db"
+    app.start(argv=["flower", "--persistent=True", f"--db={state}", "--state_save_interval=60000", *args])
+
+
 def _start(name: str, actor: str | None, wait: bool, timeout: float, as_json: bool) -> dict[str, Any]:
     from .embedded import wait_for
     from .jobs.launch import run_now
@@ -325,6 +359,7 @@ def register(group: click.Group) -> None:
     from .cli_workflows import documents, intake, quarantine, report_cmd, workflows
 
     for command in (
+        flower,
         health_cmd,
         schedule_cmd,
         beat,

@@ -1,0 +1,53 @@
+"""`dox flower`: refuses to start without credentials; the API answers 401 without them."""
+
+from __future__ import annotations
+
+import base64
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from services import dox, free_port, kill_group, server_env, spawn_dox
+
+pytestmark = [pytest.mark.redis, pytest.mark.integration]
+
+
+def get(url: str, auth: tuple[str, str] | None = None) -> int:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_flower_needs_credentials(tmp_path, stack):
+    env = server_env(tmp_path, stack)
+    refused = dox(["flower"], env, tmp_path)
+    assert refused.returncode == 2 and "DOX_FLOWER_USER" in refused.stderr
+
+
+def test_flower_api_is_behind_basic_auth(tmp_path, stack, harness_factory):
+    harness_factory(stack)  # the database and tables
+    port = free_port()
+    env = server_env(tmp_path, stack, DOX_FLOWER_USER="ops", DOX_FLOWER_PASSWORD="s3cret-pw")
+    proc = spawn_dox(["flower", f"--port={port}", "--address=127.0.0.1"], env, tmp_path / "flower.log")
+    try:
+        url = f"http://127.0.0.1:{port}/api/workers"
+        deadline = time.monotonic() + 30
+        status = 0
+        while time.monotonic() < deadline:
+            try:
+                status = get(url)
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert status == 401, (tmp_path / "flower.log").read_text()[-2000:]
+        assert get(url, ("ops", "wrong")) == 401
+        assert get(url, ("ops", "s3cret-pw")) == 200
+    finally:
+        kill_group(proc)
+    assert "s3cret-pw" not in (tmp_path / "flower.log").read_text()
