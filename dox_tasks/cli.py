@@ -35,6 +35,13 @@ def _rt() -> Any:
     return runtime.get()
 
 
+def _iso(ts: Any) -> str | None:
+    """A database timestamp as ISO 8601 UTC with a Z (None stays None)."""
+    from .db.store import aware
+
+    return aware(ts).isoformat().replace("+00:00", "Z") if ts else None
+
+
 def _collect(paths: tuple[str, ...]) -> list[Path]:
     files: list[Path] = []
     for p in paths:

@@ -14,15 +14,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from .cli import _rt, out
-
-
-def _iso(ts: Any) -> str | None:
-    if ts is None:
-        return None
-    from .db.store import aware
-
-    return aware(ts).isoformat().replace("+00:00", "Z")
+from .cli import _iso, _rt, out
 
 
 @click.command("schedule")

@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 from sqlalchemy import select
 
-from .cli import _rt, out
+from .cli import _iso, _rt, out
 from .contract import WorkflowState
 from .db.store import WS, aware
 
@@ -25,10 +25,6 @@ def parse_duration(text: str) -> timedelta:
     if not m:
         raise click.BadParameter(f"{text!r}: use a number and a unit, e.g. 30m, 24h, 7d")
     return timedelta(**{UNITS[m.group(2)]: int(m.group(1))})
-
-
-def _iso(ts: Any) -> str | None:
-    return aware(ts).isoformat().replace("+00:00", "Z") if ts else None
 
 
 def _table(columns: tuple[str, ...], rows: list[list[Any]], title: str | None = None) -> Table:

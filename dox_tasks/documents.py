@@ -64,12 +64,7 @@ def release(rt: Runtime, sha256: str, actor: str | None, reason: str | None) -> 
 
 
 def purge(rt: Runtime, older_than: timedelta, actor: str | None, reason: str | None) -> list[str]:
-    cutoff = (datetime.now(UTC) - older_than).timestamp()
-    gone = []
-    for path in rt.storage.quarantine_dir.glob("sha256/*"):
-        if path.stat().st_mtime < cutoff:
-            path.unlink()
-            gone.append(path.name)
+    gone = rt.storage.purge_quarantine((datetime.now(UTC) - older_than).timestamp())
     record_action(
         rt, "quarantine.purge", actor, reason, None, sha256=gone, older_than_s=older_than.total_seconds()
     )

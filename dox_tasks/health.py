@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from .contract import QUEUES
-from .db.store import WS, aware
+from .db.store import aware
 from .runtime import Runtime
 
 BACKUP_MAX_AGE = timedelta(hours=26)
@@ -96,10 +96,10 @@ def _clamd(rt: Runtime, h: Health) -> None:
 
 
 def _workers(app: Any, rt: Runtime, h: Health) -> None:
-    replies = app.control.inspect(timeout=1.0).active_queues() or {}
-    consumers = {
-        q: sorted(host for host, qs in replies.items() if q in {x["name"] for x in qs}) for q in QUEUES
-    }
+    from .jobs.reaper import inspect_workers
+
+    workers = inspect_workers(app, None, set())
+    consumers = {q: sorted(host for host, qs in workers.queues.items() if q in qs) for q in QUEUES}
     prefix = rt.settings.broker_key_prefix or ""
     depths: dict[str, int | None] = {}
     for q in QUEUES:
@@ -107,9 +107,9 @@ def _workers(app: Any, rt: Runtime, h: Health) -> None:
             depths[q] = int(rt.redis.llen(prefix + q)) if rt.redis is not None else None
         except Exception:  # noqa: BLE001
             depths[q] = None
-    h.checks["workers"] = {"alive": sorted(replies), "per_queue": consumers}
+    h.checks["workers"] = {"alive": sorted(workers.alive), "per_queue": consumers}
     h.checks["queues"] = depths
-    if not replies:
+    if not workers.alive:
         h.fatal.append("no worker answers")
         return
     for q, hosts in consumers.items():
@@ -118,28 +118,12 @@ def _workers(app: Any, rt: Runtime, h: Health) -> None:
 
 
 def _yesterday(rt: Runtime, h: Health, now: datetime) -> None:
-    start = (now - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    end = start + timedelta(days=1)
-    duration = func.avg(
-        func.extract("epoch", WS.c.finished_at - WS.c.created_at)
-        if rt.state.is_postgres
-        else (func.julianday(WS.c.finished_at) - func.julianday(WS.c.created_at)) * 86400
-    )
-    with rt.state.tx() as conn:
-        rows = conn.execute(
-            select(WS.c.current_state, func.count(), duration)
-            .where(WS.c.created_at >= start, WS.c.created_at < end, WS.c.schedule_slot.is_(None))
-            .group_by(WS.c.current_state)
-        ).all()
-    counts = {r[0]: int(r[1]) for r in rows}
-    total = sum(counts.values())
-    weighted = sum(float(r[2] or 0) * int(r[1]) for r in rows if r[2] is not None)
-    finished = sum(int(r[1]) for r in rows if r[2] is not None)
+    from .report import build
+
+    r = build(rt, "daily", now)
     h.checks["yesterday"] = {
-        "date": start.date().isoformat(),
-        "total": total,
-        **{s: counts.get(s, 0) for s in ("success", "failed", "rejected", "duplicate")},
-        "average_duration_s": round(weighted / finished, 3) if finished else None,
+        "date": r["from"][:10],
+        **{k: r[k] for k in ("total", "success", "failed", "rejected", "duplicate", "average_duration_s")},
     }
 
 

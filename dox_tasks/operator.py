@@ -41,8 +41,7 @@ def record_action(
 ) -> str:
     event_id = f"operator:{action}:{uuid.uuid4().hex}"
     payload = {"action": action, "actor": actor_or_default(actor), "reason": reason, **extra}
-    records.record_event(rt.state, event_id, workflow_id, action, payload)
-    rt.events.fan_out(event_id, action, workflow_id, payload, action)
+    records.emit(rt, event_id, workflow_id, action, payload)
     return event_id
 
 

@@ -69,6 +69,7 @@ def build(rt: Runtime, kind: str, now: datetime | None = None) -> dict[str, Any]
         "success_rate": rate,
         "success_rate_target": TARGETS["success_rate"],
         "success_rate_met": None if rate is None else rate >= TARGETS["success_rate"],
+        "average_duration_s": round(statistics.fmean(durations), 3) if durations else None,
         "p50_duration_s": p50,
         "p95_duration_s": p95,
         "p95_duration_target_s": TARGETS["p95_duration_s"],

@@ -160,6 +160,15 @@ class ContentStore:
         self.object_path(sha256).unlink(missing_ok=True)
         return target
 
+    def purge_quarantine(self, before: float) -> list[str]:
+        """Delete quarantined documents last changed before ``before`` (epoch); their hashes."""
+        gone = []
+        for path in self.quarantine_dir.glob("sha256/*"):
+            if path.is_file() and path.stat().st_mtime < before:
+                path.unlink()
+                gone.append(path.name)
+        return gone
+
     def iter_objects(self) -> Iterator[str]:
         for path in self.objects.glob("sha256/*/*/*"):
             yield path.name

@@ -1,4 +1,5 @@
-"""Celery tasks: one thin wrapper per step, plus the intake task.
+"""Celery tasks: one thin wrapper per step (built from a table), the sync's chord tasks,
+and the intake task.
 
 Step tasks have ``max_retries=None``: DOX counts attempts itself, in the database
 (Celery's ``retry(max_retries=None)`` falls back to the task's own cap, which
@@ -19,81 +20,47 @@ from celery import Task
 
 from .app import app
 from .jobs import steps as jobs
-from .runner import run_step
+from .jobs.sync.run import start_sync
+from .runner import StepFn, run_step
 from .steps.publish import noop, publish
 from .steps.recognize import recognize
+from .steps.registry import STEP_TASKS
 from .steps.scan import scan
 from .steps.store import store
 from .steps.validate import validate
 
 log = logging.getLogger(__name__)
 
-
-@app.task(bind=True, name="dox.validate", max_retries=None)
-def validate_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, validate, workflow_id, step, definition_hash)
-
-
-@app.task(bind=True, name="dox.scan", max_retries=None)
-def scan_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, scan, workflow_id, step, definition_hash)
-
-
-@app.task(bind=True, name="dox.store", max_retries=None)
-def store_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, store, workflow_id, step, definition_hash)
-
-
-@app.task(bind=True, name="dox.recognize", max_retries=None)
-def recognize_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, recognize, workflow_id, step, definition_hash)
-
-
-@app.task(bind=True, name="dox.publish", max_retries=None)
-def publish_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, publish, workflow_id, step, definition_hash)
+#: Every registered step task (steps/registry.py) and the plain function it runs.
+STEP_FUNCTIONS: dict[str, StepFn] = {
+    "dox.validate": validate,
+    "dox.scan": scan,
+    "dox.store": store,
+    "dox.recognize": recognize,
+    "dox.publish": publish,
+    "dox.noop": noop,
+    "dox.jobs.reap": jobs.reap_stuck_workflows,
+    "dox.jobs.backup_database": jobs.backup_database,
+    "dox.jobs.backup_config": jobs.backup_config,
+    "dox.jobs.backup_documents": jobs.backup_documents,
+    "dox.jobs.maintenance": jobs.maintenance_weekly,
+    "dox.jobs.retention": jobs.retention_cleanup,
+    "dox.jobs.sync": start_sync,
+}
+if set(STEP_FUNCTIONS) != set(STEP_TASKS):  # a definition could name a task no worker runs
+    raise RuntimeError(f"step tasks without a function: {set(STEP_TASKS) ^ set(STEP_FUNCTIONS)}")
 
 
-@app.task(bind=True, name="dox.noop", max_retries=None)
-def noop_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, noop, workflow_id, step, definition_hash)
+def _step_task(name: str, fn: StepFn) -> Task:
+    def run(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+        return run_step(self, fn, workflow_id, step, definition_hash)
+
+    run.__name__ = run.__qualname__ = name.rsplit(".", 1)[-1] + "_task"
+    run.__doc__ = f"Step task {name}: runs {fn.__module__}.{fn.__name__} under the runner."
+    return app.task(bind=True, name=name, max_retries=None)(run)
 
 
-@app.task(bind=True, name="dox.jobs.reap", max_retries=None)
-def reap_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, jobs.reap_stuck_workflows, workflow_id, step, definition_hash)
-
-
-@app.task(bind=True, name="dox.jobs.backup_database", max_retries=None)
-def backup_database_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, jobs.backup_database, workflow_id, step, definition_hash)
-
-
-@app.task(bind=True, name="dox.jobs.backup_config", max_retries=None)
-def backup_config_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, jobs.backup_config, workflow_id, step, definition_hash)
-
-
-@app.task(bind=True, name="dox.jobs.backup_documents", max_retries=None)
-def backup_documents_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, jobs.backup_documents, workflow_id, step, definition_hash)
-
-
-@app.task(bind=True, name="dox.jobs.maintenance", max_retries=None)
-def maintenance_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, jobs.maintenance_weekly, workflow_id, step, definition_hash)
-
-
-@app.task(bind=True, name="dox.jobs.retention", max_retries=None)
-def retention_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    return run_step(self, jobs.retention_cleanup, workflow_id, step, definition_hash)
-
-
-@app.task(bind=True, name="dox.jobs.sync", max_retries=None)
-def sync_task(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
-    from .jobs.sync.run import start_sync
-
-    return run_step(self, start_sync, workflow_id, step, definition_hash)
+step_tasks: dict[str, Task] = {name: _step_task(name, fn) for name, fn in STEP_FUNCTIONS.items()}
 
 
 @app.task(name="dox.sync.probe", ignore_result=False)

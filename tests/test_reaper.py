@@ -109,11 +109,11 @@ def test_slow_is_not_stuck(flushable, harness_factory):
     view = broker.read(h.rt.redis, flushable.broker_key_prefix or "", list(h.app.amqp.queues))
     assert view.where(wid) == "queue:validation"  # the real message, found in the real broker
     row = h.rt.state.get_workflow(wid)
-    assert examine(h.rt, row, view, Workers({"busy@host": {"validation"}})) is None
-    cause, _ = examine(h.rt, row, view, Workers({"other@host": {"scan"}}))
+    assert examine(h.rt, row, None, view, Workers({"busy@host": {"validation"}})) is None
+    cause, _ = examine(h.rt, row, None, view, Workers({"other@host": {"scan"}}))
     assert cause is Cause.NO_CONSUMER
     held = broker.BrokerView(reserved={wid})
-    assert examine(h.rt, row, held, Workers({"busy@host": {"validation"}})) is None
+    assert examine(h.rt, row, None, held, Workers({"busy@host": {"validation"}})) is None
     assert records.count_events(h.rt.state, wid, "workflow.stuck") == 0
 
 

@@ -53,6 +53,10 @@ class Archive:
     detail: str | None = None
 
 
+def _url(db_url: str) -> URL:
+    return make_url(normalize_url(db_url))
+
+
 def stamp(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
@@ -101,7 +105,7 @@ def count_rows(conn: Any) -> dict[str, int]:
 
 
 def dump_database(db_url: str, folder: Path, now: datetime) -> Archive:
-    url = make_url(normalize_url(db_url))
+    url = _url(db_url)
     if url.get_backend_name() != "postgresql":
         raise BackupError(f"backup_database needs PostgreSQL; DOX_DATABASE_URL is {url.get_backend_name()}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +167,7 @@ def verify_readback(path: Path, db_url: str) -> None:
     if path.name.endswith(".dump"):
         _run(
             ["pg_restore", "--list", str(path)],
-            pg_env(make_url(normalize_url(db_url))),
+            pg_env(_url(db_url)),
             f"verify {path.name}",
         )
     elif path.name.endswith(".tar.gz"):
@@ -193,7 +197,7 @@ def restore(path: Path, db_url: str, into: str) -> dict[str, int]:
     creates, it never overwrites.
     """
     verify_checksum(path)
-    url = make_url(normalize_url(db_url))
+    url = _url(db_url)
     if not into.replace("_", "").isalnum() or len(into) > 63:
         raise BackupError(f"database name {into!r}: use letters, digits and '_' (at most 63)")
     admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
@@ -219,7 +223,7 @@ def restore(path: Path, db_url: str, into: str) -> dict[str, int]:
 
 
 def drop_database(db_url: str, name: str) -> None:
-    admin = create_engine(make_url(normalize_url(db_url)), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    admin = create_engine(_url(db_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -96,7 +96,7 @@ class DoxScheduler(Scheduler):
         self.lock = SchedulerLock(
             client, f"{self.rt.settings.namespace}:beat:lock", self.rt.settings.beat_lock_ttl_s
         )
-        self._recorded: set[tuple[str, str]] = set()
+        self._recorded: dict[str, str] = {}  # job -> its latest slot known to have a run
         super().__init__(app, *args, **kwargs)
         log.info("beat schedules %d job(s): %s", len(self.jobs), ", ".join(sorted(self.jobs)) or "none")
 
@@ -115,11 +115,10 @@ class DoxScheduler(Scheduler):
         return self.tick_s
 
     def _consider(self, job: Job, now: datetime) -> None:
-        slot = job.latest_slot(now)
-        key = (job.name, slot_key(slot))
-        if key in self._recorded:
+        slot = slot_key(job.latest_slot(now))
+        if self._recorded.get(job.name) == slot:
             return
-        recorded = self.rt.state.run_for_slot(job.name, key[1]) is not None
+        recorded = self.rt.state.run_for_slot(job.name, slot) is not None
         decision = decide(job, now, recorded, self.rt.settings.beat_grace_s)
         if decision.fire:
             launch = start_run(self.rt, job.name, decision.slot)
@@ -135,7 +134,7 @@ class DoxScheduler(Scheduler):
                 log.info("job %s slot %s: already run by another sender", job.name, decision.slot)
         elif not recorded:
             log.warning("job %s slot %s not run: %s", job.name, decision.slot, decision.why)
-        self._recorded.add(key)
+        self._recorded[job.name] = slot
 
     def close(self) -> None:
         self.lock.release()

@@ -71,11 +71,7 @@ def expire_workflows(rt: Runtime, now: datetime) -> dict[str, int]:
 
 def purge_quarantine(rt: Runtime, now: datetime) -> dict[str, int]:
     cutoff = (now - timedelta(days=rt.settings.quarantine_retention_days)).timestamp()
-    purged = []
-    for path in rt.storage.quarantine_dir.glob("sha256/*"):
-        if path.is_file() and path.stat().st_mtime < cutoff:
-            path.unlink()
-            purged.append(path.name)
+    purged = rt.storage.purge_quarantine(cutoff)
     if purged:
         records.record_event(
             rt.state,
@@ -147,10 +143,8 @@ def rescan(rt: Runtime, previous_version: str | None) -> dict[str, Any]:
         if verdict.result == "infected":
             rt.storage.quarantine_stored(path.name)
             infected.append({"sha256": path.name, "signature": verdict.signature})
-            event_id = f"maintenance:quarantined:{path.name}"
             payload = {"sha256": path.name, "signature": verdict.signature, "signatures": version}
-            if records.record_event(rt.state, event_id, None, "document.quarantined", payload):
-                rt.events.fan_out(event_id, "document.quarantined", None, payload, "document.quarantined")
+            records.emit(rt, f"maintenance:quarantined:{path.name}", None, "document.quarantined", payload)
     return {"signature_version": version, "rescanned": len(objects), "now_infected": infected}
 
 
@@ -164,9 +158,9 @@ def disk_check(rt: Runtime, now: datetime) -> dict[str, Any]:
             "free_pct": free_pct,
             "min_free_pct": rt.settings.disk_min_free_pct,
         }
-        event_id = f"maintenance:disk_low:{now.date().isoformat()}"
-        if records.record_event(rt.state, event_id, None, "maintenance.disk_low", payload):
-            rt.events.fan_out(event_id, "maintenance.disk_low", None, payload, "maintenance.disk_low")
+        records.emit(
+            rt, f"maintenance:disk_low:{now.date().isoformat()}", None, "maintenance.disk_low", payload
+        )
     return {"disk_free_pct": free_pct, "disk_low": low}
 
 

@@ -99,9 +99,14 @@ def handed_over(attempt: dict[str, Any]) -> bool:
 
 
 def examine(
-    rt: Runtime, wf: dict[str, Any], view: broker.BrokerView, workers: Workers
+    rt: Runtime,
+    wf: dict[str, Any],
+    attempt: dict[str, Any] | None,
+    view: broker.BrokerView,
+    workers: Workers,
 ) -> tuple[Cause, str] | None:
-    """The cause for one workflow past its deadline, or None if it is merely slow."""
+    """The cause for one workflow past its deadline (``attempt``: the latest of its
+    current step, if any), or None if it is merely slow."""
     wid = wf["workflow_id"]
     step = wf["current_step"]
     if step is None:
@@ -109,7 +114,6 @@ def examine(
     definition = rt.snapshot(wf["definition_hash"])
     info = resolve(definition.step(step).task)
     queue = definition.step(step).queue or (info.queue if info else "validation")
-    attempt = records.latest_attempt(rt.state, wid, step)
     holder = attempt["worker_hostname"] if attempt and attempt["state"] == StepState.RUNNING.value else None
     if attempt and handed_over(attempt):
         return Cause.CHORD_WAITING, f"step {step} started a chord that never completed"
@@ -139,7 +143,7 @@ def reap(rt: Runtime, app: Any, now: datetime, workers: Workers, exclude: str | 
         attempt = records.latest_attempt(rt.state, wf["workflow_id"], wf["current_step"])
         if step_deadline(rt, wf, attempt) > now or view is None:
             continue
-        found = examine(rt, wf, view, workers)
+        found = examine(rt, wf, attempt, view, workers)
         if found is not None:
             findings.append(act(rt, wf, *found))
     return findings
@@ -175,8 +179,7 @@ def act(rt: Runtime, wf: dict[str, Any], cause: Cause, detail: str) -> Finding:
     finding = Finding(wid, wf["rule_name"], step, cause, action, detail)
     payload = asdict(finding)
     event_id = f"{wid}:stuck:{cause.value}:{aware(wf['updated_at']).timestamp():.0f}"
-    if records.record_event(rt.state, event_id, wid, "workflow.stuck", payload):
-        rt.events.fan_out(event_id, "workflow.stuck", wid, payload, "stuck")
+    records.emit(rt, event_id, wid, "workflow.stuck", payload, channel="stuck")
     log.warning(
         "workflow %s (%s) stuck at %s: %s — %s; %s", wid, wf["rule_name"], step, cause, detail, action
     )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, func, insert, select, update
 
 from ..contract import LIVE_STATES
 from ..db.models import BackupRow
 from ..db.store import EV, SR, WS, StateStore, now
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 BK = cast(Table, BackupRow.__table__)
 
@@ -77,6 +80,22 @@ def last_success(state: StateStore, rule_name: str, exclude: str | None = None) 
     with state.tx() as conn:
         row = conn.execute(q).first()
     return dict(row.result or {}) if row else {}
+
+
+def emit(
+    rt: Runtime,
+    event_id: str,
+    workflow_id: str | None,
+    type_: str,
+    payload: dict[str, Any],
+    channel: str = "",
+) -> bool:
+    """Record an event, then fan it out (stream, pub/sub ``<ns>.workflow.<channel or type>``);
+    an id already recorded is neither written nor sent again. False when it was a repeat."""
+    if not record_event(rt.state, event_id, workflow_id, type_, payload):
+        return False
+    rt.events.fan_out(event_id, type_, workflow_id, payload, channel or type_)
+    return True
 
 
 def add_backup(state: StateStore, **values: Any) -> int:

@@ -242,5 +242,4 @@ def _publish(rt: Runtime, workflow_id: str, views: dict[str, Any], summary: dict
             )
     events.append((f"{workflow_id}:sync", "coordination.sync_completed", summary))
     for event_id, type_, payload in events:
-        if records.record_event(rt.state, event_id, workflow_id, type_, payload):
-            rt.events.fan_out(event_id, type_, workflow_id, payload, type_)
+        records.emit(rt, event_id, workflow_id, type_, payload)
