@@ -99,6 +99,8 @@ def _workers(app: Any, rt: Runtime, h: Health) -> None:
     from .jobs.reaper import inspect_workers
 
     workers = inspect_workers(app, None, set())
+    if not workers.alive:  # a broadcast reply can miss a 1 s window: ask once more before "down"
+        workers = inspect_workers(app, None, set(), timeout=2.0)
     consumers = {q: sorted(host for host, qs in workers.queues.items() if q in qs) for q in QUEUES}
     prefix = rt.settings.broker_key_prefix or ""
     depths: dict[str, int | None] = {}
