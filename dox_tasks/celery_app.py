@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 from kombu import Queue
 
 from . import runtime
@@ -165,3 +165,12 @@ def reconfigure(app: Celery, settings: Settings) -> None:
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     runtime.get().after_fork()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _structured_logs(logger: logging.Logger, **_: Any) -> None:
+    """JSON lines with workflow_id/step/task_id (see :mod:`dox_tasks.logs`)."""
+    from .logs import install
+
+    install(logger)

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from .contract import LIVE_STATES, WorkflowState
 from .errors import DoxError
+from .metrics import worker as worker_metrics
 
 out = Console()
 err = Console(stderr=True)
@@ -314,7 +315,29 @@ def worker(ctx: click.Context) -> None:
     from .app import app
 
     argv = ["worker", "--loglevel=INFO", *ctx.args]
+    port = os.environ.get(worker_metrics.PORT_ENV)
+    if port and "--help" not in ctx.args:
+        _serve_worker_metrics(int(port))
     app.worker_main(argv=argv)
+
+
+def _serve_worker_metrics(port: int) -> None:
+    """Step timings at :port (DOX_METRICS_PORT), summed over the pool's processes.
+
+    The port is bound now, so a taken port stops the worker before it takes work;
+    serving starts once the pool has forked (``worker_ready``).
+    """
+    from celery.signals import worker_ready
+
+    worker_metrics.prepare()  # before prometheus_client is imported (it picks its storage then)
+    from .metrics.http import credentials, serve_in_background
+
+    auth = credentials(unsafe_no_auth=os.environ.get("DOX_METRICS_UNSAFE_NO_AUTH") == "1")
+    httpd = worker_metrics.bind(os.environ.get("DOX_METRICS_HOST", "0.0.0.0"), port, auth)  # noqa: S104
+
+    @worker_ready.connect(weak=False)
+    def _start(**_: Any) -> None:
+        serve_in_background(httpd)
 
 
 @cli.group()

@@ -347,6 +347,49 @@ def backup_restore(file: Path, into: str, actor: str | None, reason: str | None)
         sys.exit(1)
 
 
+@click.group()
+def metrics() -> None:
+    """Prometheus metrics (counts from Postgres; see monitoring/ for Prometheus and Grafana)."""
+
+
+@metrics.command("serve")
+@click.option("--port", default=9808, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104 - a container's port
+@click.option("--unsafe-no-auth", is_flag=True, help="serve without basic auth (local use only)")
+def metrics_serve(port: int, address: str, unsafe_no_auth: bool) -> None:
+    """Serve the exporter behind basic auth from DOX_METRICS_USER / DOX_METRICS_PASSWORD.
+
+    Workflow counts come from the results layer, so they are right however many
+    worker processes and containers did the work. Each scrape reads Postgres and the
+    broker and pings the workers (up to 1 s).
+    """
+    from prometheus_client import CollectorRegistry
+
+    from .app import app
+    from .metrics.exporter import DoxCollector
+    from .metrics.http import credentials, make_server_for
+
+    auth = credentials(unsafe_no_auth)
+    registry = CollectorRegistry()
+    registry.register(DoxCollector(_rt(), app))
+    httpd = make_server_for(registry, address, port, auth)
+    click.echo(f"dox metrics on http://{address}:{port}/metrics" + ("" if auth else " (no auth)"), err=True)
+    httpd.serve_forever()
+
+
+@metrics.command("show")
+def metrics_show() -> None:
+    """Print one scrape's worth of the exporter's metrics (no server)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from .app import app
+    from .metrics.exporter import DoxCollector
+
+    registry = CollectorRegistry()
+    registry.register(DoxCollector(_rt(), app))
+    click.echo(generate_latest(registry).decode(), nl=False)
+
+
 def register(group: click.Group) -> None:
     from .cli_workflows import documents, intake, quarantine, report_cmd, workflows
 
@@ -363,5 +406,6 @@ def register(group: click.Group) -> None:
         report_cmd,
         quarantine,
         documents,
+        metrics,
     ):
         group.add_command(command)

@@ -1,9 +1,10 @@
-"""``dox workflows list | show`` and ``dox intake pause | resume | status``."""
+"""``dox workflows list | show | retry | cancel``, ``dox intake``, ``dox report``, ``dox quarantine``."""
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,8 @@ from sqlalchemy import select
 from .cli import _iso, _rt, out
 from .contract import WorkflowState
 from .db.store import WS, aware
+from .errors import DoxError
+from .operator import RETRYABLE, retry, retryable_since
 
 DURATION = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -50,6 +53,7 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
         "file": r["file_name"],
         "user": r["user_id"],
         "slot": r["schedule_slot"],
+        "run": r.get("run", 1),
         "created_at": _iso(r["created_at"]),
         "finished_at": _iso(r["finished_at"]),
         "duration_s": duration,
@@ -112,6 +116,7 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
         {
             "step": s["step"],
             "attempt": s["attempt"],
+            "run": s.get("run", 1),
             "state": s["state"],
             "worker": s["worker_hostname"],
             "started_at": _iso(s["started_at"]),
@@ -136,17 +141,90 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
         "detail",
         "file",
         "slot",
+        "run",
         "created_at",
         "finished_at",
     ):
         if report.get(key) is not None:
             out.print(f"[bold]{key:>12}[/] {report[key]}")
-    cols = ("step", "attempt", "state", "worker", "started", "ms", "error")
-    keys = ("step", "attempt", "state", "worker", "started_at", "duration_ms", "error")
+    cols = ("step", "run", "attempt", "state", "worker", "started", "ms", "error")
+    keys = ("step", "run", "attempt", "state", "worker", "started_at", "duration_ms", "error")
     table = _table(cols, [[st[k] for k in keys] for st in steps], title="steps")
     out.print(table)
     for e in events:
         out.print(f"  event {e['created_at']} {e['type']}")
+
+
+def _retried(result: dict[str, Any]) -> str:
+    return f"{result['workflow_id']} queued again from step {result['from_step']} (run {result['run']})"
+
+
+@workflows.command("retry")
+@click.argument("workflow_id", required=False)
+@click.option("--from-failed", is_flag=True, help="resume at the step that failed (default: from the start)")
+@click.option(
+    "--status",
+    type=click.Choice(sorted(RETRYABLE)),
+    default=None,
+    help="bulk: every workflow that ended in this state within --since",
+)
+@click.option("--since", default=None, help="bulk: ended within, e.g. 1h (default 1h)")
+@click.option("--rule", default=None, help="bulk: only this definition")
+@click.option("--yes", is_flag=True, help="bulk: do not ask first")
+@click.option("--actor", default=None, help="who (default: the OS user)")
+@click.option("--reason", default=None, help="why (kept with the action)")
+@click.option("--json", "as_json", is_flag=True)
+def retry_cmd(
+    workflow_id: str | None,
+    from_failed: bool,
+    status: str | None,
+    since: str | None,
+    rule: str | None,
+    yes: bool,
+    actor: str | None,
+    reason: str | None,
+    as_json: bool,
+) -> None:
+    """Run a failed or cancelled workflow again (same stored definition, same staged input).
+
+    One workflow by id, or in bulk with --status (e.g. --status failed --since 1h), which
+    lists what it would retry and asks first unless --yes.
+    """
+    rt = _rt()
+    if workflow_id and (status or since or rule):
+        raise click.UsageError("give a workflow id or --status/--since/--rule, not both")
+    if workflow_id:
+        result = retry(rt, workflow_id, from_failed, actor, reason)
+        click.echo(json.dumps(result, sort_keys=True) if as_json else _retried(result))
+        return
+    if not status:
+        raise click.UsageError("give a workflow id, or --status failed|cancelled [--since 1h] (bulk)")
+    cutoff = datetime.now(UTC) - parse_duration(since or "1h")
+    targets = retryable_since(rt, cutoff, status, rule)
+    if not targets:
+        click.echo(f"no {status} workflows ended since {_iso(cutoff)}; nothing to retry")
+        return
+    if not yes:
+        if not as_json:
+            rows = [[t["workflow_id"], t["rule_name"], t["reason"], _iso(t["finished_at"])] for t in targets]
+            out.print(_table(("workflow", "rule", "reason", "ended"), rows))
+        if not click.confirm(f"retry these {len(targets)} workflow(s)?", err=True):
+            sys.exit(1)
+    failures = 0
+    for t in targets:
+        try:
+            result = retry(rt, t["workflow_id"], from_failed, actor, reason)
+        except DoxError as exc:
+            failures += 1
+            result = {"workflow_id": t["workflow_id"], "status": "not retried", "error": str(exc)}
+        if as_json:
+            click.echo(json.dumps(result, sort_keys=True))
+        elif "error" in result:
+            click.echo(f"{t['workflow_id']}: {result['error']}", err=True)
+        else:
+            click.echo(_retried(result))
+    if failures:
+        sys.exit(1)
 
 
 @workflows.command("cancel")

@@ -14,6 +14,7 @@ from typing import Any
 
 from .contract import DocumentResult, Reason, StepState, WorkflowState
 from .db.store import StepClose, aware
+from .jobs import records
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -135,9 +136,12 @@ def conclude(
     if extra:
         result.update(extra)
     payload = {**result, "detail": detail, "rule_name": wf["rule_name"]}
-    events = [(f"{workflow_id}:workflow.{state.value}", f"workflow.{state.value}", state.value)]
+    # Event ids are unique per run: a retried workflow that ends again gets new rows.
+    prefix = records.run_prefix(workflow_id, wf.get("run", 1))
+    payload["run"] = wf.get("run", 1)
+    events = [(f"{prefix}:workflow.{state.value}", f"workflow.{state.value}", state.value)]
     if escalate:
-        events.insert(0, (f"{workflow_id}:workflow.escalated", "workflow.escalated", "escalated"))
+        events.insert(0, (f"{prefix}:workflow.escalated", "workflow.escalated", "escalated"))
     won = rt.state.conclude(
         workflow_id,
         state,

@@ -10,6 +10,7 @@ else 0. Other teams' services are reported but never change the code.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,8 @@ from sqlalchemy import text
 from .contract import QUEUES
 from .db.store import aware
 from .runtime import Runtime
+
+log = logging.getLogger("dox.health")
 
 BACKUP_MAX_AGE = timedelta(hours=26)
 #: After its slot, the sync has this long before it counts as missed.
@@ -96,6 +99,7 @@ def _clamd(rt: Runtime, h: Health) -> None:
 
 
 def _workers(app: Any, rt: Runtime, h: Health) -> None:
+    from .jobs import broker
     from .jobs.reaper import inspect_workers
 
     workers = inspect_workers(app, None, set())
@@ -103,12 +107,12 @@ def _workers(app: Any, rt: Runtime, h: Health) -> None:
         workers = inspect_workers(app, None, set(), timeout=2.0)
     consumers = {q: sorted(host for host, qs in workers.queues.items() if q in qs) for q in QUEUES}
     prefix = rt.settings.broker_key_prefix or ""
-    depths: dict[str, int | None] = {}
-    for q in QUEUES:
-        try:
-            depths[q] = int(rt.redis.llen(prefix + q)) if rt.redis is not None else None
-        except Exception:  # noqa: BLE001
-            depths[q] = None
+    depths: dict[str, int | None] = dict.fromkeys(QUEUES)
+    try:
+        if rt.redis is not None:
+            depths.update(broker.depths(rt.redis, prefix, list(QUEUES)))
+    except Exception as exc:  # noqa: BLE001 - Redis itself is checked (and reported) apart
+        log.debug("queue depths unavailable: %s", exc)
     h.checks["workers"] = {"alive": sorted(workers.alive), "per_queue": consumers}
     h.checks["queues"] = depths
     if not workers.alive:

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .contract import LIVE_STATES, Reason, WorkflowState
+from .contract import LIVE_STATES, Reason, StepState, WorkflowState
 from .db.store import EV, aware
 from .errors import DoxError, SubmissionError
 from .jobs import records
@@ -123,3 +123,90 @@ def cancel(rt: Runtime, app: Any, workflow_id: str, actor: str | None, reason: s
             record_action(rt, "workflow.cancel", actor, reason, workflow_id, step=step, revoked=revoked)
             return {"workflow_id": workflow_id, "status": "cancelled", "step": step, "revoked": revoked}
     raise DoxError(f"workflow {workflow_id} kept moving; try again")
+
+
+#: Ended states an operator may retry: faults and cancellations. A rejection is an
+#: answer about the document and a success is done; neither is re-run.
+RETRYABLE = {WorkflowState.FAILED.value, WorkflowState.CANCELLED.value}
+_NOT_RETRYABLE = {
+    "queued": "is still queued: nothing to retry (cancel it first if it is stuck)",
+    "running": "is still running: nothing to retry (cancel it first if it is stuck)",
+    "success": "already succeeded",
+    "duplicate": "already ended duplicate (the document was processed by another workflow)",
+    "rejected": "was rejected ({reason}): that is an answer about the document, not a fault;"
+    " submit the document again once the cause is gone",
+}
+
+
+def failed_step(rt: Runtime, wf: dict[str, Any]) -> str:
+    """The first step of the workflow's definition that has not succeeded in any run."""
+    definition = rt.snapshot(wf["definition_hash"])
+    done = {r["step"] for r in rt.state.step_rows(wf["workflow_id"]) if r["state"] == StepState.SUCCESS.value}
+    for step in definition.ordered_steps():
+        if step.name not in done:
+            return step.name
+    raise DoxError(f"workflow {wf['workflow_id']}: every step succeeded; nothing to retry from")
+
+
+def retry(
+    rt: Runtime,
+    workflow_id: str,
+    from_failed: bool,
+    actor: str | None,
+    reason: str | None,
+) -> dict[str, Any]:
+    """Start a new run of a failed or cancelled workflow with its own stored definition.
+
+    From the start, or with ``from_failed`` from the first step that never
+    succeeded, reusing the earlier steps' recorded outputs (so ``validate`` is not
+    re-run after a scan outage). The staged input must still exist. The reopening and
+    its ``workflow.retry`` event commit together; then the chain is sent, and if the
+    broker refuses it the workflow stays queued for the reaper to re-send.
+    """
+    from .intake import send
+
+    wf = rt.state.get_workflow(workflow_id)
+    state = wf["current_state"]
+    if state not in RETRYABLE:
+        why = _NOT_RETRYABLE.get(state, f"is {state}").format(reason=wf["reason"])
+        raise DoxError(f"workflow {workflow_id} {why}; not retried")
+    definition = rt.snapshot(wf["definition_hash"])
+    step = failed_step(rt, wf) if from_failed else definition.ordered_steps()[0].name
+    if wf["sha256"] and not wf["schedule_slot"] and not rt.storage.staged_path(wf["sha256"]).exists():
+        raise DoxError(
+            f"workflow {workflow_id}: its staged input {wf['sha256'][:12]}… no longer exists"
+            " (cleaned up by maintenance); submit the document again"
+        )
+    event = (
+        f"operator:workflow.retry:{uuid.uuid4().hex}",
+        "workflow.retry",
+        {
+            "action": "workflow.retry",
+            "actor": actor_or_default(actor),
+            "reason": reason,
+            "from_step": step,
+            "previous_state": state,
+            "previous_reason": wf["reason"],
+        },
+    )
+    reopened = rt.state.reopen(workflow_id, RETRYABLE, step, event)
+    if reopened is None:
+        raise DoxError(f"workflow {workflow_id} changed while retrying (retried by someone else?)")
+    rt.events.fan_out(event[0], event[1], workflow_id, {**event[2], "run": reopened["run"]}, event[1])
+    send(rt, wf["rule_name"], workflow_id, start_at=step)
+    return {"workflow_id": workflow_id, "status": "queued", "from_step": step, "run": reopened["run"]}
+
+
+def retryable_since(rt: Runtime, cutoff: Any, status: str, rule: str | None = None) -> list[dict[str, Any]]:
+    """Workflows in ``status`` that ended at or after ``cutoff``, oldest first."""
+    from .db.store import WS
+
+    q = (
+        select(WS.c.workflow_id, WS.c.rule_name, WS.c.reason, WS.c.current_step, WS.c.finished_at)
+        .where(WS.c.current_state == status, WS.c.finished_at >= cutoff)
+        .order_by(WS.c.finished_at)
+    )
+    if rule:
+        q = q.where(WS.c.rule_name == rule)
+    with rt.state.tx() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]

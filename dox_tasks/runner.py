@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,8 @@ from .db.store import StepClose
 from .definitions.schema import Step
 from .errors import IntegrityFault, StateStoreUnavailable, TransientError
 from .finish import conclude
+from .logs import step_context
+from .metrics import worker as worker_metrics
 from .runtime import Runtime
 from .settings import RETRY_JITTER, retry_wait
 from .steps.base import Outcome, StepContext
@@ -66,6 +69,36 @@ def retry_policy(rt: Runtime, step: Step) -> tuple[int, float, float]:
 
 
 def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str) -> dict[str, Any]:
+    """Run one delivery of a step and time it for the worker's metrics (when served)."""
+    started = time.perf_counter()
+    outcome = "error"
+    with step_context(workflow_id, step_name, task.request.id):
+        try:
+            result = _deliver(task, fn, workflow_id, step_name, digest)
+            outcome = _outcome(result)
+            return result
+        except Retry:
+            outcome = "retry"
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            queue = (task.request.delivery_info or {}).get("routing_key") or "unknown"
+            worker_metrics.observe(step_name, queue, outcome, elapsed)
+            log.info("step %s: %s in %.0f ms", step_name, outcome, elapsed * 1000)
+
+
+def _outcome(result: dict[str, Any]) -> str:
+    """ok | rejected | failed | skipped (stale, forged or superseded deliveries)."""
+    if "skipped" in result or "superseded" in result:
+        return "skipped"
+    if "failed" in result:
+        return "failed"
+    if result.get("end") == WorkflowState.REJECTED.value:
+        return "rejected"
+    return "ok"
+
+
+def _deliver(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str) -> dict[str, Any]:
     rt = runtime.get()
     slog = StepLog(log, {"workflow_id": workflow_id, "step": step_name, "task_id": task.request.id})
     try:
@@ -176,7 +209,7 @@ def _run(
             rt,
             step,
             workflow_id,
-            start.attempt,
+            (start.attempt, start.try_no),
             exc,
             reason,
             retryable,
@@ -249,7 +282,7 @@ def _fault(
     rt: Runtime,
     step: Step,
     workflow_id: str,
-    attempt: int,
+    numbers: tuple[int, int],
     exc: BaseException,
     reason: Reason,
     retryable: bool,
@@ -257,16 +290,17 @@ def _fault(
     slog: StepLog,
 ) -> dict[str, Any]:
     attempts, backoff, delay = policy
+    attempt, try_no = numbers  # the attempt row's number; the delivery's number in this run
     tb = traceback.format_exc(limit=20)
     message = f"{type(exc).__name__}: {exc}"
-    if retryable and attempt <= attempts:
-        countdown = retry_wait(attempt - 1, backoff, delay) * random.uniform(1.0, RETRY_JITTER)
+    if retryable and try_no <= attempts:
+        countdown = retry_wait(try_no - 1, backoff, delay) * random.uniform(1.0, RETRY_JITTER)
         rt.state.finish_step(workflow_id, step.name, attempt, StepState.RETRY, error=message, traceback=tb)
         slog.warning(
             "attempt %d failed (%s); retry %d/%d in %.1fs",
-            attempt,
+            try_no,
             message,
-            attempt,
+            try_no,
             attempts,
             countdown,
         )
@@ -274,8 +308,8 @@ def _fault(
         raise task.retry(exc=exc, countdown=countdown, max_retries=None)
     stop_chain(task)
     on_failure = OnFailure(step.on_failure)
-    slog.error("step failed after %d attempt(s): %s; on_failure=%s", attempt, message, on_failure.value)
-    detail = f"step {step.name} failed after {attempt} attempt(s): {message}"[:2000]
+    slog.error("step failed after %d attempt(s): %s; on_failure=%s", try_no, message, on_failure.value)
+    detail = f"step {step.name} failed after {try_no} attempt(s): {message}"[:2000]
     close = StepClose(step.name, attempt, StepState.FAILED, error=message, traceback=tb)
     if on_failure is OnFailure.QUARANTINE:
         won = conclude(

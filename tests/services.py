@@ -268,7 +268,9 @@ def server_env(tmp_path: Path, settings: Any, **extra: str) -> dict[str, str]:
     )
 
 
-def dox(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def dox(
+    args: list[str], env: dict[str, str], cwd: Path, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dox_tasks.cli", *args],
         capture_output=True,
@@ -276,6 +278,7 @@ def dox(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
         env=env,
         cwd=cwd,
         timeout=300,
+        input=input,
     )
 
 

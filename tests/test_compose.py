@@ -29,7 +29,37 @@ def test_core_services_are_there():
         "worker-coord",
         "beat",
         "beat-standby",
+        "flower",
+        "exporter",
+        "prometheus",
+        "grafana",
     } <= set(COMPOSE["services"])
+    assert COMPOSE["services"]["prometheus"]["profiles"] == ["monitoring"]
+    assert COMPOSE["services"]["grafana"]["profiles"] == ["monitoring"]
+
+
+def test_http_surfaces_need_credentials():
+    env = COMPOSE["x-dox"]["environment"]
+    assert env["DOX_METRICS_PASSWORD"].startswith("${DOX_METRICS_PASSWORD:?")
+    flower = COMPOSE["services"]["flower"]["environment"]
+    assert flower["DOX_FLOWER_PASSWORD"].startswith("${DOX_FLOWER_PASSWORD:?")
+    grafana = COMPOSE["services"]["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert COMPOSE["services"]["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]  # no auth of its own
+
+
+def test_env_example_names_every_variable_compose_reads():
+    import re
+
+    text = (ROOT / "docker-compose.yml").read_text()
+    used = set(re.findall(r"\$\{([A-Z_]+)", text))
+    example = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    assert used <= example, sorted(used - example)
 
 
 def test_workers_consume_every_queue():
@@ -60,9 +90,17 @@ def test_compose_config_validates():
     binary = shutil.which("docker-compose")
     if binary is None:
         services.unavailable("docker-compose", "not installed (apt-get install docker-compose)")
-    env = {**os.environ, "REDIS_PASSWORD": "x", "POSTGRES_PASSWORD": "y"}
+    env = {
+        **os.environ,
+        "REDIS_PASSWORD": "x",
+        "POSTGRES_PASSWORD": "y",
+        "DOX_METRICS_PASSWORD": "z",
+        "DOX_FLOWER_USER": "ops",
+        "DOX_FLOWER_PASSWORD": "w",
+        "GRAFANA_ADMIN_PASSWORD": "v",
+    }
     res = subprocess.run(
-        [binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        [binary, "-f", str(ROOT / "docker-compose.yml"), "--profile", "monitoring", "config", "-q"],
         capture_output=True,
         text=True,
         env=env,
@@ -88,7 +126,7 @@ def test_every_dox_command_in_compose_runs(service, command, pg_url, tmp_path):
     args = [
         c.replace("${WORKFLOW_CONCURRENCY:-10}", "2").replace("${SCAN_CONCURRENCY:-4}", "2") for c in command
     ]
-    if args[0] in ("worker", "beat"):
+    if args[0] in ("worker", "beat", "flower") or args[:2] == ["metrics", "serve"]:
         args = [*args, "--help"]  # these run forever; check their arguments parse
     res = subprocess.run(
         [sys.executable, "-m", "dox_tasks.cli", *args],

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -67,6 +67,8 @@ class WorkflowStateRow(Base):
     #: Scheduled runs: the cron slot this run belongs to (ISO 8601 UTC), or
     #: ``manual:<time>``. Unique per job, so no slot runs twice whatever sent it.
     schedule_slot: Mapped[str | None] = mapped_column(String(60))
+    #: 1, then 2, 3, … after each operator retry (``dox workflows retry``).
+    run: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     __table_args__ = (
         UniqueConstraint("rule_name", "schedule_slot", name="uq_workflow_schedule_slot"),
@@ -85,6 +87,8 @@ class WorkflowStepResult(Base):
     )
     step: Mapped[str] = mapped_column(String(100))
     attempt: Mapped[int] = mapped_column(Integer)
+    #: The workflow run this attempt belongs to; the delivery budget counts one run.
+    run: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     task_id: Mapped[str | None] = mapped_column(String(64))
     worker_hostname: Mapped[str | None] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(20))
@@ -130,3 +134,17 @@ class BackupRow(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class MetricTotal(Base):
+    """Counter series of rows that retention deleted (see ``dox_tasks.metrics.tally``).
+
+    ``labels`` is the series' labels as sorted JSON; the exporter adds ``value`` to
+    what it counts in the live rows, so no counter goes down when old rows go.
+    """
+
+    __tablename__ = "metric_totals"
+
+    metric: Mapped[str] = mapped_column(String(100), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(500), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)

@@ -44,7 +44,7 @@ _IS_LIVE = or_(*(WS.c.current_state == v for v in LIVE))
 # cache-keying a statement per call cost more CPU than the database work itself.
 _SEL_WF = select(WS).where(WS.c.workflow_id == bindparam("b_wid"))
 _SEL_WF_LOCKED = _SEL_WF.with_for_update()
-_SEL_STARTED_ATTEMPTS = select(SR.c.attempt, SR.c.state, SR.c.started_at).where(
+_SEL_STARTED_ATTEMPTS = select(SR.c.attempt, SR.c.run, SR.c.state, SR.c.started_at).where(
     SR.c.workflow_id == bindparam("b_wid"), SR.c.step == bindparam("b_step")
 )
 _SEL_ATTEMPTS = select(SR.c.attempt, SR.c.state).where(
@@ -121,6 +121,7 @@ class StepStart:
     started_at: datetime | None = None
     done_before: bool = False  # an earlier delivery of this step already succeeded
     busy_for: int = 0  # > 0: another delivery may still be running it; try again in that many s
+    try_no: int = 0  # this delivery's number within the workflow's current run (the retry budget)
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,9 @@ class StateStore:
                     False,
                     why=f"workflow is at step {wf['current_step']!r}, not {step!r} (stale)",
                     workflow=wf,
-                    done_before=any(r.state == StepState.SUCCESS.value for r in previous),
+                    done_before=any(
+                        r.state == StepState.SUCCESS.value and r.run == wf["run"] for r in previous
+                    ),
                 )
             ts = now()
             running = [aware(r.started_at) for r in previous if r.state == StepState.RUNNING.value]
@@ -363,14 +366,17 @@ class StateStore:
                 # An attempt still marked running belongs to a worker that died holding it.
                 conn.execute(_MARK_LOST, {**keys, "b_ts": ts})
             attempt = max((r.attempt for r in previous), default=0) + 1
-            poison = attempt > max_deliveries
-            why = f"delivered {attempt} times (limit {max_deliveries})" if poison else ""
+            # The budget counts this run's deliveries only: an operator retry starts afresh.
+            in_run = sum(1 for r in previous if r.run == wf["run"]) + 1
+            poison = in_run > max_deliveries
+            why = f"delivered {in_run} times (limit {max_deliveries})" if poison else ""
             conn.execute(
                 _INSERT_ATTEMPT,
                 {
                     "workflow_id": workflow_id,
                     "step": step,
                     "attempt": attempt,
+                    "run": wf["run"],
                     "task_id": task_id,
                     "worker_hostname": hostname,
                     "started_at": ts,
@@ -380,11 +386,11 @@ class StateStore:
                 },
             )
             if poison:
-                return StepStart(False, attempt=attempt, poison=True, why=why, workflow=wf)
+                return StepStart(False, attempt=attempt, poison=True, why=why, workflow=wf, try_no=in_run)
             if wf["current_state"] != WorkflowState.RUNNING.value:
                 conn.execute(_SET_RUNNING, {"b_wid": workflow_id, "b_ts": ts})
                 wf["current_state"] = WorkflowState.RUNNING.value
-        return StepStart(True, attempt=attempt, workflow=wf, started_at=ts)
+        return StepStart(True, attempt=attempt, workflow=wf, started_at=ts, try_no=in_run)
 
     def _begin_step_pg(
         self,
@@ -415,6 +421,7 @@ class StateStore:
             started_at=r.started,
             done_before=bool(r.done_before),
             busy_for=int(r.busy_for or 0),
+            try_no=int(r.try_no or 0),
         )
 
     def finish_step(
@@ -559,6 +566,57 @@ class StateStore:
                         ),
                     )
         return bool(won)
+
+    def reopen(
+        self, workflow_id: str, from_states: set[str], step: str, event: tuple[str, str, dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """Start the next run of an ended workflow at ``step`` (an operator retry).
+
+        One transaction: the workflow goes back to ``queued`` at ``step`` with ``run``
+        + 1 and its previous answer cleared, and the operator's event row is written.
+        Returns the reopened row, or None when the workflow was not in ``from_states``
+        (someone else retried it first, or it is not ended).
+        """
+        ts = now()
+        event_id, type_, payload = event
+        with self.tx() as conn:
+            found = (
+                conn.execute(_SEL_WF_LOCKED if self.is_postgres else _SEL_WF, {"b_wid": workflow_id})
+                .mappings()
+                .first()
+            )
+            if found is None:
+                raise UnknownWorkflow(f"no workflow with id {workflow_id}")
+            if found["current_state"] not in from_states:
+                return None
+            run = int(found["run"]) + 1
+            conn.execute(
+                update(WS)
+                .where(WS.c.workflow_id == workflow_id, WS.c.current_state == found["current_state"])
+                .values(
+                    current_state=WorkflowState.QUEUED.value,
+                    current_step=step,
+                    run=run,
+                    reason=None,
+                    detail=None,
+                    duplicate_of=None,
+                    result=None,
+                    finished_at=None,
+                    updated_at=ts,
+                )
+            )
+            self._insert_ignore(
+                conn,
+                EV,
+                dict(
+                    id=event_id,
+                    workflow_id=workflow_id,
+                    type=type_,
+                    payload={**payload, "run": run},
+                    created_at=ts,
+                ),
+            )
+        return {**dict(found), "run": run, "current_step": step, "current_state": WorkflowState.QUEUED.value}
 
     def find_duplicate(self, sha256: str, user: str | None, exclude: str, before: datetime) -> str | None:
         """The earliest earlier workflow with the same bytes that succeeded or is still live.

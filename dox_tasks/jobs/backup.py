@@ -35,7 +35,14 @@ from ..errors import DoxError
 from ..storage import ContentStore
 
 #: The DOX tables whose row counts a backup records and a restore must reproduce.
-TABLES = ("workflow_definitions", "workflow_states", "workflow_step_results", "workflow_events", "backups")
+TABLES = (
+    "workflow_definitions",
+    "workflow_states",
+    "workflow_step_results",
+    "workflow_events",
+    "backups",
+    "metric_totals",
+)
 TOOL_TIMEOUT_S = 3600
 
 

@@ -65,3 +65,13 @@ def read(client: redis.Redis, prefix: str, queues: list[str]) -> BrokerView:
     for raw in client.hvals(prefix + "unacked"):
         view.reserved |= workflow_ids(raw)
     return view
+
+
+def depths(client: redis.Redis, prefix: str, queues: list[str]) -> dict[str, int]:
+    """Messages waiting per queue (Redis list length, priority sub-queues included)."""
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        for key in [prefix + queue] + [f"{prefix}{queue}{PRIORITY_SEP}{n}" for n in range(1, 10)]:
+            pipe.llen(key)
+    counts = pipe.execute()
+    return {q: sum(counts[i * 10 : (i + 1) * 10]) for i, q in enumerate(queues)}

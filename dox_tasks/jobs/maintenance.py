@@ -22,6 +22,7 @@ from sqlalchemy import delete, select, text
 from ..contract import LIVE_STATES, TERMINAL_STATES, WorkflowState
 from ..db.store import EV, WS
 from ..errors import ScannerUnavailable
+from ..metrics.tally import archive
 from ..runtime import Runtime
 from . import records
 from .backup import TABLES
@@ -47,7 +48,8 @@ def vacuum_analyze(rt: Runtime) -> dict[str, Any]:
 
 
 def expire_workflows(rt: Runtime, now: datetime) -> dict[str, int]:
-    """Delete finished workflows older than the retention (their steps cascade, events follow)."""
+    """Delete finished workflows older than the retention (their steps cascade, events follow);
+    their counts move to ``metric_totals`` in the same transaction."""
     cutoff = now - timedelta(days=rt.settings.retention_days)
     finished = [s.value for s in TERMINAL_STATES]
     with rt.state.tx() as conn:
@@ -60,6 +62,7 @@ def expire_workflows(rt: Runtime, now: datetime) -> dict[str, int]:
         events = 0
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
+            archive(conn, chunk)  # counters derived from these rows must not go down
             events += conn.execute(delete(EV).where(EV.c.workflow_id.in_(chunk))).rowcount
             conn.execute(delete(WS).where(WS.c.workflow_id.in_(chunk)))
     return {

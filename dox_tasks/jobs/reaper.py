@@ -158,7 +158,7 @@ def act(rt: Runtime, wf: dict[str, Any], cause: Cause, detail: str) -> Finding:
 
         finish_sync(rt, wid, deadline_passed=True)
         action = "finished"
-    elif records.count_events(rt.state, wid, "workflow.redriven") >= rt.settings.reaper_max_redrives:
+    elif (redrives := records.count_redrives(rt.state, wid, wf["run"])) >= rt.settings.reaper_max_redrives:
         conclude(
             rt,
             wid,
@@ -170,9 +170,12 @@ def act(rt: Runtime, wf: dict[str, Any], cause: Cause, detail: str) -> Finding:
         )
         action = "failed"
     else:
-        n = records.count_events(rt.state, wid, "workflow.redriven") + 1
         records.record_event(
-            rt.state, f"{wid}:redriven:{n}", wid, "workflow.redriven", {"cause": cause.value, "step": step}
+            rt.state,
+            f"{records.run_prefix(wid, wf['run'])}:redriven:{redrives + 1}",
+            wid,
+            "workflow.redriven",
+            {"cause": cause.value, "step": step, "run": wf["run"]},
         )
         send(rt, wf["rule_name"], wid, start_at=step)
         action = "redriven"

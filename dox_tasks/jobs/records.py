@@ -53,6 +53,26 @@ def count_events(state: StateStore, workflow_id: str, type_: str) -> int:
         )
 
 
+def run_prefix(workflow_id: str, run: int) -> str:
+    """Event ids of a workflow's run: run 1 keeps the original ids, later runs add ``:r<N>``."""
+    return workflow_id if run == 1 else f"{workflow_id}:r{run}"
+
+
+def count_redrives(state: StateStore, workflow_id: str, run: int) -> int:
+    """The reaper's re-drives of this run (an operator retry gives the reaper a fresh budget)."""
+    prefix = run_prefix(workflow_id, run)
+    with state.tx() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).where(
+                    EV.c.workflow_id == workflow_id,
+                    EV.c.type == "workflow.redriven",
+                    EV.c.id.like(f"{prefix}:redriven:%"),
+                )
+            ).scalar_one()
+        )
+
+
 def record_event(
     state: StateStore, event_id: str, workflow_id: str | None, type_: str, payload: dict[str, Any]
 ) -> bool:

@@ -1,0 +1,70 @@
+"""Structured logs: JSON lines when stderr is not a terminal (containers, log shippers),
+Celery's readable format at a terminal; ``DOX_LOG_FORMAT=json|text`` overrides.
+
+Every record written while a step runs carries ``workflow_id``, ``step`` and
+``task_id`` — also the lines of modules that know nothing of workflows (the scanner,
+the store) — because the runner sets them in a context variable that a filter on
+the handlers reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from pythonjsonlogger.json import JsonFormatter
+
+FIELDS = ("workflow_id", "step", "task_id")
+_step: ContextVar[dict[str, str] | None] = ContextVar("dox_step", default=None)
+
+
+@contextmanager
+def step_context(workflow_id: str, step: str, task_id: str | None) -> Iterator[None]:
+    token = _step.set({"workflow_id": workflow_id, "step": step, "task_id": task_id or ""})
+    try:
+        yield
+    finally:
+        _step.reset(token)
+
+
+class StepFields(logging.Filter):
+    """Copy the running step's ids onto each record (absent outside a step)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = _step.get()
+        if current:
+            for key, value in current.items():
+                if not hasattr(record, key):
+                    setattr(record, key, value)
+        return True
+
+
+def wants_json(stream: object = None) -> bool:
+    choice = os.environ.get("DOX_LOG_FORMAT", "").lower()
+    if choice in ("json", "text"):
+        return choice == "json"
+    stream = stream or sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    return not (isatty and isatty())
+
+
+def json_formatter() -> logging.Formatter:
+    return JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(processName)s %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger", "processName": "process"},
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+    )
+
+
+def install(logger: logging.Logger) -> None:
+    """Give ``logger``'s handlers the step fields, and the JSON format when wanted."""
+    as_json = wants_json()
+    for handler in logger.handlers:
+        if not any(isinstance(f, StepFields) for f in handler.filters):
+            handler.addFilter(StepFields())
+        if as_json:
+            handler.setFormatter(json_formatter())
