@@ -80,3 +80,46 @@ def test_health_cli_json_and_exit_2_when_postgres_is_down(tmp_path, stack, harne
 def test_health_without_a_broker_is_down_with_a_reason(tmp_path):
     done = dox(["health"], clean_env(tmp_path), tmp_path)
     assert done.returncode == 2 and "no Redis configured" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_health_exit_follows_clamd_and_the_worker(tmp_path, stack, harness_factory):
+    """Everything up → 0; clamd stopped → 1 (degraded); the worker stopped → 2 (down)."""
+    from urllib.parse import urlparse
+
+    import services
+
+    import beat_schedule
+
+    clamd = urlparse(stack.clamd_url)
+    proxy = services.TcpProxy(clamd.port, clamd.hostname).start()
+    h = harness_factory(stack)
+    h.worker()
+    now = datetime.now(UTC)
+    records.add_backup(
+        h.rt.state, kind="database", path="/x.dump", status="ok", created_at=now - timedelta(hours=1)
+    )
+    slot = beat_schedule.build(h.rt.definitions.values())["sync_team_coordination"].latest_slot(now)
+    sync = start_run(h.rt, "sync_team_coordination", slot_key(slot))
+    with h.rt.state.tx() as conn:
+        conn.execute(
+            update(WS)
+            .where(WS.c.workflow_id == sync.workflow_id)
+            .values(current_state="success", created_at=slot, result={"services": {}})
+        )
+    env = server_env(tmp_path, stack.model_copy(update={"clamd_url": f"tcp://127.0.0.1:{proxy.port}"}))
+
+    def health() -> tuple[int, dict]:
+        done = dox(["health", "--json"], env, tmp_path)
+        assert "Traceback" not in done.stderr
+        return done.returncode, json.loads(done.stdout)
+
+    code, report = health()
+    assert code == 0, report
+    proxy.cut()  # clamd stops answering
+    code, report = health()
+    assert code == 1, report
+    assert report["clamd"]["ok"] is False and any("clamd" in p for p in report["problems"])
+    h.stop_workers()  # and now no worker answers either
+    code, report = health()
+    assert code == 2, report
+    assert "no worker answers" in report["fatal"]
