@@ -327,7 +327,7 @@ def _serve_worker_metrics(port: int) -> None:
     The port is bound now, so a taken port stops the worker before it takes work;
     serving starts once the pool has forked (``worker_ready``).
     """
-    from celery.signals import worker_ready
+    from celery.signals import worker_process_init, worker_ready
 
     worker_metrics.prepare()  # before prometheus_client is imported (it picks its storage then)
     from .metrics.http import credentials, serve_in_background
@@ -338,6 +338,10 @@ def _serve_worker_metrics(port: int) -> None:
     @worker_ready.connect(weak=False)
     def _start(**_: Any) -> None:
         serve_in_background(httpd)
+
+    @worker_process_init.connect(weak=False)
+    def _not_in_children(**_: Any) -> None:
+        httpd.socket.close()  # pool processes inherit the listening socket; only the parent serves
 
 
 @cli.group()

@@ -156,7 +156,8 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
 
 
 def _retried(result: dict[str, Any]) -> str:
-    return f"{result['workflow_id']} queued again from step {result['from_step']} (run {result['run']})"
+    line = f"{result['workflow_id']} queued again from step {result['from_step']} (run {result['run']})"
+    return line + (f"; {result['warning']}" if result.get("warning") else "")
 
 
 @workflows.command("retry")

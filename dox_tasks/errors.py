@@ -33,6 +33,10 @@ class UnknownWorkflow(DoxError):
     """No workflow has that id."""
 
 
+class StepStillRunning(DoxError):
+    """An operator retry found a step of the ended run still executing."""
+
+
 class TransientError(DoxError):
     """A fault worth retrying: the step is tried again with backoff.
 

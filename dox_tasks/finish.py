@@ -53,8 +53,13 @@ def build_result(
         size=wf.get("size"),
         storage_key=merged.get("storage_key"),
         duplicate_of=duplicate_of or wf.get("duplicate_of"),
-        duration_ms=int((end - aware(wf["created_at"])).total_seconds() * 1000),
+        duration_ms=int((end - run_start(wf)).total_seconds() * 1000),
     )
+
+
+def run_start(wf: dict[str, Any]) -> datetime:
+    """When the current run began: the submission, or the operator's retry (run 2, 3, …)."""
+    return aware(wf.get("run_started_at") or wf["created_at"])
 
 
 def job_result(
@@ -72,7 +77,7 @@ def job_result(
         "slot": wf["schedule_slot"],
         "status": status,
         "reason": reason,
-        "duration_ms": int((end - aware(wf["created_at"])).total_seconds() * 1000),
+        "duration_ms": int((end - run_start(wf)).total_seconds() * 1000),
     }
 
 

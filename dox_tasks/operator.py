@@ -139,11 +139,17 @@ _NOT_RETRYABLE = {
 
 
 def failed_step(rt: Runtime, wf: dict[str, Any]) -> str:
-    """The first step of the workflow's definition that has not succeeded in any run."""
+    """The first step, in definition order, whose latest attempt (in any run) did not succeed.
+
+    Latest, not any: a step that succeeded in run 1 but failed in run 2 is where run 2
+    stopped; a step never attempted since an earlier success keeps that success.
+    """
     definition = rt.snapshot(wf["definition_hash"])
-    done = {r["step"] for r in rt.state.step_rows(wf["workflow_id"]) if r["state"] == StepState.SUCCESS.value}
+    latest: dict[str, str] = {}
+    for r in rt.state.step_rows(wf["workflow_id"]):  # in insertion order: the last one wins
+        latest[r["step"]] = r["state"]
     for step in definition.ordered_steps():
-        if step.name not in done:
+        if latest.get(step.name) != StepState.SUCCESS.value:
             return step.name
     raise DoxError(f"workflow {wf['workflow_id']}: every step succeeded; nothing to retry from")
 
@@ -170,9 +176,14 @@ def retry(
     if state not in RETRYABLE:
         why = _NOT_RETRYABLE.get(state, f"is {state}").format(reason=wf["reason"])
         raise DoxError(f"workflow {workflow_id} {why}; not retried")
+    if wf["schedule_slot"]:
+        raise DoxError(
+            f"workflow {workflow_id} is a run of the scheduled job {wf['rule_name']}; start a new"
+            f" run instead: dox jobs run {wf['rule_name']}"
+        )
     definition = rt.snapshot(wf["definition_hash"])
     step = failed_step(rt, wf) if from_failed else definition.ordered_steps()[0].name
-    if wf["sha256"] and not wf["schedule_slot"] and not rt.storage.staged_path(wf["sha256"]).exists():
+    if wf["sha256"] and not rt.storage.staged_path(wf["sha256"]).exists():
         raise DoxError(
             f"workflow {workflow_id}: its staged input {wf['sha256'][:12]}… no longer exists"
             " (cleaned up by maintenance); submit the document again"
@@ -189,12 +200,16 @@ def retry(
             "previous_reason": wf["reason"],
         },
     )
-    reopened = rt.state.reopen(workflow_id, RETRYABLE, step, event)
+    reopened = rt.state.reopen(workflow_id, RETRYABLE, step, event, hold_s=rt.settings.workflow_timeout)
     if reopened is None:
         raise DoxError(f"workflow {workflow_id} changed while retrying (retried by someone else?)")
     rt.events.fan_out(event[0], event[1], workflow_id, {**event[2], "run": reopened["run"]}, event[1])
-    send(rt, wf["rule_name"], workflow_id, start_at=step)
-    return {"workflow_id": workflow_id, "status": "queued", "from_step": step, "run": reopened["run"]}
+    result = {"workflow_id": workflow_id, "status": "queued", "from_step": step, "run": reopened["run"]}
+    try:
+        send(rt, wf["rule_name"], workflow_id, start_at=step)
+    except SubmissionError as exc:  # recorded queued: the reaper re-sends it
+        result["warning"] = str(exc)
+    return result
 
 
 def retryable_since(rt: Runtime, cutoff: Any, status: str, rule: str | None = None) -> list[dict[str, Any]]:

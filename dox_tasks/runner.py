@@ -83,7 +83,10 @@ def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: s
         finally:
             elapsed = time.perf_counter() - started
             queue = (task.request.delivery_info or {}).get("routing_key") or "unknown"
-            worker_metrics.observe(step_name, queue, outcome, elapsed)
+            try:
+                worker_metrics.observe(step_name, queue, outcome, elapsed)
+            except Exception as exc:  # noqa: BLE001 - timings must never change a step's outcome
+                log.debug("step timing not recorded: %s", exc)
             log.info("step %s: %s in %.0f ms", step_name, outcome, elapsed * 1000)
 
 
@@ -174,7 +177,7 @@ def _run(
             and wf.get("current_state") in ("queued", "running")
             and wf.get("current_step") == next_step
             and next_step is not None
-            and not rt.state.has_attempts(workflow_id, next_step)
+            and not rt.state.has_attempts(workflow_id, next_step, wf.get("run", 1))
         ):
             # An earlier delivery finished this step but its worker died before the
             # chain sent the next one, which has not started. Let this delivery's chain

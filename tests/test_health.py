@@ -123,3 +123,4 @@ def test_health_exit_follows_clamd_and_the_worker(tmp_path, stack, harness_facto
     code, report = health()
     assert code == 2, report
     assert "no worker answers" in report["fatal"]
+    proxy.cut()

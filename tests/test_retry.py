@@ -71,6 +71,23 @@ def test_retry_from_failed_finishes_a_scan_outage_without_revalidating(tmp_path,
 
     shown = json.loads(dox(["workflows", "show", wid, "--json"], env, tmp_path).stdout)
     assert shown["run"] == 2 and shown["status"] == "success"
+    # Run 2's duration is its own, not counted from the first submission.
+    assert row["result"]["duration_ms"] < (row["finished_at"] - row["created_at"]).total_seconds() * 1000
+
+    from dox_tasks.metrics.tally import tally
+
+    with h.rt.state.tx() as conn:  # both runs count: one failure, one success
+        counts = tally(conn, [wid])
+    doc = {"kind": "document", "rule_name": "process_document_upload"}
+
+    def series(name: str, **labels: str) -> float:
+        return counts[(name, tuple(sorted(labels.items())))]
+
+    assert series("workflow_failed_total", reason="scanner_unavailable", **doc) == 1
+    assert series("workflow_completed_total", status="success", **doc) == 1
+    assert series("validation_scan_total", result="error") == 4
+    assert series("validation_scan_total", result="clean") == 1
+    proxy.cut()
 
     again = dox(["workflows", "retry", wid], env, tmp_path)
     assert again.returncode == 2 and "already succeeded" in again.stderr and "Traceback" not in again.stderr
@@ -111,6 +128,7 @@ def test_bulk_retry_asks_first_and_retries_from_the_start(tmp_path, stack, harne
     assert {r["current_state"] for r in finished.values()} == {"success"}
     for wid in ids:  # from the start: validate ran in both runs
         assert [s[0] for s in _steps(h, wid) if s[1] == "validate"] == [1, 2]
+    proxy.cut()
 
 
 def test_retry_refuses_what_it_cannot_retry(tmp_path, stack, harness_factory):
@@ -129,3 +147,15 @@ def test_retry_refuses_what_it_cannot_retry(tmp_path, stack, harness_factory):
         assert expected in done.stderr and "Traceback" not in done.stderr
     nothing = dox(["workflows", "retry", "--status", "failed", "--since", "1h", "--yes"], env, tmp_path)
     assert nothing.returncode == 0 and "nothing to retry" in nothing.stdout
+
+    # A scheduled run is not reopened: a new run of the job is the way.
+    from sqlalchemy import update
+
+    from dox_tasks.db.store import WS
+    from dox_tasks.jobs.launch import start_run
+
+    job = start_run(h.rt, "backup_config", "manual:test")
+    with h.rt.state.tx() as conn:
+        conn.execute(update(WS).where(WS.c.workflow_id == job.workflow_id).values(current_state="failed"))
+    refused = dox(["workflows", "retry", job.workflow_id], env, tmp_path)
+    assert refused.returncode == 2 and "dox jobs run backup_config" in refused.stderr

@@ -163,3 +163,40 @@ def test_duplicates_point_at_the_earliest_copy(store):
     assert store.find_duplicate(
         "b" * 64, None, other_user, before=store.get_workflow(other_user)["created_at"]
     )
+
+
+def _end(store: StateStore, wid: str, state: WorkflowState, **kw) -> None:
+    assert store.conclude(wid, state, reason=None, detail=None, duplicate_of=None, result={}, events=[], **kw)
+
+
+def test_a_retry_is_a_new_run_with_its_own_budget_and_old_deliveries_are_stale(store):
+    wid = new_workflow(store)
+    for n in range(3):
+        start = store.begin_step(wid, "one", "t-old", "h", max_deliveries=3)
+        assert start.run and start.try_no == n + 1
+    _end(store, wid, WorkflowState.FAILED, close=StepClose("one", 3, StepState.FAILED))
+    event = ("e1", "workflow.retry", {"actor": "ops"})
+    reopened = store.reopen(wid, {"failed"}, "one", event, hold_s=60)
+    assert reopened["run"] == 2 and reopened["current_state"] == "queued"
+    assert store.reopen(wid, {"failed"}, "one", ("e2", "workflow.retry", {}), hold_s=60) is None
+    assert [e["payload"]["run"] for e in store.events(wid)] == [2]
+
+    stale = store.begin_step(wid, "one", "t-old", "h", max_deliveries=3)  # run 1's countdown retry
+    assert not stale.run and "stale" in stale.why
+    fresh = store.begin_step(wid, "one", "t-new", "h", max_deliveries=3)
+    assert fresh.run and (fresh.attempt, fresh.try_no) == (4, 1)  # a full budget again
+    assert [(r["run"], r["attempt"]) for r in store.step_rows(wid)] == [(1, 1), (1, 2), (1, 3), (2, 4)]
+    assert store.has_attempts(wid, "one", 2) and not store.has_attempts(wid, "two", 2)
+
+
+def test_a_retry_refuses_while_a_step_of_the_ended_run_may_still_run(store):
+    from dox_tasks.errors import StepStillRunning
+
+    wid = new_workflow(store)
+    assert store.begin_step(wid, "one", "t1", "h", max_deliveries=3).run
+    _end(store, wid, WorkflowState.CANCELLED, expect_step="one")  # cancel leaves the body running
+    with pytest.raises(StepStillRunning, match="still running"):
+        store.reopen(wid, {"cancelled"}, "one", ("e1", "workflow.retry", {}), hold_s=60)
+    # Past the step's time limit its worker is gone: the attempt is marked lost, the retry goes on.
+    assert store.reopen(wid, {"cancelled"}, "one", ("e2", "workflow.retry", {}), hold_s=0)["run"] == 2
+    assert [r["state"] for r in store.step_rows(wid)] == ["lost"]

@@ -69,6 +69,8 @@ class WorkflowStateRow(Base):
     schedule_slot: Mapped[str | None] = mapped_column(String(60))
     #: 1, then 2, 3, … after each operator retry (``dox workflows retry``).
     run: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: When the current run was started by a retry (None for run 1: ``created_at``).
+    run_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         UniqueConstraint("rule_name", "schedule_slot", name="uq_workflow_schedule_slot"),

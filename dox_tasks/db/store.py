@@ -29,7 +29,7 @@ from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..contract import LIVE_STATES, StepState, WorkflowState
-from ..errors import StateStoreUnavailable, UnknownWorkflow
+from ..errors import StateStoreUnavailable, StepStillRunning, UnknownWorkflow
 from .engine import make_engine, migrate
 from .models import WorkflowDefinition, WorkflowEvent, WorkflowStateRow, WorkflowStepResult
 
@@ -44,10 +44,10 @@ _IS_LIVE = or_(*(WS.c.current_state == v for v in LIVE))
 # cache-keying a statement per call cost more CPU than the database work itself.
 _SEL_WF = select(WS).where(WS.c.workflow_id == bindparam("b_wid"))
 _SEL_WF_LOCKED = _SEL_WF.with_for_update()
-_SEL_STARTED_ATTEMPTS = select(SR.c.attempt, SR.c.run, SR.c.state, SR.c.started_at).where(
+_SEL_STARTED_ATTEMPTS = select(SR.c.attempt, SR.c.run, SR.c.state, SR.c.started_at, SR.c.task_id).where(
     SR.c.workflow_id == bindparam("b_wid"), SR.c.step == bindparam("b_step")
 )
-_SEL_ATTEMPTS = select(SR.c.attempt, SR.c.state).where(
+_SEL_ATTEMPTS = select(SR.c.attempt, SR.c.run, SR.c.state).where(
     SR.c.workflow_id == bindparam("b_wid"), SR.c.step == bindparam("b_step")
 )
 _MARK_LOST = (
@@ -343,6 +343,11 @@ class StateStore:
                 return StepStart(False, why=f"workflow is already {wf['current_state']}")
             keys = {"b_wid": workflow_id, "b_step": step}
             previous = conn.execute(_SEL_STARTED_ATTEMPTS, keys).all()
+            if task_id and any(r.task_id == task_id and r.run < wf["run"] for r in previous):
+                # A delivery of an earlier run (countdown retries keep their task id).
+                return StepStart(
+                    False, why=f"delivery of run {wf['run'] - 1}, workflow is at run {wf['run']} (stale)"
+                )
             if wf["current_step"] != step:
                 return StepStart(
                     False,
@@ -487,9 +492,11 @@ class StateStore:
             )
         return final_state is state
 
-    def has_attempts(self, workflow_id: str, step: str) -> bool:
+    def has_attempts(self, workflow_id: str, step: str, run: int = 1) -> bool:
+        """Whether ``step`` was attempted in the workflow's run ``run``."""
         with self.tx() as conn:
-            return conn.execute(_SEL_ATTEMPTS, {"b_wid": workflow_id, "b_step": step}).first() is not None
+            rows = conn.execute(_SEL_ATTEMPTS, {"b_wid": workflow_id, "b_step": step}).all()
+        return any(r.run == run for r in rows)
 
     def step_rows(self, workflow_id: str) -> list[dict[str, Any]]:
         with self.tx() as conn:
@@ -568,14 +575,21 @@ class StateStore:
         return bool(won)
 
     def reopen(
-        self, workflow_id: str, from_states: set[str], step: str, event: tuple[str, str, dict[str, Any]]
+        self,
+        workflow_id: str,
+        from_states: set[str],
+        step: str,
+        event: tuple[str, str, dict[str, Any]],
+        hold_s: int,
     ) -> dict[str, Any] | None:
         """Start the next run of an ended workflow at ``step`` (an operator retry).
 
         One transaction: the workflow goes back to ``queued`` at ``step`` with ``run``
         + 1 and its previous answer cleared, and the operator's event row is written.
         Returns the reopened row, or None when the workflow was not in ``from_states``
-        (someone else retried it first, or it is not ended).
+        (someone else retried it first, or it is not ended). A step body of the ended run
+        that may still be executing (a ``running`` attempt younger than ``hold_s``, e.g.
+        after a cancel) refuses the retry: its late outcome would land in the new run.
         """
         ts = now()
         event_id, type_, payload = event
@@ -589,14 +603,33 @@ class StateStore:
                 raise UnknownWorkflow(f"no workflow with id {workflow_id}")
             if found["current_state"] not in from_states:
                 return None
+            running = conn.execute(
+                select(SR.c.step, SR.c.started_at).where(
+                    SR.c.workflow_id == workflow_id, SR.c.state == StepState.RUNNING.value
+                )
+            ).all()
+            young = [r for r in running if (ts - aware(r.started_at)).total_seconds() < hold_s]
+            if young:
+                raise StepStillRunning(
+                    f"step {young[0].step} of workflow {workflow_id} is still running (started"
+                    f" {aware(young[0].started_at).isoformat(timespec='seconds')}); retry once it"
+                    f" has ended or after its time limit ({hold_s} s)"
+                )
+            if running:  # older than any time limit: their workers died
+                conn.execute(
+                    update(SR)
+                    .where(SR.c.workflow_id == workflow_id, SR.c.state == StepState.RUNNING.value)
+                    .values(state=StepState.LOST.value, finished_at=ts, error="worker lost (before a retry)")
+                )
             run = int(found["run"]) + 1
             conn.execute(
                 update(WS)
-                .where(WS.c.workflow_id == workflow_id, WS.c.current_state == found["current_state"])
+                .where(WS.c.workflow_id == workflow_id)
                 .values(
                     current_state=WorkflowState.QUEUED.value,
                     current_step=step,
                     run=run,
+                    run_started_at=ts,
                     reason=None,
                     detail=None,
                     duplicate_of=None,
@@ -616,7 +649,13 @@ class StateStore:
                     created_at=ts,
                 ),
             )
-        return {**dict(found), "run": run, "current_step": step, "current_state": WorkflowState.QUEUED.value}
+        return {
+            **dict(found),
+            "run": run,
+            "run_started_at": ts,
+            "current_step": step,
+            "current_state": WorkflowState.QUEUED.value,
+        }
 
     def find_duplicate(self, sha256: str, user: str | None, exclude: str, before: datetime) -> str | None:
         """The earliest earlier workflow with the same bytes that succeeded or is still live.

@@ -53,10 +53,14 @@ def expire_workflows(rt: Runtime, now: datetime) -> dict[str, int]:
     cutoff = now - timedelta(days=rt.settings.retention_days)
     finished = [s.value for s in TERMINAL_STATES]
     with rt.state.tx() as conn:
+        # Locked until the deletes commit: an operator retry of one of them waits, then
+        # finds it gone, instead of reopening a row this transaction is deleting.
         ids = [
             r.workflow_id
             for r in conn.execute(
-                select(WS.c.workflow_id).where(WS.c.current_state.in_(finished), WS.c.finished_at < cutoff)
+                select(WS.c.workflow_id)
+                .where(WS.c.current_state.in_(finished), WS.c.finished_at < cutoff)
+                .with_for_update(skip_locked=True)
             )
         ]
         events = 0

@@ -115,7 +115,11 @@ class DoxCollector(Collector):
         }
 
     def _read_database(self) -> tuple[Totals, dict[str, int], dict[str, float], tuple[float, int], int]:
-        with self.rt.state.tx() as conn:
+        # One snapshot: retention moving rows into the archive between two reads would
+        # otherwise make a counter dip (Prometheus reads a dip as a reset).
+        engine = self.rt.state.engine
+        snapshot = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
+        with engine.connect().execution_options(**snapshot) as conn, conn.begin():
             totals = combine(zeros(self._rules()), archived(conn), tally(conn))
             active: dict[str, int] = dict(
                 conn.execute(

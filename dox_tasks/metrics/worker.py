@@ -9,6 +9,7 @@ when ``DOX_METRICS_PORT`` is set: :func:`prepare` must run before anything impor
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -35,6 +36,13 @@ def prepare() -> Path:
             stale.unlink()
     else:
         folder = Path(tempfile.mkdtemp(prefix="dox-metrics-"))
+        owner = os.getpid()
+
+        def remove() -> None:  # pool processes inherit atexit handlers: only the parent removes it
+            if os.getpid() == owner:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        atexit.register(remove)
     os.environ[DIR_ENV] = str(folder)
     return folder
 
@@ -64,7 +72,3 @@ def bind(host: str, port: int, auth: tuple[str, str] | None) -> Any:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     return make_server_for(registry, host, port, auth)
-
-
-def cleanup(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

@@ -1,7 +1,8 @@
 """Workflow runs (an operator retry starts run 2, 3, … of the same workflow) and
 the metric archive.
 
-``workflow_states.run`` is the workflow's current run; each step attempt records
+``workflow_states.run`` is the workflow's current run (``run_started_at`` when an
+operator started it, so a run's duration is its own); each step attempt records
 the run it belongs to. Attempt numbers keep counting per (workflow, step) — the
 primary key and the history stay as they were — but the delivery budget that
 turns a looping message into ``poison`` counts only the current run's attempts,
@@ -61,6 +62,14 @@ BEGIN
       NULL::timestamptz, 0, 0;
     RETURN;
   END IF;
+  -- A delivery of an earlier run (a countdown retry or redelivery keeps its task id)
+  -- must not act on the run an operator started since.
+  IF p_task IS NOT NULL AND EXISTS (SELECT 1 FROM workflow_step_results r WHERE r.workflow_id = p_wid
+        AND r.step = p_step AND r.task_id = p_task AND r.run < wf.run) THEN
+    RETURN QUERY SELECT false, 0, format('delivery of run %s, workflow is at run %s (stale)',
+      wf.run - 1, wf.run), false, has_success, NULL::timestamptz, 0, 0;
+    RETURN;
+  END IF;
   IF wf.current_step IS DISTINCT FROM p_step THEN
     RETURN QUERY SELECT false, 0,
       format('workflow is at step %L, not %L (stale)', wf.current_step, p_step), false, has_success,
@@ -113,6 +122,7 @@ def _run_raw(sql: str) -> None:
 def upgrade() -> None:
     with op.batch_alter_table("workflow_states") as batch:
         batch.add_column(sa.Column("run", sa.Integer(), nullable=False, server_default="1"))
+        batch.add_column(sa.Column("run_started_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("workflow_step_results") as batch:
         batch.add_column(sa.Column("run", sa.Integer(), nullable=False, server_default="1"))
     op.create_table(
@@ -136,4 +146,5 @@ def downgrade() -> None:
     with op.batch_alter_table("workflow_step_results") as batch:
         batch.drop_column("run")
     with op.batch_alter_table("workflow_states") as batch:
+        batch.drop_column("run_started_at")
         batch.drop_column("run")
