@@ -58,6 +58,7 @@ def test_weekly_maintenance_reports_what_it_did_and_keeps_stored_documents(stack
         "workflow_step_results",
         "workflow_events",
         "backups",
+        "metric_totals",
     ]
     assert (r["workflows_deleted"], r["quarantine_purged"], r["staging_removed"], r["tmp_removed"]) == (
         1,
