@@ -128,15 +128,27 @@ def test_counters_survive_retention_and_report_what_is_down(tmp_path, stack, har
     from dox_tasks.db.store import WS
     from dox_tasks.jobs.maintenance import expire_workflows
     from dox_tasks.metrics.exporter import DoxCollector
-    from dox_tasks.metrics.tally import archived, combine, tally
+    from dox_tasks.metrics.tally import Cache, archived, combine, tally
 
     h = harness_factory(stack)
     h.worker()
     ids = [h.run(pdfs.unique(1100 + n))["workflow_id"] for n in range(3)] + [
         h.run(pdfs.truncated())["workflow_id"]
     ]
+    cache = Cache(settle_s=0, step_s=0)  # everything settled at once: the cache path is taken
+
+    def cached() -> dict:
+        with h.rt.state.tx() as conn:
+            return dict(cache.read(conn, datetime.now(UTC)))
+
     with h.rt.state.tx() as conn:
         before = dict(combine(archived(conn), tally(conn)))
+    assert cached() == pytest.approx(before)
+    ids.append(h.run(pdfs.unique(1110))["workflow_id"])  # read incrementally on top of the cache
+    with h.rt.state.tx() as conn:
+        before = dict(combine(archived(conn), tally(conn)))
+    assert cached() == pytest.approx(before)
+    with h.rt.state.tx() as conn:
         old = datetime.now(UTC) - timedelta(days=stack.retention_days + 1)
         conn.execute(update(WS).where(WS.c.workflow_id.in_(ids[:2])).values(finished_at=old))
     assert expire_workflows(h.rt, datetime.now(UTC))["workflows_deleted"] == 2
@@ -144,8 +156,9 @@ def test_counters_survive_retention_and_report_what_is_down(tmp_path, stack, har
         live = tally(conn)
         after = dict(combine(archived(conn), tally(conn)))
     success = ("workflow_completed_total", (("kind", "document"), ("rule_name", DOC), ("status", "success")))
-    assert (before[success], live[success]) == (3, 1)  # two of the three rows are gone …
+    assert (before[success], live[success]) == (4, 2)  # two of the rows are gone …
     assert after == pytest.approx(before)  # … and no counter went down
+    assert cached() == pytest.approx(before)  # the archive changed: the cache was rebuilt
 
     # A database that cannot be read: dox_database_up 0 and no made-up zeros.
     from prometheus_client import CollectorRegistry, generate_latest

@@ -25,7 +25,7 @@ from ..db.models import BackupRow
 from ..db.store import WS, aware
 from ..runtime import Runtime
 from . import names
-from .tally import Totals, archived, combine, tally, zeros
+from .tally import Cache, Totals, combine, zeros
 
 log = logging.getLogger("dox.metrics")
 SYNC_JOB = "sync_team_coordination"
@@ -68,6 +68,8 @@ class DoxCollector(Collector):
         self.rt = rt
         self.app = app
         self.workers_timeout = workers_timeout
+        # Rows settle once the longest step time limit (and a commit delay) has passed.
+        self.cache = Cache(settle_s=rt.settings.workflow_timeout + 60)
 
     def collect(self) -> Iterator[Metric]:
         yield from self._database()
@@ -120,7 +122,7 @@ class DoxCollector(Collector):
         engine = self.rt.state.engine
         snapshot = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
         with engine.connect().execution_options(**snapshot) as conn, conn.begin():
-            totals = combine(zeros(self._rules()), archived(conn), tally(conn))
+            totals = combine(zeros(self._rules()), self.cache.read(conn, datetime.now(UTC)))
             active: dict[str, int] = dict(
                 conn.execute(
                     select(WS.c.current_state, func.count())
