@@ -269,8 +269,10 @@ def test_kind_values_are_the_exporters():
     from dox_tasks.definitions.loader import load_all
     from dox_tasks.metrics.exporter import DoxCollector
     from dox_tasks.metrics.tally import zeros
+    from dox_tasks.settings import Settings
 
-    kinds = DoxCollector(SimpleNamespace(definitions=load_all(ROOT / "workflow_defs")), None)._rules()
+    rt = SimpleNamespace(definitions=load_all(ROOT / "workflow_defs"), settings=Settings())
+    kinds = DoxCollector(rt, None)._rules()
     assert set(kinds.values()) == KINDS
     assert kinds["process_document_upload"] == "document"
     assert kinds["backup_database"] == "job"
