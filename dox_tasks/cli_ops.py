@@ -101,20 +101,18 @@ def flower(ctx: click.Context) -> None:
     import os
 
     from .app import app
+    from .settings import basic_auth_from_env
 
     args = list(ctx.args)
     unsafe = "--unsafe-no-auth" in args
     args = [a for a in args if a != "--unsafe-no-auth"]
     settings = _rt().settings
-    user, password = os.environ.get("DOX_FLOWER_USER"), os.environ.get("DOX_FLOWER_PASSWORD")
     if "--help" not in args:
-        if user and password:
-            os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
-        elif not unsafe:
-            raise click.UsageError(
-                "Flower shows every task's arguments: set DOX_FLOWER_USER and DOX_FLOWER_PASSWORD"
-                " (or pass --unsafe-no-auth on a machine nobody else can reach)"
-            )
+        auth = basic_auth_from_env(
+            "DOX_FLOWER_USER", "DOX_FLOWER_PASSWORD", "Flower shows every task's arguments", unsafe
+        )
+        if auth:
+            os.environ["FLOWER_BASIC_AUTH"] = ":".join(auth)
         settings.state.mkdir(parents=True, exist_ok=True)
     state = settings.state / "flower.db"
     app.start(argv=["flower", "--persistent=True", f"--db={state}", "--state_save_interval=60000", *args])
@@ -232,7 +230,9 @@ def sync() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def sync_run(actor: str | None, wait: bool, timeout: float, as_json: bool) -> None:
     """Run the sync now (recorded with slot manual:<time>; the 09:00 slot stays free)."""
-    result = _start("sync_team_coordination", actor, wait, timeout, as_json)
+    from .jobs.sync import SYNC_JOB
+
+    result = _start(SYNC_JOB, actor, wait, timeout, as_json)
     if wait and not as_json:
         _print_sync(result)
     _exit_for([result], wait)

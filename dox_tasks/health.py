@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from .contract import QUEUES
 from .db.store import aware
+from .jobs.sync import SYNC_JOB
 from .runtime import Runtime
 
 log = logging.getLogger("dox.health")
@@ -26,7 +27,6 @@ log = logging.getLogger("dox.health")
 BACKUP_MAX_AGE = timedelta(hours=26)
 #: After its slot, the sync has this long before it counts as missed.
 SYNC_GRACE = timedelta(hours=1)
-SYNC_JOB = "sync_team_coordination"
 
 
 @dataclass

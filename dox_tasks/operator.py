@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 
 from .contract import LIVE_STATES, Reason, StepState, WorkflowState
-from .db.store import EV, aware
+from .db.store import EV, WS, aware
 from .errors import DoxError, SubmissionError
 from .jobs import records
 from .runtime import Runtime
@@ -214,8 +214,6 @@ def retry(
 
 def retryable_since(rt: Runtime, cutoff: Any, status: str, rule: str | None = None) -> list[dict[str, Any]]:
     """Workflows in ``status`` that ended at or after ``cutoff``, oldest first."""
-    from .db.store import WS
-
     q = (
         select(WS.c.workflow_id, WS.c.rule_name, WS.c.reason, WS.c.current_step, WS.c.finished_at)
         .where(WS.c.current_state == status, WS.c.finished_at >= cutoff)

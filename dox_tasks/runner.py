@@ -47,9 +47,11 @@ DB_RETRY_MAX_DELAY_S = 30.0
 
 
 class StepLog(logging.LoggerAdapter):
+    """Prefixes ``[workflow step]`` for people reading text logs; the structured fields
+    come from :func:`dox_tasks.logs.step_context`, set around every delivery."""
+
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
-        kwargs.setdefault("extra", {}).update(extra)
         return f"[{extra.get('workflow_id')} {extra.get('step')}] {msg}", kwargs
 
 

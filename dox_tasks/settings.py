@@ -8,6 +8,7 @@ under ``$DOX_HOME`` and no servers at all.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlparse
@@ -223,6 +224,20 @@ def retry_wait(retry_index: int, backoff: float, delay: float) -> float:
 def longest_retry_wait(attempts: int, backoff: float, delay: float) -> float:
     """The longest any of ``attempts`` retries can wait, jitter included."""
     return retry_wait(attempts - 1, backoff, delay) * RETRY_JITTER if attempts else 0.0
+
+
+def basic_auth_from_env(user_env: str, password_env: str, why: str, unsafe: bool) -> tuple[str, str] | None:
+    """Basic-auth credentials for an HTTP surface, from the environment (never argv, never
+    logged). Without them: ``None`` if the caller opted out, else a refusal saying why."""
+    user, password = os.environ.get(user_env), os.environ.get(password_env)
+    if user and password:
+        return user, password
+    if unsafe:
+        return None
+    raise ConfigError(
+        f"{why}: set {user_env} and {password_env}"
+        " (or pass --unsafe-no-auth on a machine nobody else can reach)"
+    )
 
 
 def redact_url(url: str) -> str:

@@ -6,6 +6,7 @@ must mean the integration tests really ran.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -13,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from contextlib import closing, suppress
 from pathlib import Path
@@ -266,6 +269,23 @@ def server_env(tmp_path: Path, settings: Any, **extra: str) -> dict[str, str]:
         DOX_BROKER_KEY_PREFIX=settings.broker_key_prefix,
         **extra,
     )
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An HTTP ``Authorization`` header value for basic auth."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def http_get(url: str, auth: tuple[str, str] | None = None, timeout: float = 10) -> tuple[int, bytes]:
+    """(status, body) of a GET; HTTP errors are answers, not exceptions (OSError if nothing listens)."""
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", basic_auth(*auth))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def dox(

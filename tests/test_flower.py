@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import time
-import urllib.error
-import urllib.request
 
 import pytest
-from services import dox, free_port, kill_group, server_env, spawn_dox
+from services import dox, free_port, http_get, kill_group, server_env, spawn_dox
 
 pytestmark = [pytest.mark.redis, pytest.mark.integration]
 
 
 def get(url: str, auth: tuple[str, str] | None = None) -> int:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return http_get(url, auth, timeout=5)[0]
 
 
 def test_flower_needs_credentials(tmp_path, stack):

@@ -10,20 +10,27 @@ working tree clean).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pdfs
 import pytest
-from services import ROOT, dox, free_port, kill_group, server_env, spawn_dox, unavailable
+from services import (
+    ROOT,
+    basic_auth,
+    dox,
+    free_port,
+    http_get,
+    kill_group,
+    server_env,
+    spawn_dox,
+    unavailable,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.clamd, pytest.mark.integration]
 
@@ -36,18 +43,7 @@ SCREENSHOT = ROOT / "docs" / "flower.png"
 
 
 def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", basic(*auth))
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return http_get(url, auth, timeout=5)
 
 
 def tail(*logs: Path) -> str:
@@ -210,7 +206,7 @@ def check_in_browser(
     # Log in: basic auth on every request the page makes (the tables load over XHR).
     driver.execute_cdp_cmd("Network.enable", {})
     driver.execute_cdp_cmd(
-        "Network.setExtraHTTPHeaders", {"headers": {"Authorization": basic(USER, PASSWORD)}}
+        "Network.setExtraHTTPHeaders", {"headers": {"Authorization": basic_auth(USER, PASSWORD)}}
     )
 
     driver.get(f"{base}/workers")

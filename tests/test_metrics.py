@@ -3,17 +3,14 @@ are summed over a prefork pool (multi-process mode); both endpoints are behind b
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pdfs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from services import free_port, kill_group, server_env, spawn_dox
+from services import free_port, http_get, kill_group, server_env, spawn_dox
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.clamd, pytest.mark.integration]
 
@@ -23,14 +20,8 @@ DOC = "process_document_upload"
 
 
 def fetch(url: str, auth: tuple[str, str] | None = AUTH) -> tuple[int, str]:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
+    status, body = http_get(url, auth)
+    return status, body.decode()
 
 
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:

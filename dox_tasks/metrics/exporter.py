@@ -10,7 +10,6 @@ or ``dox_broker_up 0`` and its series are left out (never a made-up zero).
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -23,12 +22,12 @@ from sqlalchemy import func, select
 from ..contract import LIVE_STATES, QUEUES, Reason
 from ..db.models import BackupRow
 from ..db.store import WS, aware
+from ..jobs.sync import SYNC_JOB
 from ..runtime import Runtime
 from . import names
 from .tally import Cache, Totals, combine, zeros
 
 log = logging.getLogger("dox.metrics")
-SYNC_JOB = "sync_team_coordination"
 BACKUP_KINDS = ("database", "config", "documents")
 T = TypeVar("T")
 
@@ -212,11 +211,3 @@ def _probe(name: str, what: str, read: Callable[[], T]) -> tuple[T | None, Metri
         data = None
     up.add_metric([], 0 if data is None else 1)
     return data, up
-
-
-def scrape_seconds(collector: DoxCollector) -> float:
-    """How long one full collection takes (the benchmark and the docs quote it)."""
-    t0 = time.perf_counter()
-    for _ in collector.collect():
-        pass
-    return time.perf_counter() - t0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import os
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -18,21 +17,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import make_wsgi_app
 from prometheus_client.registry import CollectorRegistry
 
-from ..errors import ConfigError
+from ..settings import basic_auth_from_env
 
 USER_ENV, PASSWORD_ENV = "DOX_METRICS_USER", "DOX_METRICS_PASSWORD"
 
 
 def credentials(unsafe_no_auth: bool) -> tuple[str, str] | None:
-    user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
-    if user and password:
-        return user, password
-    if unsafe_no_auth:
-        return None
-    raise ConfigError(
-        f"metrics are served behind basic auth: set {USER_ENV} and {PASSWORD_ENV}"
-        " (or pass --unsafe-no-auth on a machine nobody else can reach)"
-    )
+    return basic_auth_from_env(USER_ENV, PASSWORD_ENV, "metrics are served behind basic auth", unsafe_no_auth)
 
 
 def _authorized(header: str | None, expected: tuple[str, str]) -> bool:

@@ -156,23 +156,18 @@ class Cache:
         self.settle = timedelta(seconds=settle_s)
         self.step = timedelta(seconds=step_s)
         self.upto: datetime | None = None
-        self.mark: tuple[int, float] | None = None
+        self.mark: Totals | None = None
         self.totals: Totals = {}
 
     def read(self, conn: Connection, now: datetime) -> Totals:
-        mark = _archive_mark(conn)
+        archive = dict(archived(conn))  # only retention changes it
         watermark = now - self.settle
-        if self.upto is None or mark != self.mark:
-            self.totals, self.upto, self.mark = tally(conn, before=watermark), watermark, mark
+        if self.upto is None or archive != self.mark:
+            self.totals, self.upto, self.mark = tally(conn, before=watermark), watermark, archive
         elif watermark - self.upto >= self.step:
             self.totals = combine(self.totals, tally(conn, since=self.upto, before=watermark))
             self.upto = watermark
-        return combine(archived(conn), self.totals, tally(conn, since=self.upto))
-
-
-def _archive_mark(conn: Connection) -> tuple[int, float]:
-    row = conn.execute(select(func.count(), func.coalesce(func.sum(MT.c.value), 0.0))).one()
-    return int(row[0]), float(row[1])
+        return combine(archive, self.totals, tally(conn, since=self.upto))
 
 
 def combine(*parts: Totals) -> Totals:
