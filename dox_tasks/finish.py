@@ -110,18 +110,23 @@ def conclude(
     close: StepClose | None = None,
     expect_step: str | None = None,
     extra: dict[str, Any] | None = None,
+    wf: dict[str, Any] | None = None,
+    outputs: dict[str, dict[str, Any]] | None = None,
 ) -> bool:
     """End a workflow; returns False if this caller no longer owns it (nothing changes then).
 
     The step's last attempt, the terminal state and the completion event row are
     written in one transaction (:meth:`StateStore.conclude`); the Redis fan-out and
-    the audit log follow the commit.
+    the audit log follow the commit. A step that ends the workflow passes the row and
+    the earlier outputs it read when its attempt was counted (steps do not change the
+    row; whether it still owns the workflow is decided by the write itself).
     """
-    wf = rt.state.get_workflow(workflow_id)
-    if wf["current_state"] not in ("queued", "running") and close is None:
-        return False
+    if wf is None:
+        wf = rt.state.get_workflow(workflow_id)
+        if wf["current_state"] not in ("queued", "running") and close is None:
+            return False
     reason_value = reason.value if reason else None
-    outputs = rt.state.step_outputs(workflow_id)
+    outputs = dict(outputs) if outputs is not None else rt.state.step_outputs(workflow_id)
     if (
         close is not None
         and close.output is not None

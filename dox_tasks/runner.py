@@ -166,6 +166,7 @@ def _run(
         task.request.hostname,
         max_deliveries=attempts + 2,
         hold_s=min(step.timeout or rt.settings.workflow_timeout, rt.settings.workflow_timeout),
+        with_outputs=next_step is None,  # the last step builds the result from them
     )
     if start.busy_for:
         # An overlapping delivery is (maybe) still running this step: come back after its
@@ -203,6 +204,8 @@ def _run(
 
     assert start.workflow is not None
     ctx = StepContext(start.workflow, step.params, rt, start.attempt)
+    if start.outputs is not None:
+        ctx.__dict__["earlier"] = start.outputs  # fills the cached property: no second read
     try:
         outcome = fn(ctx)
     except StateStoreUnavailable:
@@ -252,6 +255,8 @@ def _run(
             duplicate_of=outcome.duplicate_of,
             quarantine=outcome.quarantine,
             close=StepClose(step.name, start.attempt, state, outcome.output, started_at=start.started_at),
+            wf=start.workflow,
+            outputs=start.outputs,
         )
         stop_chain(task)
         return {"workflow_id": workflow_id, "step": step.name, "end": end.value}

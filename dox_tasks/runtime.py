@@ -99,7 +99,7 @@ class Runtime:
 
     def close(self) -> None:
         if "state" in self.__dict__:
-            self.state.engine.dispose()
+            self.state.close()
         if "redis" in self.__dict__ and self.redis is not None:
             self.redis.close()
 

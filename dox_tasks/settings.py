@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     workflow_concurrency: int = Field(10, validation_alias=_env("WORKFLOW_CONCURRENCY"), gt=0)
     visibility_timeout: int = Field(3600, validation_alias=_env("DOX_VISIBILITY_TIMEOUT"), gt=0)
     worker_max_memory_mib: int = Field(512, validation_alias=_env("DOX_WORKER_MAX_MEMORY_MIB"), gt=0)
-    db_pool_size: int = Field(2, validation_alias=_env("DOX_DB_POOL_SIZE"), gt=0)
+    db_pool_size: int = Field(2, validation_alias=_env("DOX_DB_POOL_SIZE"), ge=2)
 
     allowed_types: Annotated[list[str], NoDecode] = Field(["pdf"], validation_alias=_env("DOX_ALLOWED_TYPES"))
     duplicate_scope: str = Field("user", validation_alias=_env("DOX_DUPLICATE_SCOPE"))

@@ -11,7 +11,16 @@ import pytest
 import services
 
 from dox_tasks.contract import StepState, WorkflowState
-from dox_tasks.db.store import StateStore, StepClose
+from dox_tasks.db.store import StateStore, StepClose, aware
+
+
+def _pg_store():
+    url = services.create_database()
+    s = StateStore(url)
+    s.migrate()
+    yield s
+    s.close()
+    services.drop_database(url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -20,14 +29,9 @@ def store(request, tmp_path):
         s = StateStore(f"sqlite:///{tmp_path / 'dox.db'}")
         s.migrate()
         yield s
-        s.engine.dispose()
+        s.close()
         return
-    url = services.create_database()
-    s = StateStore(url)
-    s.migrate()
-    yield s
-    s.engine.dispose()
-    services.drop_database(url)
+    yield from _pg_store()
 
 
 def new_workflow(store: StateStore, sha: str = "a" * 64, user: str = "u", key: str | None = None) -> str:
@@ -200,3 +204,57 @@ def test_a_retry_refuses_while_a_step_of_the_ended_run_may_still_run(store):
     # Past the step's time limit its worker is gone: the attempt is marked lost, the retry goes on.
     assert store.reopen(wid, {"cancelled"}, "one", ("e2", "workflow.retry", {}), hold_s=0)["run"] == 2
     assert [r["state"] for r in store.step_rows(wid)] == ["lost"]
+
+
+def test_the_last_step_gets_the_row_and_the_earlier_outputs_in_its_count(store):
+    wid = new_workflow(store)
+    one = store.begin_step(wid, "one", "t1", "h", max_deliveries=5)
+    assert one.outputs is None  # only asked for by the last step
+    assert store.finish_step(wid, "one", one.attempt, StepState.SUCCESS, output={"pages": 2}, next_step="two")
+    two = store.begin_step(wid, "two", "t2", "h", max_deliveries=5, with_outputs=True)
+    assert two.run and two.outputs == {"one": {"pages": 2}}
+    wf = two.workflow
+    assert wf["current_step"] == "two" and wf["current_state"] == "running" and wf["sha256"] == "a" * 64
+    assert aware(wf["created_at"]) <= aware(wf["updated_at"])  # datetimes, as from a plain read
+
+
+@pytest.fixture
+def pg_store():
+    yield from _pg_store()
+
+
+def _terminate(store: StateStore) -> None:
+    pid = store.direct.call("SELECT pg_backend_pid()", ())[0]
+    with store.tx() as conn:
+        conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+
+
+def test_a_broken_step_connection_fails_one_call_then_reconnects(pg_store):
+    from dox_tasks.errors import StateStoreUnavailable
+
+    wid = new_workflow(pg_store)
+    _terminate(pg_store)  # what a Postgres restart does to the held connection
+    with pytest.raises(StateStoreUnavailable):
+        pg_store.begin_step(wid, "one", "t1", "h", max_deliveries=5)
+    start = pg_store.begin_step(wid, "one", "t1", "h", max_deliveries=5)
+    assert start.run and start.attempt == 1
+
+
+def test_a_forked_child_opens_its_own_step_connection(pg_store):
+    """A prefork child must never use (or close) the connection it inherited."""
+    import multiprocessing
+
+    parent_pid = pg_store.direct.call("SELECT pg_backend_pid()", ())[0]
+
+    def child(out):
+        pg_store.dispose()  # what the worker_process_init handler does
+        out.put(pg_store.direct.call("SELECT pg_backend_pid()", ())[0])
+        pg_store.close()
+
+    q = multiprocessing.get_context("fork").Queue()
+    proc = multiprocessing.get_context("fork").Process(target=child, args=(q,))
+    proc.start()
+    child_pid = q.get(timeout=30)
+    proc.join(30)
+    assert proc.exitcode == 0 and child_pid != parent_pid
+    assert pg_store.direct.call("SELECT pg_backend_pid()", ())[0] == parent_pid  # still alive

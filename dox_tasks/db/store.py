@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, insert, or_, select, text, update
+from sqlalchemy import Connection, DateTime, Engine, Table, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..contract import LIVE_STATES, StepState, WorkflowState
 from ..errors import StateStoreUnavailable, StepStillRunning, UnknownWorkflow
+from .direct import DirectConnection
 from .engine import make_engine, migrate
 from .models import WorkflowDefinition, WorkflowEvent, WorkflowStateRow, WorkflowStepResult
 
@@ -64,6 +65,7 @@ _MARK_LOST = (
     )
 )
 _INSERT_ATTEMPT = insert(SR)
+_INSERT_WF = insert(WS)
 _SET_RUNNING = (
     update(WS)
     .where(WS.c.workflow_id == bindparam("b_wid"))
@@ -95,11 +97,12 @@ _SEL_STARTED = select(SR.c.started_at).where(
     SR.c.step == bindparam("b_step"),
     SR.c.attempt == bindparam("b_attempt"),
 )
-# PostgreSQL: the same two transitions as server-side functions (migration 0002).
-_PG_BEGIN = text("SELECT * FROM dox_begin_step(:wid, :step, :task, :host, :max, :hold)")
-_PG_FINISH = text(
-    "SELECT dox_finish_step(:wid, :step, :attempt, :state, :next, :output, :error, :tb, :started)"
-)
+# PostgreSQL: the transitions as server-side functions (migrations 0002, 0004, 0005), each
+# called as one autocommit statement over the direct connection (db/direct.py).
+_PG_BEGIN = "SELECT * FROM dox_step_begin(%s, %s, %s, %s, %s, %s, %s)"
+_PG_FINISH = "SELECT dox_finish_step(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_PG_CONCLUDE = "SELECT dox_conclude(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_WF_TIMES = [c.name for c in WS.columns if isinstance(c.type, DateTime)]
 _SEL_STEPS = select(SR).where(SR.c.workflow_id == bindparam("b_wid")).order_by(SR.c.id)
 
 T = TypeVar("T")
@@ -122,6 +125,7 @@ class StepStart:
     done_before: bool = False  # an earlier delivery of this step already succeeded
     busy_for: int = 0  # > 0: another delivery may still be running it; try again in that many s
     try_no: int = 0  # this delivery's number within the workflow's current run (the retry budget)
+    outputs: dict[str, dict[str, Any]] | None = None  # earlier steps' outputs, when asked for
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,7 @@ class StateStore:
         self.url = url
         self.engine: Engine = make_engine(url, pool_size=pool_size)
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        self.direct = DirectConnection(self.engine)
 
     # -- plumbing -------------------------------------------------------------------
     def migrate(self) -> None:
@@ -149,7 +154,12 @@ class StateStore:
 
     def dispose(self) -> None:
         """Drop pooled connections (after a fork, each worker child opens its own)."""
+        self.direct.forget()
         self.engine.dispose(close=False)
+
+    def close(self) -> None:
+        self.direct.close()
+        self.engine.dispose()
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
@@ -250,7 +260,7 @@ class StateStore:
         )
         try:
             with self.tx() as conn:
-                conn.execute(insert(WS).values(**values))
+                conn.execute(_INSERT_WF, values)
         except IntegrityError:
             existing = None
             if idempotency_key:
@@ -315,6 +325,7 @@ class StateStore:
         hostname: str | None,
         max_deliveries: int,
         hold_s: int = 0,
+        with_outputs: bool = False,
     ) -> StepStart:
         """Count this delivery and decide whether the step body may run.
 
@@ -322,9 +333,13 @@ class StateStore:
         worker that died as ``lost``, insert this attempt (number = previous + 1).
         A ``running`` attempt younger than ``hold_s`` (the step's time limit) may still
         be alive: the delivery is told to come back later instead (``busy_for``).
+        ``with_outputs`` also returns the earlier steps' outputs (the last step builds
+        the result from them).
         """
         if self.is_postgres:
-            return self._begin_step_pg(workflow_id, step, task_id, hostname, max_deliveries, hold_s)
+            return self._begin_step_pg(
+                workflow_id, step, task_id, hostname, max_deliveries, hold_s, with_outputs
+            )
         with self.tx() as conn:
             if self.is_postgres:
                 # Losing this commit in a Postgres crash only undercounts one delivery;
@@ -395,7 +410,8 @@ class StateStore:
             if wf["current_state"] != WorkflowState.RUNNING.value:
                 conn.execute(_SET_RUNNING, {"b_wid": workflow_id, "b_ts": ts})
                 wf["current_state"] = WorkflowState.RUNNING.value
-        return StepStart(True, attempt=attempt, workflow=wf, started_at=ts, try_no=in_run)
+        outputs = self.step_outputs(workflow_id) if with_outputs else None
+        return StepStart(True, attempt=attempt, workflow=wf, started_at=ts, try_no=in_run, outputs=outputs)
 
     def _begin_step_pg(
         self,
@@ -405,28 +421,28 @@ class StateStore:
         hostname: str | None,
         max_deliveries: int,
         hold_s: int,
+        with_outputs: bool,
     ) -> StepStart:
-        params = {
-            "wid": workflow_id,
-            "step": step,
-            "task": task_id,
-            "host": hostname,
-            "max": max_deliveries,
-            "hold": hold_s,
-        }
-        with self.tx() as conn:
-            r = conn.execute(_PG_BEGIN, params).one()
-            found = conn.execute(_SEL_WF, {"b_wid": workflow_id}).mappings().first()
+        row = self.direct.call(
+            _PG_BEGIN, (workflow_id, step, task_id, hostname, max_deliveries, hold_s, with_outputs)
+        )
+        assert row is not None
+        run, attempt, why, poison, done_before, started, busy_for, try_no, wf, outputs = row
+        if wf is not None:
+            for name in _WF_TIMES:  # JSON carries timestamps as text
+                if wf.get(name) is not None:
+                    wf[name] = datetime.fromisoformat(wf[name])
         return StepStart(
-            bool(r.run),
-            attempt=int(r.attempt),
-            why=str(r.why or ""),
-            poison=bool(r.poison),
-            workflow=dict(found) if found else None,
-            started_at=r.started,
-            done_before=bool(r.done_before),
-            busy_for=int(r.busy_for or 0),
-            try_no=int(r.try_no or 0),
+            bool(run),
+            attempt=int(attempt),
+            why=str(why or ""),
+            poison=bool(poison),
+            workflow=wf,
+            started_at=started,
+            done_before=bool(done_before),
+            busy_for=int(busy_for or 0),
+            try_no=int(try_no or 0),
+            outputs=outputs if run and with_outputs else None,
         )
 
     def finish_step(
@@ -451,22 +467,11 @@ class StateStore:
         """
         tb = (traceback or None) and traceback[-4000:]
         if self.is_postgres:
-            with self.tx() as conn:
-                final = conn.execute(
-                    _PG_FINISH,
-                    {
-                        "wid": workflow_id,
-                        "step": step,
-                        "attempt": attempt,
-                        "state": state.value,
-                        "next": next_step,
-                        "output": None if output is None else json.dumps(output),
-                        "error": error,
-                        "tb": tb,
-                        "started": started_at,
-                    },
-                ).scalar()
-            return final == state.value
+            out = None if output is None else json.dumps(output)
+            row = self.direct.call(
+                _PG_FINISH, (workflow_id, step, attempt, state.value, next_step, out, error, tb, started_at)
+            )
+            return row is not None and row[0] == state.value
         ts = now()
         keys = {"b_wid": workflow_id, "b_step": step}
         with self.tx() as conn:
@@ -529,8 +534,12 @@ class StateStore:
         record its events. Only a delivery that still owns the workflow's current step
         (``close.step`` / ``expect_step``) may end it; the first writer wins.
         """
-        ts = now()
         step = close.step if close else expect_step
+        if self.is_postgres:
+            return self._conclude_pg(
+                workflow_id, state, step, reason, detail, duplicate_of, result, events, close
+            )
+        ts = now()
         with self.tx() as conn:
             q = update(WS).where(WS.c.workflow_id == workflow_id, _IS_LIVE)
             if step is not None:
@@ -573,6 +582,41 @@ class StateStore:
                         ),
                     )
         return bool(won)
+
+    def _conclude_pg(
+        self,
+        workflow_id: str,
+        state: WorkflowState,
+        step: str | None,
+        reason: str | None,
+        detail: str | None,
+        duplicate_of: str | None,
+        result: dict[str, Any],
+        events: list[tuple[str, str, dict[str, Any]]],
+        close: StepClose | None,
+    ) -> bool:
+        rows = [{"id": event_id, "type": type_, "payload": payload} for event_id, type_, payload in events]
+        c = close or StepClose("", 0, StepState.FAILED)
+        row = self.direct.call(
+            _PG_CONCLUDE,
+            (
+                workflow_id,
+                state.value,
+                step,
+                reason,
+                detail,
+                duplicate_of,
+                json.dumps(result),
+                json.dumps(rows),
+                c.attempt if close else None,
+                c.state.value,
+                None if c.output is None else json.dumps(c.output),
+                c.error,
+                (c.traceback or None) and c.traceback[-4000:],
+                c.started_at,
+            ),
+        )
+        return bool(row and row[0])
 
     def reopen(
         self,

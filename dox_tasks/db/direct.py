@@ -1,0 +1,90 @@
+"""One autocommit connection for the step transitions on PostgreSQL.
+
+Every step delivery makes two or three calls to the results database (count the
+attempt, record the outcome, end the workflow). Each is one PL/pgSQL function
+(migrations 0002, 0004, 0005), so each can run as a single statement in autocommit
+mode: one round trip instead of BEGIN, statement, COMMIT. Going through SQLAlchemy's
+Connection and pool for these cost about 0.3 ms of client CPU per call, more than
+the database work itself (``bench/pipeline.py``, docs/PERFORMANCE.md), so this
+class keeps one connection checked out of the engine's pool and calls the driver
+directly.
+
+The connection counts against ``DOX_DB_POOL_SIZE`` (it is taken from the pool), so
+the connection budget does not change. Calls are serialised by a lock (a threads
+pool shares it). A connection error closes it and raises
+:class:`StateStoreUnavailable`; the next call opens a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import psycopg2
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from ..errors import StateStoreUnavailable
+
+#: Connections inherited through fork(). Closing one in the child would end the
+#: parent's session, so they are kept referenced and never touched again.
+_inherited: list[Any] = []
+
+
+class DirectConnection:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._conn: Any = None  # SQLAlchemy's pooled-connection proxy, checked out for good
+        self._pid = os.getpid()
+
+    def call(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Run one statement (one transaction) and return its first row."""
+        with self._lock:
+            conn = self._checkout()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql, params)
+                    return cur.fetchone()
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                self._drop()
+                raise StateStoreUnavailable(f"results database unavailable: {exc}".strip()) from exc
+            except psycopg2.Error:
+                if conn.closed:
+                    self._drop()
+                raise
+
+    def forget(self) -> None:
+        """After a fork: leave the parent's connection alone, open a new one when needed."""
+        if self._conn is not None:
+            _inherited.append(self._conn)
+        self._conn = None
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._drop()
+
+    def _checkout(self) -> Any:
+        if self._pid != os.getpid():
+            self.forget()
+        if self._conn is None:
+            try:
+                fairy = self.engine.raw_connection()
+            except DBAPIError as exc:
+                raise StateStoreUnavailable(f"results database unavailable: {exc.orig}") from exc
+            except PoolTimeout as exc:
+                raise StateStoreUnavailable(f"no free database connection: {exc}") from exc
+            driver = fairy.driver_connection
+            assert driver is not None
+            driver.autocommit = True
+            self._conn = fairy
+        return self._conn.driver_connection
+
+    def _drop(self) -> None:
+        fairy, self._conn = self._conn, None
+        if fairy is not None:
+            fairy.invalidate()  # closes the driver connection; the pool opens a fresh one later
