@@ -6,6 +6,13 @@ tests' offline signature DB). DOX runs as shipped, with the worker layout of
 docker-compose.yml (`dox worker -Q validation,storage,recognition,events -c 10` and
 `dox worker -Q scan -c 4`). Prints one `name: value` line per figure and checks its
 own work (N×5 step rows, N terminal workflows, N completion events).
+
+For both throughput runs it also prints the CPU spent per workflow by each part of the
+system (`*_cpu_ms_per_workflow_{workers,postgres,redis,client,total}`, from /proc over
+the timed run; see bench/cpu.py): on a 2-core machine that is what bounds throughput.
+A second baseline, `celery_layout_*`, runs DOX's Celery settings and worker layout with
+no-op tasks and nothing of DOX (bench/celery_layout.py): what Celery costs before DOX
+records anything.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,8 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples"), str(ROOT / "bench")
 REDIS_URL = os.environ.get("DOX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN = os.environ.get("DOX_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 CORES = os.cpu_count() or 2
+
+import cpu  # noqa: E402 - bench/ is on sys.path from here on
 
 
 def say(name: str, value: object) -> None:
@@ -91,8 +103,34 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
-# -- baseline: bare Celery --------------------------------------------------------------
-def bench_bare(n: int, workdir: Path) -> float:
+# -- the systems compared ---------------------------------------------------------------
+@dataclass
+class System:
+    """One contender in the throughput comparison: ``run(count, offset)`` -> seconds."""
+
+    name: str
+    run: Callable[[int, int], float]
+    groups: set[int]  # process groups of its workers (CPU accounting)
+
+
+def measure(system: System, n: int, offset: int) -> tuple[float, dict[str, float]]:
+    """Workflows/s and CPU ms per workflow by component for one timed run of N."""
+    before = cpu.snapshot(system.groups)
+    elapsed = system.run(n, offset)
+    return n / elapsed, cpu.per_workflow_ms(before, cpu.snapshot(system.groups), n)
+
+
+def _drop_keys(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+
+@contextmanager
+def bare_celery_system(workdir: Path) -> Iterator[System]:
+    """The baseline: five no-op tasks chained as a user writes them (bench/bare_celery.py)."""
     from celery import chain
 
     prefix = f"bench-bare-{uuid.uuid4().hex[:6]}:"
@@ -100,46 +138,76 @@ def bench_bare(n: int, workdir: Path) -> float:
     os.environ.update(BENCH_REDIS_URL=REDIS_URL, BENCH_PREFIX=prefix)
     import bare_celery
 
+    celery = [sys.executable, "-m", "celery", "-A", "bare_celery", "worker", "--loglevel=WARNING"]
     worker = spawn(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bare_celery",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            str(CORES),
-            "--loglevel=WARNING",
-        ],
-        env,
-        workdir / "bare.log",
-        cwd=ROOT / "bench",
+        [*celery, "-P", "prefork", "-c", str(CORES)], env, workdir / "bare.log", cwd=ROOT / "bench"
     )
+    step = bare_celery.step
+
+    def run(count: int, offset: int) -> float:
+        t0 = time.perf_counter()
+        results = [
+            chain(step.s(offset + i), step.s(), step.s(), step.s(), step.s()).apply_async()
+            for i in range(count)
+        ]
+        for r in results:
+            r.get(timeout=300)
+        return time.perf_counter() - t0
+
     try:
-        step = bare_celery.step
-
-        def run(count: int) -> float:
-            t0 = time.perf_counter()
-            results = [
-                chain(step.s(i), step.s(), step.s(), step.s(), step.s()).apply_async() for i in range(count)
-            ]
-            for r in results:
-                r.get(timeout=300)
-            return time.perf_counter() - t0
-
-        run(20)  # warm-up: worker processes up, connections open
-        elapsed = run(n)
-        return n / elapsed
+        yield System("bare_celery", run, {worker.pid})
     finally:
         stop(worker)
-        import redis
+        _drop_keys(prefix)
 
-        client = redis.Redis.from_url(REDIS_URL)
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
+
+@contextmanager
+def celery_layout_system(workdir: Path) -> Iterator[System]:
+    """DOX's Celery settings and worker layout with no-op tasks (bench/celery_layout.py)."""
+    from celery import chain
+
+    prefix = f"bench-layout-{uuid.uuid4().hex[:6]}:"
+    env = {**os.environ, "BENCH_REDIS_URL": REDIS_URL, "BENCH_PREFIX": prefix}
+    os.environ.update(BENCH_REDIS_URL=REDIS_URL, BENCH_PREFIX=prefix)
+    import celery_layout as layout
+
+    celery = [sys.executable, "-m", "celery", "-A", "celery_layout", "worker", "--loglevel=WARNING"]
+    main_queues = "validation,storage,recognition,events"
+    workers = [
+        spawn(
+            [*celery, "-Q", main_queues, "-c", "10", "-n", f"main-{prefix}@%h"],
+            env,
+            workdir / "layout-main.log",
+            cwd=ROOT / "bench",
+        ),
+        spawn(
+            [*celery, "-Q", "scan", "-c", "4", "-n", f"scan-{prefix}@%h"],
+            env,
+            workdir / "layout-scan.log",
+            cwd=ROOT / "bench",
+        ),
+    ]
+    queues = ["validation", "scan", "storage", "recognition"]
+
+    def run(count: int, offset: int) -> float:
+        layout.counter.set(layout.DONE, 0)
+        t0 = time.perf_counter()
+        for i in range(offset, offset + count):
+            steps = [layout.step.si(i).set(queue=q) for q in queues]
+            chain(*steps, layout.last.si(i).set(queue="events")).apply_async()
+        deadline = time.monotonic() + 300
+        while int(layout.counter.get(layout.DONE) or 0) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError("celery layout baseline: chains did not finish in 300 s")
+            time.sleep(0.01)
+        return time.perf_counter() - t0
+
+    try:
+        yield System("celery_layout", run, {w.pid for w in workers})
+    finally:
+        for w in workers:
+            stop(w)
+        _drop_keys(prefix)
 
 
 # -- DOX ---------------------------------------------------------------------------------
@@ -253,7 +321,9 @@ class Dox:
         services.drop_database(self.db_url, PG_ADMIN)
 
 
-def bench_dox_noop(dox: Dox, n: int) -> float:
+def dox_noop_system(dox: Dox) -> System:
+    """DOX as shipped running ``bench_noop`` (the five queues, no-op step bodies)."""
+
     def run(count: int, offset: int) -> float:
         t0 = time.perf_counter()
         ids = [dox.submit(f"noop {offset + i}".encode(), "bench_noop") for i in range(count)]
@@ -262,8 +332,32 @@ def bench_dox_noop(dox: Dox, n: int) -> float:
         dox.check(ids, rows, "success")
         return elapsed
 
-    run(20, 10**6)
-    return n / run(n, 0)
+    return System("dox_noop", run, {w.pid for w in dox.workers})
+
+
+def compare_throughput(systems: list[System], n: int, rounds: int) -> None:
+    """Interleaved rounds (each system once per round, same N): the machine's speed drifts
+    between minutes, so each round's ratio compares runs made moments apart; the medians
+    are printed, and every round's ratio to the baseline as well."""
+    for k, system in enumerate(systems):
+        system.run(20, 10**7 + k * 100)  # warm-up: worker processes up, connections open
+    rates: dict[str, list[float]] = {s.name: [] for s in systems}
+    costs: dict[str, list[dict[str, float]]] = {s.name: [] for s in systems}
+    for r in range(rounds):
+        for system in systems:
+            rate, parts = measure(system, n, offset=(r + 1) * 10**5)
+            rates[system.name].append(rate)
+            costs[system.name].append(parts)
+            note(f"round {r + 1}: {system.name} {rate:.1f} workflows/s, {parts['total']:.1f} CPU ms/workflow")
+    base = systems[0].name
+    for system in systems:
+        say(f"{system.name}_workflows_per_s", f"{statistics.median(rates[system.name]):.1f}")
+        for part in costs[system.name][0]:
+            value = statistics.median(c[part] for c in costs[system.name])
+            say(f"{system.name}_cpu_ms_per_workflow_{part}", f"{value:.1f}")
+    ratios = [d / b for d, b in zip(rates["dox_noop"], rates[base], strict=True)]
+    say("orchestration_ratio_rounds", " ".join(f"{x:.2f}" for x in ratios))
+    say("orchestration_ratio_vs_bare_celery", f"{statistics.median(ratios):.2f}")
 
 
 def bench_real(dox: Dox, n: int) -> float:
@@ -379,6 +473,7 @@ def bench_big_file(workdir: Path, clamd_url: str, size_mib: int) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=300, help="workflows per throughput run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     parser.add_argument("--rate", type=float, default=10.0, help="docs/s for the latency run")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the latency run")
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the big file (0: skip)")
@@ -399,17 +494,15 @@ def main() -> None:
     say("machine", f"{CORES} cores, Python {sys.version.split()[0]}")
     try:
         if not args.big_only:
-            note(f"baseline: bare Celery chain of 5 no-op tasks, prefork -c {CORES}, N={args.n}")
-            bare = bench_bare(args.n, workdir)
-            say("bare_celery_workflows_per_s", f"{bare:.1f}")
-
             dox = Dox(workdir, clamd_url)
             try:
                 dox.start_workers()
-                note("DOX bench_noop: process_document_upload's five queues with no-op bodies")
-                noop = bench_dox_noop(dox, args.n)
-                say("dox_noop_workflows_per_s", f"{noop:.1f}")
-                say("orchestration_ratio_vs_bare_celery", f"{noop / bare:.2f}")
+                note(
+                    f"throughput, {args.rounds} interleaved rounds of N={args.n}: bare Celery chain"
+                    f" (prefork -c {CORES}), DOX's Celery layout with no-op tasks, DOX bench_noop"
+                )
+                with bare_celery_system(workdir) as bare, celery_layout_system(workdir) as layout:
+                    compare_throughput([bare, layout, dox_noop_system(dox)], args.n, args.rounds)
                 note("real one-page PDFs through all five steps with clamd")
                 say("real_docs_per_s", f"{bench_real(dox, args.n):.1f}")
                 note(f"latency at {args.rate} docs/s for {args.seconds}s")

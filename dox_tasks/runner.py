@@ -70,15 +70,19 @@ def retry_policy(rt: Runtime, step: Step) -> tuple[int, float, float]:
     return attempts, backoff, delay
 
 
-def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str) -> dict[str, Any]:
-    """Run one delivery of a step and time it for the worker's metrics (when served)."""
+def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str) -> str:
+    """Run one delivery of a step and time it for the worker's metrics (when served).
+
+    Returns a one-line summary (what Flower shows as the task's result): Celery formats
+    every return value for its log and events, and the record is in Postgres anyway.
+    """
     started = time.perf_counter()
     outcome = "error"
     with step_context(workflow_id, step_name, task.request.id):
         try:
             result = _deliver(task, fn, workflow_id, step_name, digest)
             outcome = _outcome(result)
-            return result
+            return summary(result)
         except Retry:
             outcome = "retry"
             raise
@@ -90,6 +94,16 @@ def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: s
             except Exception as exc:  # noqa: BLE001 - timings must never change a step's outcome
                 log.debug("step timing not recorded: %s", exc)
             log.info("step %s: %s in %.0f ms", step_name, outcome, elapsed * 1000)
+
+
+def summary(result: dict[str, Any]) -> str:
+    """``next: scan``, ``end: success``, ``failed: timeout``, ``skipped: <why>``, …"""
+    for key in ("next", "end", "failed", "skipped", "resent"):
+        if key in result:
+            return f"{key}: {result[key]}"
+    if "superseded" in result:
+        return "superseded: another delivery finished this step first"
+    return "handoff" if result.get("handoff") else "done"
 
 
 def _outcome(result: dict[str, Any]) -> str:

@@ -52,7 +52,7 @@ if set(STEP_FUNCTIONS) != set(STEP_TASKS):  # a definition could name a task no 
 
 
 def _step_task(name: str, fn: StepFn) -> Task:
-    def run(self: Task, workflow_id: str, step: str, definition_hash: str) -> dict[str, Any]:
+    def run(self: Task, workflow_id: str, step: str, definition_hash: str) -> str:
         return run_step(self, fn, workflow_id, step, definition_hash)
 
     run.__name__ = run.__qualname__ = name.rsplit(".", 1)[-1] + "_task"

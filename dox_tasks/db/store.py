@@ -29,7 +29,7 @@ from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..contract import LIVE_STATES, StepState, WorkflowState
-from ..errors import StateStoreUnavailable, StepStillRunning, UnknownWorkflow
+from ..errors import DoxError, StateStoreUnavailable, StepStillRunning, UnknownWorkflow
 from .direct import DirectConnection
 from .engine import make_engine, migrate
 from .models import WorkflowDefinition, WorkflowEvent, WorkflowStateRow, WorkflowStepResult
@@ -103,6 +103,17 @@ _PG_BEGIN = "SELECT * FROM dox_step_begin(%s, %s, %s, %s, %s, %s, %s)"
 _PG_FINISH = "SELECT dox_finish_step(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _PG_CONCLUDE = "SELECT dox_conclude(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _WF_TIMES = [c.name for c in WS.columns if isinstance(c.type, DateTime)]
+_WF_INSERT_COLUMNS = [
+    "workflow_id", "rule_name", "definition_hash", "definition_version", "current_state", "current_step",
+    "user_id", "source", "file_name", "sha256", "size", "idempotency_key", "metadata", "created_at",
+    "updated_at", "schedule_slot",
+]  # fmt: skip
+_PG_INSERT_WF = (
+    "INSERT INTO workflow_states (workflow_id, rule_name, definition_hash, definition_version, current_state,"
+    " current_step, user_id, source, file_name, sha256, size, idempotency_key, metadata, created_at,"
+    " updated_at, schedule_slot) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT DO NOTHING RETURNING workflow_id"
+)
 _SEL_STEPS = select(SR).where(SR.c.workflow_id == bindparam("b_wid")).order_by(SR.c.id)
 
 T = TypeVar("T")
@@ -258,19 +269,27 @@ class StateStore:
             updated_at=ts,
             schedule_slot=schedule_slot,
         )
-        try:
-            with self.tx() as conn:
-                conn.execute(_INSERT_WF, values)
-        except IntegrityError:
-            existing = None
-            if idempotency_key:
-                existing = self.find_by_idempotency_key(idempotency_key)
-            elif schedule_slot:
-                existing = self.run_for_slot(rule_name, schedule_slot)
-            if existing:
-                return existing, False
-            raise
-        return workflow_id, True
+        if self.is_postgres:
+            # One statement over the step connection; a conflict (same key or slot) inserts nothing.
+            params = {**values, "metadata": json.dumps(values["metadata"])}
+            created = self.direct.call(_PG_INSERT_WF, tuple(params[c] for c in _WF_INSERT_COLUMNS))
+        else:
+            try:
+                with self.tx() as conn:
+                    conn.execute(_INSERT_WF, values)
+                created = (workflow_id,)
+            except IntegrityError:
+                created = None
+        if created is not None:
+            return workflow_id, True
+        existing = None
+        if idempotency_key:
+            existing = self.find_by_idempotency_key(idempotency_key)
+        elif schedule_slot:
+            existing = self.run_for_slot(rule_name, schedule_slot)
+        if existing is None:  # neither key nor slot: only the fresh uuid is unique
+            raise DoxError(f"workflow {workflow_id} was not recorded: a conflicting row exists")
+        return existing, False
 
     def run_for_slot(self, rule_name: str, slot: str) -> str | None:
         """The scheduled run recorded for (job, slot), if any."""

@@ -38,10 +38,15 @@ def step_signatures(
         # WORKFLOW_TIMEOUT caps every step: a definition may only lower it, so the
         # start-up check against the visibility timeout covers every step.
         hard = min(step.timeout or default_timeout, default_timeout)
+        args = (workflow_id, step.name, definition.digest)
         sigs.append(
             app.signature(
                 info.name,
-                args=(workflow_id, step.name, definition.digest),
+                args=args,
+                # What Celery would compute for every message it sends (logs, Flower's
+                # search); given here once instead of formatted again at each hop.
+                argsrepr=repr(args),
+                kwargsrepr="{}",
                 immutable=True,
                 queue=step.queue or info.queue,
                 time_limit=hard,

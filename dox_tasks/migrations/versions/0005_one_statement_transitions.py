@@ -24,6 +24,91 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
+# dox_begin_step (0004) with its three reads of the step's attempts folded into one.
+BEGIN_STEP = r"""
+CREATE OR REPLACE FUNCTION dox_begin_step(p_wid text, p_step text, p_task text, p_host text, p_max int,
+                                          p_hold int)
+RETURNS TABLE(run boolean, attempt int, why text, poison boolean, done_before boolean, started timestamptz,
+              busy_for int, try_no int)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  wf workflow_states%ROWTYPE;
+  n int;
+  in_run int;
+  has_running boolean;
+  has_success boolean;
+  stale boolean;
+  young timestamptz;
+  ts timestamptz := clock_timestamp();
+BEGIN
+  -- Losing this commit in a crash only undercounts one delivery; skip the WAL flush wait.
+  PERFORM set_config('synchronous_commit', 'off', true);
+  SELECT * INTO wf FROM workflow_states WHERE workflow_id = p_wid FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN QUERY SELECT false, 0, 'unknown workflow (forged message?)'::text, false, false, NULL::timestamptz, 0,
+      0;
+    RETURN;
+  END IF;
+  -- One pass over this step's attempts answers every question below.
+  SELECT coalesce(max(r.attempt), 0), count(*) FILTER (WHERE r.run = wf.run),
+         coalesce(bool_or(r.state = 'running'), false),
+         coalesce(bool_or(r.state = 'success' AND r.run = wf.run), false),
+         coalesce(bool_or(r.task_id = p_task AND r.run < wf.run), false),
+         max(r.started_at) FILTER (WHERE r.state = 'running' AND r.started_at > ts - make_interval(secs => p_hold))
+    INTO n, in_run, has_running, has_success, stale, young
+    FROM workflow_step_results r WHERE r.workflow_id = p_wid AND r.step = p_step;
+  IF wf.current_state NOT IN ('queued', 'running') THEN
+    RETURN QUERY SELECT false, 0, 'workflow is already ' || wf.current_state, false, has_success,
+      NULL::timestamptz, 0, 0;
+    RETURN;
+  END IF;
+  -- A delivery of an earlier run (a countdown retry or redelivery keeps its task id)
+  -- must not act on the run an operator started since.
+  IF stale THEN
+    RETURN QUERY SELECT false, 0, format('delivery of run %s, workflow is at run %s (stale)',
+      wf.run - 1, wf.run), false, has_success, NULL::timestamptz, 0, 0;
+    RETURN;
+  END IF;
+  IF wf.current_step IS DISTINCT FROM p_step THEN
+    RETURN QUERY SELECT false, 0,
+      format('workflow is at step %L, not %L (stale)', wf.current_step, p_step), false, has_success,
+      NULL::timestamptz, 0, 0;
+    RETURN;
+  END IF;
+  IF has_running THEN
+    -- A running attempt younger than the step's time limit may still be alive (an
+    -- overlapping delivery): wait rather than run the step twice at once.
+    IF young IS NOT NULL THEN
+      RETURN QUERY SELECT false, 0, 'another delivery of this step is still running'::text, false, has_success,
+        NULL::timestamptz, greatest(1, ceil(extract(epoch FROM young + make_interval(secs => p_hold) - ts)))::int,
+        0;
+      RETURN;
+    END IF;
+    -- Older than the time limit: it belongs to a worker that died holding it.
+    UPDATE workflow_step_results SET state = 'lost', finished_at = ts, error = 'worker lost (message redelivered)'
+     WHERE workflow_id = p_wid AND step = p_step AND state = 'running';
+  END IF;
+  n := n + 1;
+  in_run := in_run + 1;
+  IF in_run > p_max THEN
+    INSERT INTO workflow_step_results(workflow_id, step, attempt, run, task_id, worker_hostname, started_at,
+                                      state, finished_at, error)
+    VALUES (p_wid, p_step, n, wf.run, p_task, p_host, ts, 'failed', ts,
+            format('delivered %s times (limit %s)', in_run, p_max));
+    RETURN QUERY SELECT false, n, format('delivered %s times (limit %s)', in_run, p_max), true, has_success,
+      ts, 0, in_run;
+    RETURN;
+  END IF;
+  INSERT INTO workflow_step_results(workflow_id, step, attempt, run, task_id, worker_hostname, started_at, state)
+  VALUES (p_wid, p_step, n, wf.run, p_task, p_host, ts, 'running');
+  IF wf.current_state <> 'running' THEN
+    UPDATE workflow_states SET current_state = 'running', updated_at = ts WHERE workflow_id = p_wid;
+  END IF;
+  RETURN QUERY SELECT true, n, ''::text, false, has_success, ts, 0, in_run;
+END
+$fn$;
+"""
+
 STEP_BEGIN = r"""
 CREATE OR REPLACE FUNCTION dox_step_begin(p_wid text, p_step text, p_task text, p_host text, p_max int,
                                           p_hold int, p_outputs boolean)
@@ -89,6 +174,7 @@ def _run_raw(sql: str) -> None:
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    _run_raw(BEGIN_STEP)
     _run_raw(STEP_BEGIN)
     _run_raw(CONCLUDE)
 
@@ -97,6 +183,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     _run_raw("DROP FUNCTION IF EXISTS dox_step_begin(text, text, text, text, int, int, boolean)")
+    _run_raw(importlib.import_module("dox_tasks.migrations.versions.0004_workflow_runs").BEGIN_STEP)
     _run_raw(
         "DROP FUNCTION IF EXISTS dox_conclude(text, text, text, text, text, text, text, text, int, text, text,"
         " text, text, timestamptz)"
