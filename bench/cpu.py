@@ -9,6 +9,7 @@ cost goes, and makes two runs comparable even when the machine's speed drifts.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -47,3 +48,16 @@ def per_workflow_ms(before: Counter[str], after: Counter[str], n: int) -> dict[s
     parts = {k: (after[k] - before[k]) * 1000 / n for k in ("workers", "postgres", "redis", "client")}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def calibration_ms(iterations: int = 2_000_000) -> float:
+    """CPU ms of a fixed pure-Python loop: how fast this machine is *right now*.
+
+    On a shared VM the same work can take twice as long from one minute to the next;
+    printing this next to each round shows which figures were taken in a slow phase.
+    """
+    started = time.process_time()
+    total = 0
+    for i in range(iterations):
+        total += i
+    return (time.process_time() - started) * 1000

@@ -343,12 +343,16 @@ def compare_throughput(systems: list[System], n: int, rounds: int) -> None:
         system.run(20, 10**7 + k * 100)  # warm-up: worker processes up, connections open
     rates: dict[str, list[float]] = {s.name: [] for s in systems}
     costs: dict[str, list[dict[str, float]]] = {s.name: [] for s in systems}
+    speed: list[float] = []
     for r in range(rounds):
+        speed.append(cpu.calibration_ms())
+        note(f"round {r + 1}: calibration loop {speed[-1]:.0f} CPU ms")
         for system in systems:
             rate, parts = measure(system, n, offset=(r + 1) * 10**5)
             rates[system.name].append(rate)
             costs[system.name].append(parts)
             note(f"round {r + 1}: {system.name} {rate:.1f} workflows/s, {parts['total']:.1f} CPU ms/workflow")
+    say("calibration_loop_cpu_ms_rounds", " ".join(f"{x:.0f}" for x in speed))
     base = systems[0].name
     for system in systems:
         say(f"{system.name}_workflows_per_s", f"{statistics.median(rates[system.name]):.1f}")
