@@ -110,6 +110,22 @@ def check_step_retries(settings: Settings, consumes: set[str] | None = None) -> 
                 )
 
 
+def check_schema() -> None:
+    """Refuse to run steps against a schema older than this code's (its functions would be
+    missing and every delivery would fail); a database that is down is the steps' problem."""
+    from sqlalchemy.exc import OperationalError
+
+    from .db.engine import pending_migration
+
+    try:
+        behind = pending_migration(runtime.get().state.engine)
+    except OperationalError as exc:
+        log.warning("could not check the results database's schema at start-up: %s", exc.orig)
+        return
+    if behind:
+        raise DoxError(f"the results database's schema is at revision {behind}: run `dox db upgrade` first")
+
+
 class StartupChecks(bootsteps.Step):
     """Refuse to start a worker that cannot work, with a message naming the problem."""
 
@@ -131,6 +147,8 @@ class StartupChecks(bootsteps.Step):
                     " DOX_CLAMD_URL is set: set DOX_CLAMD_URL=tcp://host:3310 (or"
                     " unix:///path), or CLAMAV_ENABLED=false to store documents unscanned"
                 )
+            if not settings.embedded:
+                check_schema()  # last: configuration problems are reported first
         except DoxError as exc:
             print(f"dox worker refused to start:\n{exc}", file=sys.stderr)
             raise SystemExit(1) from exc

@@ -72,7 +72,22 @@ def purge(rt: Runtime, older_than: timedelta, actor: str | None, reason: str | N
 
 
 def delete(rt: Runtime, sha256: str, actor: str | None, reason: str | None) -> dict[str, Any]:
-    """Remove the bytes everywhere and redact what was extracted; keep the records."""
+    """Remove the bytes everywhere and redact what was extracted; keep the records.
+
+    Refused while a workflow of this document is still queued or running: its later
+    steps would store the bytes again or record fresh extracted fields.
+    """
+    with rt.state.tx() as conn:
+        live = conn.execute(
+            select(WS.c.workflow_id, WS.c.current_state).where(
+                WS.c.sha256 == sha256, WS.c.current_state.in_(["queued", "running"])
+            )
+        ).first()
+    if live is not None:
+        raise DoxError(
+            f"workflow {live.workflow_id} of this document is still {live.current_state}: wait for it"
+            f" to end or `dox workflows cancel {live.workflow_id}` first; nothing was deleted"
+        )
     removed = []
     for path in (
         rt.storage.object_path(sha256),

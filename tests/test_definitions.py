@@ -210,3 +210,32 @@ def test_teams_file_problems_name_the_service(tmp_path):
         load_teams(path)
     # The definitions folder skips teams.yaml; `dox defs validate` checks it separately.
     assert load_all(ROOT / "workflow_defs")["sync_team_coordination"]
+
+
+def test_worker_refuses_to_start_on_an_older_schema(tmp_path, pg_url):
+    """New code on an old schema would fail every delivery (its functions are missing)."""
+    from alembic import command
+
+    from dox_tasks.db.engine import alembic_config, make_engine
+
+    engine = make_engine(pg_url)
+    cfg = alembic_config(str(engine.url))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+    engine.dispose()
+    res = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "dox_tasks", "worker", "-P", "solo", "-Q", "validation"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **__import__("os").environ,
+            "DOX_BROKER_URL": "redis://127.0.0.1:1/0",
+            "DOX_DATABASE_URL": pg_url,
+            "DOX_HOME": str(tmp_path),
+        },
+    )
+    assert res.returncode != 0
+    assert "refused to start" in res.stderr and "revision 0004" in res.stderr
+    assert "dox db upgrade" in res.stderr and "Traceback" not in res.stderr

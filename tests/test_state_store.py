@@ -240,6 +240,18 @@ def test_a_broken_step_connection_fails_one_call_then_reconnects(pg_store):
     assert start.run and start.attempt == 1
 
 
+def test_an_idle_step_connection_is_checked_before_use(pg_store, monkeypatch):
+    """Like the pool's pre-ping, but only after the connection sat idle (a server or proxy
+    may have closed it meanwhile): the call then goes through on a fresh connection."""
+    from dox_tasks.db import direct
+
+    wid = new_workflow(pg_store)
+    _terminate(pg_store)
+    monkeypatch.setattr(direct, "PING_AFTER_IDLE_S", 0.0)
+    start = pg_store.begin_step(wid, "one", "t1", "h", max_deliveries=5)
+    assert start.run and start.attempt == 1
+
+
 def test_a_forked_child_opens_its_own_step_connection(pg_store):
     """A prefork child must never use (or close) the connection it inherited."""
     import multiprocessing

@@ -160,11 +160,35 @@ def test_quarantine_list_release_purge_and_document_deletion(tmp_path, stack, ha
 
     stored = h.run(pdfs.fpdf_document(["INVOICE", "Invoice Number: INV-2026-0042", "Total: 1,250.00 EUR"]))
     assert stored["current_state"] == "success"
-    gone = dox(
-        ["documents", "delete", stored["sha256"], "--reason", "GDPR request 17", "--json"], env, tmp_path
+    from sqlalchemy import update
+
+    from dox_tasks.db.store import WS
+
+    # A second copy still in flight: deleting now would race its later steps.
+    pending, _ = h.rt.state.create_workflow(
+        rule_name="process_document_upload",
+        definition_hash=h.rt.definitions["process_document_upload"].digest,
+        definition_version="1.0.0",
+        first_step="validate",
+        user="u2",
+        source=None,
+        file_name="again.pdf",
+        sha256=stored["sha256"],
+        size=stored["size"],
+        metadata=None,
+        idempotency_key=None,
     )
+    delete = ["documents", "delete", stored["sha256"], "--reason", "GDPR request 17", "--json"]
+    refused = dox(delete, env, tmp_path)
+    assert (
+        refused.returncode == 2 and f"workflow {pending} of this document is still queued" in refused.stderr
+    )
+    assert "Traceback" not in refused.stderr and h.rt.storage.object_path(stored["sha256"]).exists()
+    with h.rt.state.tx() as conn:
+        conn.execute(update(WS).where(WS.c.workflow_id == pending).values(current_state="cancelled"))
+    gone = dox(delete, env, tmp_path)
     result = json.loads(gone.stdout)
-    assert result["workflows_redacted"] == [stored["workflow_id"]]
+    assert sorted(result["workflows_redacted"]) == sorted([stored["workflow_id"], pending])
     assert not h.rt.storage.object_path(stored["sha256"]).exists()
     row = h.rt.state.get_workflow(stored["workflow_id"])
     assert row["current_state"] == "success" and row["result"]["redacted"] is True

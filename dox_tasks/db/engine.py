@@ -55,7 +55,19 @@ def make_engine(url: str, pool_size: int = 2) -> Engine:
         pool_size=pool_size,
         max_overflow=0,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 5} if url.startswith("postgres") else {},
+        # Keepalives: a connection to a vanished server (a dropped NAT entry, a failover)
+        # fails within about a minute instead of hanging a step on a dead socket.
+        connect_args=(
+            {
+                "connect_timeout": 5,
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            }
+            if url.startswith("postgres")
+            else {}
+        ),
     )
 
 
@@ -72,3 +84,14 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def pending_migration(engine: Engine) -> str | None:
+    """None when the schema is at the newest revision, else "<current> (newest <head>)"."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    return None if current == head else f"{current or 'empty'} (newest {head})"

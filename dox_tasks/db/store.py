@@ -274,12 +274,13 @@ class StateStore:
             params = {**values, "metadata": json.dumps(values["metadata"])}
             created = self.direct.call(_PG_INSERT_WF, tuple(params[c] for c in _WF_INSERT_COLUMNS))
         else:
+            conflict: IntegrityError | None = None
             try:
                 with self.tx() as conn:
                     conn.execute(_INSERT_WF, values)
                 created = (workflow_id,)
-            except IntegrityError:
-                created = None
+            except IntegrityError as exc:
+                created, conflict = None, exc
         if created is not None:
             return workflow_id, True
         existing = None
@@ -287,7 +288,9 @@ class StateStore:
             existing = self.find_by_idempotency_key(idempotency_key)
         elif schedule_slot:
             existing = self.run_for_slot(rule_name, schedule_slot)
-        if existing is None:  # neither key nor slot: only the fresh uuid is unique
+        if existing is None:
+            if not self.is_postgres and conflict is not None:
+                raise conflict  # not a key or slot conflict: say what it was
             raise DoxError(f"workflow {workflow_id} was not recorded: a conflicting row exists")
         return existing, False
 

@@ -122,7 +122,8 @@ BEGIN
   RETURN QUERY SELECT b.run, b.attempt, b.why, b.poison, b.done_before, b.started, b.busy_for, b.try_no,
     (SELECT row_to_json(w) FROM workflow_states w WHERE w.workflow_id = p_wid),
     CASE WHEN p_outputs AND b.run THEN
-      (SELECT json_object_agg(o.step, coalesce(o.output, '{}'::json))
+      (SELECT json_object_agg(o.step, CASE WHEN json_typeof(o.output) = 'object' THEN o.output
+                                      ELSE '{}'::json END)
          FROM (SELECT DISTINCT ON (r.step) r.step, r.output FROM workflow_step_results r
                 WHERE r.workflow_id = p_wid AND r.state IN ('success', 'rejected')
                 ORDER BY r.step, r.id DESC) o)
