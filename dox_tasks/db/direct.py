@@ -48,7 +48,7 @@ class DirectConnection:
         self._pid = os.getpid()
         self._opened = self._used = 0.0
 
-    def call(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    def call(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> tuple[Any, ...] | None:
         """Run one statement (one transaction) and return its first row."""
         if self._pid != os.getpid():
             self.forget()  # before taking the lock: a parent thread may have held it at fork time

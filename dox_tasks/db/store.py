@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, DateTime, Engine, Table, bindparam, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..contract import LIVE_STATES, StepState, WorkflowState
@@ -65,7 +65,6 @@ _MARK_LOST = (
     )
 )
 _INSERT_ATTEMPT = insert(SR)
-_INSERT_WF = insert(WS)
 _SET_RUNNING = (
     update(WS)
     .where(WS.c.workflow_id == bindparam("b_wid"))
@@ -103,16 +102,13 @@ _PG_BEGIN = "SELECT * FROM dox_step_begin(%s, %s, %s, %s, %s, %s, %s)"
 _PG_FINISH = "SELECT dox_finish_step(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _PG_CONCLUDE = "SELECT dox_conclude(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _WF_TIMES = [c.name for c in WS.columns if isinstance(c.type, DateTime)]
-_WF_INSERT_COLUMNS = [
-    "workflow_id", "rule_name", "definition_hash", "definition_version", "current_state", "current_step",
-    "user_id", "source", "file_name", "sha256", "size", "idempotency_key", "metadata", "created_at",
-    "updated_at", "schedule_slot",
-]  # fmt: skip
 _PG_INSERT_WF = (
     "INSERT INTO workflow_states (workflow_id, rule_name, definition_hash, definition_version, current_state,"
     " current_step, user_id, source, file_name, sha256, size, idempotency_key, metadata, created_at,"
-    " updated_at, schedule_slot) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT DO NOTHING RETURNING workflow_id"
+    " updated_at, schedule_slot) VALUES (%(workflow_id)s, %(rule_name)s, %(definition_hash)s,"
+    " %(definition_version)s, %(current_state)s, %(current_step)s, %(user_id)s, %(source)s, %(file_name)s,"
+    " %(sha256)s, %(size)s, %(idempotency_key)s, %(metadata)s, %(created_at)s, %(updated_at)s,"
+    " %(schedule_slot)s) ON CONFLICT DO NOTHING RETURNING workflow_id"
 )
 _SEL_STEPS = select(SR).where(SR.c.workflow_id == bindparam("b_wid")).order_by(SR.c.id)
 
@@ -269,28 +265,21 @@ class StateStore:
             updated_at=ts,
             schedule_slot=schedule_slot,
         )
-        if self.is_postgres:
-            # One statement over the step connection; a conflict (same key or slot) inserts nothing.
+        # A conflict (same idempotency key or schedule slot) inserts nothing.
+        if self.is_postgres:  # one statement over the step connection
             params = {**values, "metadata": json.dumps(values["metadata"])}
-            created = self.direct.call(_PG_INSERT_WF, tuple(params[c] for c in _WF_INSERT_COLUMNS))
+            created = self.direct.call(_PG_INSERT_WF, params) is not None
         else:
-            conflict: IntegrityError | None = None
-            try:
-                with self.tx() as conn:
-                    conn.execute(_INSERT_WF, values)
-                created = (workflow_id,)
-            except IntegrityError as exc:
-                created, conflict = None, exc
-        if created is not None:
+            with self.tx() as conn:
+                created = self._insert_ignore(conn, WS, values)
+        if created:
             return workflow_id, True
         existing = None
         if idempotency_key:
             existing = self.find_by_idempotency_key(idempotency_key)
         elif schedule_slot:
             existing = self.run_for_slot(rule_name, schedule_slot)
-        if existing is None:
-            if not self.is_postgres and conflict is not None:
-                raise conflict  # not a key or slot conflict: say what it was
+        if existing is None:  # neither key nor slot: only the fresh uuid is unique
             raise DoxError(f"workflow {workflow_id} was not recorded: a conflicting row exists")
         return existing, False
 
@@ -618,7 +607,7 @@ class StateStore:
         close: StepClose | None,
     ) -> bool:
         rows = [{"id": event_id, "type": type_, "payload": payload} for event_id, type_, payload in events]
-        c = close or StepClose("", 0, StepState.FAILED)
+        c = close or StepClose("", 0, StepState.FAILED)  # placeholder: a NULL attempt closes nothing
         row = self.direct.call(
             _PG_CONCLUDE,
             (
