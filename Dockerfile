@@ -6,11 +6,15 @@ RUN apt-get update && apt-get install -y --no-install-recommends postgresql-clie
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 dox && mkdir -p /data /backups && chown dox /data /backups
 WORKDIR /app
+# Dependencies from the hashed lock only (README: "Pinned dependencies"); this layer changes
+# only with the lock.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml README.md alembic.ini beat_schedule.py ./
 COPY dox_tasks ./dox_tasks
 COPY workflow_defs ./workflow_defs
-RUN pip install --no-cache-dir .
-ENV DOX_DEFS_DIR=/app/workflow_defs
+# DOX itself and nothing else; the package carries workflow_defs/ (no DOX_DEFS_DIR needed).
+RUN pip install --no-cache-dir --no-deps .
 USER dox
 ENTRYPOINT ["dox"]
 CMD ["--help"]

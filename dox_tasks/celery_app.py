@@ -23,8 +23,9 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_p
 from kombu import Queue
 
 from . import runtime
-from .contract import QUEUES
+from .contract import INTAKE_QUEUE, QUEUES
 from .errors import DoxError
+from .queue_policy import HOME_QUEUES, GuardedTask, intake_mixing
 from .settings import Settings, load, longest_retry_wait
 from .steps.registry import STEP_TASKS
 
@@ -39,9 +40,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # kombu's in-memory transport is polled; its 1 s default would add a second per step.
         transport["polling_interval"] = 0.01
     routes = {name: {"queue": info.queue} for name, info in STEP_TASKS.items()}
-    routes["dox.submit"] = {"queue": "validation"}
-    routes["dox.sync.probe"] = {"queue": "coordination"}
-    routes["dox.sync.collect"] = {"queue": "operations"}
+    routes.update({name: {"queue": queue} for name, queue in HOME_QUEUES.items()})
     return {
         "broker_url": settings.broker_url,
         # Results are ignored except where a chord needs them (the team sync's checks).
@@ -133,7 +132,15 @@ class StartupChecks(bootsteps.Step):
         settings = runtime.get().settings
         try:
             settings.check()
-            consumes = set(worker.app.amqp.queues.consume_from or QUEUES)
+            queues = worker.app.amqp.queues
+            if getattr(queues, "_consume_from", ()) is None:
+                # No -Q (Celery would consume every queue): every queue but intake, which
+                # needs a worker of its own.
+                queues.select([q for q in QUEUES if q != INTAKE_QUEUE])
+            consumes = set(queues.consume_from)
+            mixing = intake_mixing(consumes)
+            if mixing and not settings.embedded:
+                raise DoxError(mixing)
             check_step_retries(settings, consumes)  # also loads and validates every definition
             runtime.get().templates  # noqa: B018
             if (
@@ -156,7 +163,7 @@ class StartupChecks(bootsteps.Step):
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    app = Celery("dox")
+    app = Celery("dox", task_cls=GuardedTask)
     app.conf.update(celery_config(settings or load()))
     app.steps["worker"].add(StartupChecks)
     return app

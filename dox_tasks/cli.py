@@ -18,11 +18,11 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from .contract import LIVE_STATES, WorkflowState
 from .errors import DoxError
 from .metrics import worker as worker_metrics
+from .terminal import safe, styled, table
 
 out = Console()
 err = Console(stderr=True)
@@ -43,6 +43,16 @@ def _iso(ts: Any) -> str | None:
     return aware(ts).isoformat().replace("+00:00", "Z") if ts else None
 
 
+def _from_here(path: str | Path) -> str:
+    """A command-line path, absolute against the current folder.
+
+    The CLI is the operator at a shell: ``in/x.pdf`` means ``./in/x.pdf`` even when
+    DOX_INBOX_ROOT is set (intake reads a relative path as relative to the inbox).
+    Nothing is normalised, so a ``..`` still meets intake's refusal.
+    """
+    return os.path.join(os.getcwd(), path)
+
+
 def _collect(paths: tuple[str, ...]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
@@ -52,7 +62,8 @@ def _collect(paths: tuple[str, ...]) -> list[Path]:
         elif path.exists():
             files.append(path)
         else:
-            raise click.UsageError(f"no such file or folder: {p}")
+            folder = os.path.dirname(_from_here(p))
+            raise click.UsageError(f"no such file or folder: {p} (looked in {folder})")
     if not files:
         raise click.UsageError("no files to process")
     return files
@@ -80,31 +91,31 @@ def _key_fields(fields: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+COLOURS = {"success": "green", "duplicate": "cyan", "rejected": "yellow", "failed": "red"}
+
+
 def _print_table(results: list[dict[str, Any]]) -> None:
-    table = Table(show_lines=False)
-    for col in ("file", "status", "reason", "template", "key fields", "pages", "ms"):
-        table.add_column(col, overflow="fold")
-    colours = {"success": "green", "duplicate": "cyan", "rejected": "yellow", "failed": "red"}
-    for r in results:
-        status = r["status"]
-        table.add_row(
+    rows = [
+        [
             Path(r["file"] or "").name,
-            f"[{colours.get(status, 'white')}]{status}[/]",
-            r.get("reason") or "",
-            r.get("template") or "",
+            styled(r["status"], COLOURS.get(r["status"], "white")),
+            r.get("reason"),
+            r.get("template"),
             _key_fields(r.get("fields") or {}),
-            str(r.get("pages") or ""),
-            str(r.get("duration_ms") or ""),
-        )
-    out.print(table)
+            r.get("pages") or "",
+            r.get("duration_ms") or "",
+        ]
+        for r in results
+    ]
+    out.print(table(("file", "status", "reason", "template", "key fields", "pages", "ms"), rows))
 
 
 def _summary(results: list[dict[str, Any]], scanner_note: str | None) -> None:
     counts = Counter(r["status"] for r in results)
     line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    out.print(f"{len(results)} documents: {line}")
+    out.print(safe(f"{len(results)} documents: {line}"))
     if scanner_note:
-        out.print(f"[yellow]scan: skipped[/] — {scanner_note}")
+        out.print(f"[yellow]scan: skipped[/] — {safe(scanner_note)}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -148,7 +159,7 @@ def run(paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | N
     def _go() -> list[dict[str, Any]]:
         ids: list[str] = []
         for f in files:
-            ids.append(submit(f, user=user, source="dox run"))
+            ids.append(submit(_from_here(f), user=user, source="dox run"))
         show = len(files) > 5 and not as_json
         with Progress(
             TextColumn("processing"),
@@ -204,10 +215,11 @@ def submit_cmd(
         raise click.UsageError("no broker configured: set DOX_BROKER_URL, or use `dox run`")
     if idempotency_key and len(files) > 1:
         raise click.UsageError("--idempotency-key goes with a single file")
-    ids = [submit(f, user=user, source=source, idempotency_key=idempotency_key) for f in files]
+    ids = [submit(_from_here(f), user=user, source=source, idempotency_key=idempotency_key) for f in files]
     if not wait:
         for f, i in zip(files, ids, strict=True):
-            click.echo(json.dumps({"file": f, "workflow_id": i}) if as_json else f"{i}  {f}")
+            line = json.dumps({"file": f, "workflow_id": i}) if as_json else safe(f"{i}  {f}", markup=False)
+            click.echo(line)
         return
     rows = wait_for(rt.state, ids, timeout)
     results = [_result(rows[i], f) for i, f in zip(ids, files, strict=True)]
@@ -231,13 +243,15 @@ def status(workflow_id: str, as_json: bool) -> None:
         click.echo(json.dumps(result, sort_keys=True))
         return
     for key, value in result.items():
-        out.print(f"[bold]{key:>13}[/] {value if value is not None else ''}")
+        out.print(f"[bold]{key:>13}[/] {safe(value)}")
     if row.get("detail"):
-        out.print(f"[bold]{'detail':>13}[/] {row['detail']}")
+        out.print(f"[bold]{'detail':>13}[/] {safe(row['detail'])}")
     for s in rt.state.step_rows(workflow_id):
         out.print(
-            f"  step {s['step']:<10} attempt {s['attempt']} {s['state']:<10}"
-            f" {s['duration_ms'] or '':>6} ms {s['error'] or ''}"
+            safe(
+                f"  step {s['step']:<10} attempt {s['attempt']} {s['state']:<10}"
+                f" {s['duration_ms'] or '':>6} ms {s['error'] or ''}"
+            )
         )
 
 
@@ -267,6 +281,16 @@ def defs_validate(path: str | None) -> None:
             click.echo(f"ok  teams: {len(t.teams)} teams, {len(t.services)} services {teams}")
         except DefinitionError as exc:
             problems.extend(exc.problems)
+    templates = target / "templates"  # the folder the runtime loads them from
+    if templates.is_dir():
+        from .templates import load_templates, template_warnings
+
+        try:
+            click.echo(f"ok  templates: {len(load_templates(templates))} in {templates}")
+        except DefinitionError as exc:
+            problems.extend(exc.problems)
+        for w in template_warnings(templates):  # advisory: printed, never a failure
+            click.echo(w, err=True)
     for p in problems:
         click.echo(p, err=True)
     for d in good:
@@ -333,7 +357,9 @@ def _serve_worker_metrics(port: int) -> None:
     from .metrics.http import credentials, serve_in_background
 
     auth = credentials(unsafe_no_auth=os.environ.get("DOX_METRICS_UNSAFE_NO_AUTH") == "1")
-    httpd = worker_metrics.bind(os.environ.get("DOX_METRICS_HOST", "0.0.0.0"), port, auth)  # noqa: S104
+    s = _rt().settings
+    limits = {"request_timeout": s.metrics_timeout_s, "max_connections": s.metrics_max_connections}
+    httpd = worker_metrics.bind(s.metrics_host, port, auth, **limits)  # DOX_METRICS_HOST, else loopback
 
     @worker_ready.connect(weak=False)
     def _start(**_: Any) -> None:
@@ -372,7 +398,7 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except DoxError as exc:
-        click.echo(f"dox: {exc}", err=True)
+        click.echo(safe(f"dox: {exc}", markup=False, newlines=True), err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -382,7 +408,8 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - no traceback for users
         if os.environ.get("DOX_DEBUG"):
             raise
-        click.echo(f"dox: internal error: {type(exc).__name__}: {exc} (DOX_DEBUG=1 shows more)", err=True)
+        message = f"dox: internal error: {type(exc).__name__}: {exc} (DOX_DEBUG=1 shows more)"
+        click.echo(safe(message, markup=False, newlines=True), err=True)
         sys.exit(70)
 
 

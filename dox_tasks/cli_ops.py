@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from .cli import _iso, _rt, out
+from .errors import ConfigError
+from .terminal import safe, styled, table
 
 
 @click.command("schedule")
@@ -52,21 +53,19 @@ def schedule_cmd(as_json: bool) -> None:
         for r in rows:
             click.echo(json.dumps(r, sort_keys=True))
         return
-    table = Table()
-    for col in ("job", "cron", "tz", "catch-up", "last run", "status", "next run"):
-        table.add_column(col)
-    for r in rows:
-        lr = r["last_run"] or {}
-        table.add_row(
+    cells = [
+        [
             r["name"],
             r["cron"],
             r["timezone"],
             r["catch_up"],
-            lr.get("slot") or "never",
-            lr.get("status") or "",
+            (r["last_run"] or {}).get("slot") or "never",
+            (r["last_run"] or {}).get("status"),
             r["next_run"],
-        )
-    out.print(table)
+        ]
+        for r in rows
+    ]
+    out.print(table(("job", "cron", "tz", "catch-up", "last run", "status", "next run"), cells))
 
 
 @click.command(
@@ -96,7 +95,8 @@ def flower(ctx: click.Context) -> None:
 
     Refuses to start without them unless --unsafe-no-auth. The credentials reach Flower
     through its environment (FLOWER_BASIC_AUTH), never the command line (`ps` shows that).
-    History persists in $DOX_STATE_DIR/flower.db across restarts.
+    History persists in $DOX_STATE_DIR/flower.db across restarts. Listens on 127.0.0.1
+    unless given --address (or FLOWER_ADDRESS); compose passes --address=0.0.0.0.
     """
     import os
 
@@ -112,10 +112,33 @@ def flower(ctx: click.Context) -> None:
             "DOX_FLOWER_USER", "DOX_FLOWER_PASSWORD", "Flower shows every task's arguments", unsafe
         )
         if auth:
-            os.environ["FLOWER_BASIC_AUTH"] = ":".join(auth)
+            os.environ["FLOWER_BASIC_AUTH"] = flower_basic_auth(*auth)
         settings.state.mkdir(parents=True, exist_ok=True)
+    if not any(a.startswith("--address") for a in args) and "FLOWER_ADDRESS" not in os.environ:
+        args.append("--address=127.0.0.1")
     state = settings.state / "flower.db"
     app.start(argv=["flower", "--persistent=True", f"--db={state}", "--state_save_interval=60000", *args])
+
+
+def flower_basic_auth(user: str, password: str) -> str:
+    """FLOWER_BASIC_AUTH's ``user:password``, refusing what Flower would misread.
+
+    Flower splits the value on commas into several ``user:password`` entries, so
+    ``ops:pa,ss`` would let in the password ``ss`` with an empty user; basic auth ends
+    the user at the first colon; and non-ASCII is encoded differently by browsers and
+    clients, so it fails in ways that look like a wrong password.
+    """
+    problems = []
+    for env, value in (("DOX_FLOWER_USER", user), ("DOX_FLOWER_PASSWORD", password)):
+        if "," in value:
+            problems.append(f"{env} contains a comma (Flower reads it as a list of users)")
+        if not value.isascii() or not value.isprintable():
+            problems.append(f"{env} must be printable ASCII")
+    if ":" in user:
+        problems.append("DOX_FLOWER_USER contains a colon (basic auth ends the user name there)")
+    if problems:
+        raise ConfigError("refusing to start Flower: " + "; ".join(problems) + ". Choose other credentials.")
+    return f"{user}:{password}"
 
 
 def _start(name: str, actor: str | None, wait: bool, timeout: float, as_json: bool) -> dict[str, Any]:
@@ -137,7 +160,7 @@ def _start(name: str, actor: str | None, wait: bool, timeout: float, as_json: bo
     else:
         for key, value in result.items():
             if not isinstance(value, dict | list):
-                out.print(f"[bold]{key:>12}[/] {value if value is not None else ''}")
+                out.print(f"[bold]{key:>12}[/] {safe(value)}")
     return result
 
 
@@ -165,21 +188,20 @@ def _print_health(r: dict[str, Any]) -> None:
     colour = {"ok": "green", "degraded": "yellow", "down": "red"}[r["status"]]
     out.print(f"[bold {colour}]DOX {r['status'].upper()}[/]")
     for line in r["fatal"]:
-        out.print(f"  [red]✗ {line}[/]")
+        out.print(f"  [red]✗ {safe(line)}[/]")
     for line in r["problems"]:
-        out.print(f"  [yellow]! {line}[/]")
+        out.print(f"  [yellow]! {safe(line)}[/]")
     for name in ("redis", "postgres", "clamd"):
         c = r.get(name) or {}
         mark = "[green]ok[/]" if c.get("ok") else "[red]down[/]"
-        out.print(f"  {name:<9} {mark} {c.get('version') or c.get('note') or c.get('error') or ''}")
+        out.print(f"  {name:<9} {mark} {safe(c.get('version') or c.get('note') or c.get('error') or '')}")
     workers = r.get("workers") or {}
     if workers:
-        table = Table(title="queues")
-        for col in ("queue", "waiting", "consumers"):
-            table.add_column(col)
-        for q, hosts in workers["per_queue"].items():
-            table.add_row(q, str((r.get("queues") or {}).get(q)), ", ".join(hosts) or "[red]none[/]")
-        out.print(table)
+        cells = [
+            [q, (r.get("queues") or {}).get(q), ", ".join(hosts) or styled("none", "red")]
+            for q, hosts in workers["per_queue"].items()
+        ]
+        out.print(table(("queue", "waiting", "consumers"), cells, title="queues"))
     y = r.get("yesterday") or {}
     if y:
         out.print(
@@ -197,8 +219,10 @@ def _print_health(r: dict[str, Any]) -> None:
     if s:
         down = s.get("services_down") or []
         out.print(
-            f"  last team sync: {s.get('last_run') or 'never'} {s.get('status') or ''};"
-            f" services down: {', '.join(down) or 'none'}"
+            safe(
+                f"  last team sync: {s.get('last_run') or 'never'} {s.get('status') or ''};"
+                f" services down: {', '.join(down) or 'none'}"
+            )
         )
 
 
@@ -240,20 +264,21 @@ def sync_run(actor: str | None, wait: bool, timeout: float, as_json: bool) -> No
 
 def _print_sync(result: dict[str, Any]) -> None:
     colours = {"up": "green", "degraded": "yellow", "down": "red"}
-    table = Table(title="services")
-    for col in ("service", "status", "ms", "cause"):
-        table.add_column(col)
-    for name, s in sorted((result.get("services") or {}).items()):
-        colour = colours.get(s["status"], "white")
-        table.add_row(name, f"[{colour}]{s['status']}[/]", str(s["latency_ms"] or ""), s["cause"] or "")
-    out.print(table)
-    teams = Table(title="teams")
-    for col in ("team", "blocked", "escalated", "blocked by"):
-        teams.add_column(col)
-    for name, t in sorted((result.get("teams") or {}).items()):
-        by = ", ".join(b["service"] for b in t["blockers"])
-        teams.add_row(name, "yes" if t["blocked"] else "", "YES" if t["escalated"] else "", by)
-    out.print(teams)
+    services = [
+        [name, styled(s["status"], colours.get(s["status"], "white")), s["latency_ms"] or "", s["cause"]]
+        for name, s in sorted((result.get("services") or {}).items())
+    ]
+    out.print(table(("service", "status", "ms", "cause"), services, title="services"))
+    teams = [
+        [
+            name,
+            "yes" if t["blocked"] else "",
+            "YES" if t["escalated"] else "",
+            ", ".join(b["service"] for b in t["blockers"]),
+        ]
+        for name, t in sorted((result.get("teams") or {}).items())
+    ]
+    out.print(table(("team", "blocked", "escalated", "blocked by"), teams, title="teams"))
 
 
 @click.group()
@@ -293,20 +318,19 @@ def backup_list(kind: str | None, limit: int, as_json: bool) -> None:
                 json.dumps({**r, "created_at": _iso(r["created_at"]), "verified_at": _iso(r["verified_at"])})
             )
         return
-    table = Table()
-    for col in ("id", "kind", "created", "status", "verified", "size", "path / detail"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(
-            str(r["id"]),
+    cells = [
+        [
+            r["id"],
             r["kind"],
-            _iso(r["created_at"]) or "",
+            _iso(r["created_at"]),
             r["status"],
-            r["verified"] or "",
-            str(r["size"] or ""),
+            r["verified"],
+            r["size"] or "",
             r["path"] if r["status"] == "ok" else (r["detail"] or r["path"]),
-        )
-    out.print(table)
+        ]
+        for r in rows
+    ]
+    out.print(table(("id", "kind", "created", "status", "verified", "size", "path / detail"), cells))
 
 
 @backup.command("verify")
@@ -354,9 +378,11 @@ def metrics() -> None:
 
 @metrics.command("serve")
 @click.option("--port", default=9808, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--address", default="0.0.0.0", show_default=True)  # noqa: S104 - a container's port
+@click.option(
+    "--address", default=None, help="address to listen on [default: DOX_METRICS_HOST, else 127.0.0.1]"
+)
 @click.option("--unsafe-no-auth", is_flag=True, help="serve without basic auth (local use only)")
-def metrics_serve(port: int, address: str, unsafe_no_auth: bool) -> None:
+def metrics_serve(port: int, address: str | None, unsafe_no_auth: bool) -> None:
     """Serve the exporter behind basic auth from DOX_METRICS_USER / DOX_METRICS_PASSWORD.
 
     Workflow counts come from the results layer, so they are right however many
@@ -370,9 +396,12 @@ def metrics_serve(port: int, address: str, unsafe_no_auth: bool) -> None:
     from .metrics.http import credentials, make_server_for
 
     auth = credentials(unsafe_no_auth)
+    s = _rt().settings
+    address = address or s.metrics_host
     registry = CollectorRegistry()
     registry.register(DoxCollector(_rt(), app))
-    httpd = make_server_for(registry, address, port, auth)
+    limits = {"request_timeout": s.metrics_timeout_s, "max_connections": s.metrics_max_connections}
+    httpd = make_server_for(registry, address, port, auth, **limits)
     click.echo(f"dox metrics on http://{address}:{port}/metrics" + ("" if auth else " (no auth)"), err=True)
     httpd.serve_forever()
 

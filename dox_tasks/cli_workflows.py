@@ -9,14 +9,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-from rich.table import Table
 from sqlalchemy import select
 
-from .cli import _iso, _rt, out
+from .cli import COLOURS, _iso, _rt, out
 from .contract import WorkflowState
 from .db.store import WS, aware
 from .errors import DoxError
 from .operator import RETRYABLE, retry, retryable_since
+from .terminal import safe, styled
+from .terminal import table as _table
 
 DURATION = re.compile(r"^(\d+)([smhd])$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -28,16 +29,6 @@ def parse_duration(text: str) -> timedelta:
     if not m:
         raise click.BadParameter(f"{text!r}: use a number and a unit, e.g. 30m, 24h, 7d")
     return timedelta(**{UNITS[m.group(2)]: int(m.group(1))})
-
-
-def _table(columns: tuple[str, ...], rows: list[list[Any]], title: str | None = None) -> Table:
-    """A rich table; None shows as empty, everything else as text."""
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    return table
 
 
 def _row(r: dict[str, Any]) -> dict[str, Any]:
@@ -85,23 +76,20 @@ def list_cmd(status: str | None, rule: str | None, since: str, limit: int, as_js
         for r in rows:
             click.echo(json.dumps(r, sort_keys=True))
         return
-    colours = {"success": "green", "duplicate": "cyan", "rejected": "yellow", "failed": "red"}
-    table = Table()
-    for col in ("workflow", "rule", "status", "reason", "step", "file / slot", "created", "s"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        c = colours.get(r["status"], "white")
-        table.add_row(
+    cells = [
+        [
             r["workflow_id"],
             r["rule_name"],
-            f"[{c}]{r['status']}[/]",
-            r["reason"] or "",
-            r["step"] or "",
-            r["file"] or r["slot"] or "",
+            styled(r["status"], COLOURS.get(r["status"], "white")),
+            r["reason"],
+            r["step"],
+            r["file"] or r["slot"],
             r["created_at"],
-            str(r["duration_s"] or ""),
-        )
-    out.print(table)
+            r["duration_s"] or "",
+        ]
+        for r in rows
+    ]
+    out.print(_table(("workflow", "rule", "status", "reason", "step", "file / slot", "created", "s"), cells))
     out.print(f"{len(rows)} workflow(s) since {cutoff.isoformat(timespec='seconds')}")
 
 
@@ -146,18 +134,18 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
         "finished_at",
     ):
         if report.get(key) is not None:
-            out.print(f"[bold]{key:>12}[/] {report[key]}")
+            out.print(f"[bold]{key:>12}[/] {safe(report[key])}")
     cols = ("step", "run", "attempt", "state", "worker", "started", "ms", "error")
     keys = ("step", "run", "attempt", "state", "worker", "started_at", "duration_ms", "error")
     table = _table(cols, [[st[k] for k in keys] for st in steps], title="steps")
     out.print(table)
     for e in events:
-        out.print(f"  event {e['created_at']} {e['type']}")
+        out.print(safe(f"  event {e['created_at']} {e['type']}"))
 
 
 def _retried(result: dict[str, Any]) -> str:
     line = f"{result['workflow_id']} queued again from step {result['from_step']} (run {result['run']})"
-    return line + (f"; {result['warning']}" if result.get("warning") else "")
+    return safe(line + (f"; {result['warning']}" if result.get("warning") else ""), markup=False)
 
 
 @workflows.command("retry")
@@ -221,7 +209,7 @@ def retry_cmd(
         if as_json:
             click.echo(json.dumps(result, sort_keys=True))
         elif "error" in result:
-            click.echo(f"{t['workflow_id']}: {result['error']}", err=True)
+            click.echo(safe(f"{t['workflow_id']}: {result['error']}", markup=False), err=True)
         else:
             click.echo(_retried(result))
     if failures:
@@ -240,7 +228,9 @@ def cancel_cmd(workflow_id: str, actor: str | None, reason: str | None, as_json:
 
     result = cancel(_rt(), app, workflow_id, actor, reason)
     click.echo(
-        json.dumps(result, sort_keys=True) if as_json else f"{workflow_id} cancelled at step {result['step']}"
+        json.dumps(result, sort_keys=True)
+        if as_json
+        else safe(f"{workflow_id} cancelled at step {result['step']}", markup=False)
     )
 
 
@@ -279,8 +269,8 @@ def report_cmd(kind: str, fmt: str) -> None:
         f" {mark[r['p95_duration_met']]}"
     )
     out.print(f"  scan p95 {r['p95_scan_s']} s (target 5 s): {mark[r['p95_scan_met']]}")
-    out.print(f"  top failures: {r['top_failure_reasons'] or 'none'}")
-    out.print(f"  top rejections: {r['top_rejection_reasons'] or 'none'}")
+    out.print(f"  top failures: {safe(r['top_failure_reasons'] or 'none')}")
+    out.print(f"  top rejections: {safe(r['top_rejection_reasons'] or 'none')}")
     out.print(f"  rate-limit hits: {r['rate_limit_hits']}, infected: {r['infected']}")
 
 
@@ -296,7 +286,8 @@ def _print_intake(state: Any, as_json: bool) -> None:
         click.echo(json.dumps(asdict(state), sort_keys=True))
     elif state.paused:
         out.print(
-            f"[yellow]intake PAUSED[/] since {state.since} by {state.actor}: {state.reason or '(no reason)'}"
+            f"[yellow]intake PAUSED[/] since {state.since} by {safe(state.actor)}:"
+            f" {safe(state.reason or '(no reason)')}"
         )
     else:
         out.print("[green]intake open[/]")
@@ -389,13 +380,31 @@ def documents() -> None:
 @_reason
 @click.option("--json", "as_json", is_flag=True)
 def documents_delete(sha256: str, actor: str | None, reason: str | None, as_json: bool) -> None:
-    """Delete a document's bytes and redact its extracted fields; workflow records stay."""
+    """Delete a document's bytes and redact its extracted fields; workflow records stay.
+
+    Says what went where: files removed, rows, event payloads, execution-log lines and
+    stream entries redacted or deleted, and the copies DOX cannot edit. Exit 1 when a
+    part failed (Redis down, say): running it again finishes the job.
+    """
     from .documents import delete
 
-    result = delete(_rt(), sha256, actor, reason)
-    files, redacted = len(result["removed"]), len(result["workflows_redacted"])
-    click.echo(
-        json.dumps(result, sort_keys=True)
-        if as_json
-        else f"deleted {files} file(s); redacted {redacted} workflow(s)"
-    )
+    r = delete(_rt(), sha256, actor, reason)
+    if as_json:
+        click.echo(json.dumps(r, sort_keys=True))
+    else:
+        log_lines = r["execution_log_lines_redacted"]
+        lines = [
+            f"deleted {len(r['removed'])} file(s): {', '.join(r['removed']) or 'none left'}",
+            f"redacted {len(r['workflows_redacted'])} workflow row(s), {r['step_outputs_redacted']}"
+            f" step output(s), {len(r['events_redacted'])} event payload(s) in workflow_events",
+            f"redacted {sum(log_lines.values())} line(s) of the execution log"
+            + (f" ({', '.join(sorted(log_lines))})" if log_lines else ""),
+            f"deleted {r['stream_entries_deleted']} entr(y/ies) from the Redis event stream",
+            f"not redacted: {r['not_redacted']}",
+        ]
+        for line in lines:
+            click.echo(safe(line, markup=False))
+        for problem in r["errors"]:
+            click.echo(safe(f"NOT DONE: {problem} (run the command again)", markup=False), err=True)
+    if r["errors"]:
+        sys.exit(1)

@@ -48,7 +48,8 @@ class Reason(StrEnum):
     TRUNCATED = "truncated"
     MALFORMED = "malformed"
     ENCRYPTED = "encrypted"
-    JAVASCRIPT = "javascript"
+    JAVASCRIPT = "javascript"  # script, launch, submit/import, remote go-to, rich media, XFA
+    EMBEDDED_FILES = "embedded_files"  # only with DOX_REJECT_EMBEDDED_FILES=true
     TOO_COMPLEX = "too_complex"
     INFECTED = "infected"
     SCANNER_UNAVAILABLE = "scanner_unavailable"
@@ -90,10 +91,13 @@ class OnFailure(StrEnum):
     ABORT = "abort"  # failed, nothing more
 
 
-#: The five document step kinds, each on its own Celery queue so it scales on its own,
-#: then the scheduled jobs (``operations``) and the team sync's health checks
-#: (``coordination``: I/O-bound, served by a threads pool with a slot per service).
-QUEUES = ("validation", "scan", "storage", "recognition", "events", "operations", "coordination")
+#: ``intake`` (the only queue upstream services may push to, and only ``dox.submit``
+#: runs there), the five document step kinds, each on its own Celery queue so it
+#: scales on its own, then the scheduled jobs (``operations``) and the team sync's
+#: health checks (``coordination``: I/O-bound, a threads pool with a slot per service).
+INTAKE_QUEUE = "intake"
+DOCUMENT_QUEUES = ("validation", "scan", "storage", "recognition", "events")
+QUEUES = (INTAKE_QUEUE, *DOCUMENT_QUEUES, "operations", "coordination")
 
 #: The last ``on_success`` target: the workflow is complete.
 COMPLETE = "complete"
@@ -114,11 +118,16 @@ class DocumentResult:
     confidence: float | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     pages: int | None = None
+    #: Facts about an accepted document worth knowing: ``owner_password``, ``embedded_files``.
+    flags: list[str] = field(default_factory=list)
     sha256: str | None = None
     size: int | None = None
     storage_key: str | None = None
     duplicate_of: str | None = None
     duration_ms: int | None = None
+    #: Who submitted it: the normal form DOX counts by, and the name as the caller wrote it.
+    user: str | None = None
+    user_display: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,9 +3,11 @@
 ``release`` moves a quarantined document into the object store (an operator
 judged the detection false); the rejected workflow's record stays as it was.
 ``purge`` deletes quarantined files past an age. ``delete`` removes a stored
-document everywhere (objects, staging, quarantine) and redacts the fields DOX
-extracted from it, keeping each workflow's record (who, when, status) — what a
-deletion request needs. Each is an operator event with actor and reason.
+document everywhere (objects, staging, quarantine, the documents backup) and
+redacts the fields DOX extracted from it wherever DOX copied them (the workflow
+row, step outputs, event rows, the execution log, the Redis event stream),
+keeping each workflow's record (who, when, status) — what a deletion request
+needs. Each is an operator event with actor and reason.
 """
 
 from __future__ import annotations
@@ -17,13 +19,25 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from .db.store import SR, WS
-from .errors import DoxError
+from .db.store import EV, SR, WS
+from .errors import DoxError, TransientError
+from .jobs.backup import document_copy
 from .operator import record_action
 from .runtime import Runtime
 from .storage import storage_key
 
 REDACTED = {"redacted": True}
+#: What DOX extracted from (or says about where it keeps) a document's content; a
+#: deletion clears these everywhere and keeps the rest (who, when, status, reason).
+EXTRACTED = ("fields", "template", "confidence", "storage_key")
+#: Steps whose whole output is the document's content.
+CONTENT_STEPS = ("recognize", "store")
+#: Copies DOX cannot edit: they age out with DOX_BACKUP_RETENTION_DAYS.
+NOT_REDACTED = (
+    "database backups (pg_dump archives) and config backups (which include the execution log)"
+    " made before this deletion keep the fields until they expire (DOX_BACKUP_RETENTION_DAYS);"
+    " consumers that already read an event keep their copy"
+)
 
 
 def quarantined(rt: Runtime) -> list[dict[str, Any]]:
@@ -55,7 +69,7 @@ def release(rt: Runtime, sha256: str, actor: str | None, reason: str | None) -> 
     if not source.exists():
         raise DoxError(f"{sha256}: not in quarantine (see `dox quarantine list`)")
     target = rt.storage.object_path(sha256)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    rt.storage.make_dirs(target.parent)
     with contextlib.suppress(FileExistsError):
         os.link(source, target)
     source.unlink()
@@ -71,46 +85,110 @@ def purge(rt: Runtime, older_than: timedelta, actor: str | None, reason: str | N
     return gone
 
 
+def redact_extracted(data: dict[str, Any]) -> dict[str, Any] | None:
+    """``data`` (a result or an event payload) with the extracted values cleared and
+    ``redacted: true``; None when it carries none of them (nothing to change)."""
+    if not any(data.get(k) not in (None, {}) for k in EXTRACTED):
+        return None
+    return {**data, "fields": {}, "template": None, "confidence": None, "storage_key": None, "redacted": True}
+
+
+def _redact_records(rt: Runtime, sha256: str) -> dict[str, Any]:
+    """Refuse while a workflow of the document is live, else redact its rows: one transaction.
+
+    The workflows' rows are locked (``FOR UPDATE`` on Postgres) while they are checked
+    and rewritten, so none of them can start a step in between.
+    """
+    with rt.state.tx() as conn:
+        rows = conn.execute(
+            select(WS.c.workflow_id, WS.c.current_state, WS.c.result)
+            .where(WS.c.sha256 == sha256)
+            .with_for_update()
+        ).all()
+        live = next((r for r in rows if r.current_state in ("queued", "running")), None)
+        if live is not None:
+            raise DoxError(
+                f"workflow {live.workflow_id} of this document is still {live.current_state}: wait for it"
+                f" to end or `dox workflows cancel {live.workflow_id}` first; nothing was deleted"
+            )
+        ids = [r.workflow_id for r in rows]
+        for row in rows:
+            result = redact_extracted(dict(row.result or {}))
+            if result is not None:
+                conn.execute(update(WS).where(WS.c.workflow_id == row.workflow_id).values(result=result))
+        steps = 0
+        for out in conn.execute(
+            select(SR.c.id, SR.c.step, SR.c.output).where(SR.c.workflow_id.in_(ids))
+        ).all():
+            output = dict(out.output or {})
+            if output == REDACTED or not output:
+                continue
+            if out.step in CONTENT_STEPS or redact_extracted(output) is not None:
+                conn.execute(update(SR).where(SR.c.id == out.id).values(output=REDACTED))
+                steps += 1
+        events: list[str] = []
+        for ev in conn.execute(select(EV.c.id, EV.c.payload).where(EV.c.workflow_id.in_(ids))).all():
+            payload = redact_extracted(dict(ev.payload or {}))
+            if payload is not None:
+                conn.execute(update(EV).where(EV.c.id == ev.id).values(payload=payload))
+                events.append(ev.id)
+    return {"workflows": ids, "step_outputs": steps, "events": events}
+
+
 def delete(rt: Runtime, sha256: str, actor: str | None, reason: str | None) -> dict[str, Any]:
     """Remove the bytes everywhere and redact what was extracted; keep the records.
 
     Refused while a workflow of this document is still queued or running: its later
-    steps would store the bytes again or record fresh extracted fields.
+    steps would store the bytes again or record fresh extracted fields. The database
+    part (check and redaction) is one transaction and comes first, so a failure later
+    (a file, Redis) leaves nothing extracted in Postgres, and running the command
+    again finishes the job: every part is idempotent. The result says what was
+    removed where; a part that could not be done is in ``errors`` (non-empty: run it again).
     """
-    with rt.state.tx() as conn:
-        live = conn.execute(
-            select(WS.c.workflow_id, WS.c.current_state).where(
-                WS.c.sha256 == sha256, WS.c.current_state.in_(["queued", "running"])
-            )
-        ).first()
-    if live is not None:
-        raise DoxError(
-            f"workflow {live.workflow_id} of this document is still {live.current_state}: wait for it"
-            f" to end or `dox workflows cancel {live.workflow_id}` first; nothing was deleted"
-        )
+    storage_key(sha256)  # a clear error for anything that is not a SHA-256
+    db = _redact_records(rt, sha256)
+    ids = db["workflows"]
     removed = []
-    for path in (
-        rt.storage.object_path(sha256),
-        rt.storage.staged_path(sha256),
-        rt.storage.quarantine_path(sha256),
+    backups = rt.settings.backups / "documents"
+    for path, base in (
+        (rt.storage.object_path(sha256), rt.storage.root),
+        (rt.storage.staged_path(sha256), rt.storage.root),
+        (rt.storage.quarantine_path(sha256), rt.storage.root),
+        (document_copy(backups, sha256), rt.settings.backups),
     ):
         if path.exists():
             path.unlink()
-            removed.append(str(path.relative_to(rt.storage.root)))
-    with rt.state.tx() as conn:
-        rows = conn.execute(select(WS.c.workflow_id, WS.c.result).where(WS.c.sha256 == sha256)).all()
-        for row in rows:
-            result = dict(row.result or {})
-            if result:
-                result.update(fields={}, template=None, confidence=None, storage_key=None, redacted=True)
-            conn.execute(update(WS).where(WS.c.workflow_id == row.workflow_id).values(result=result or None))
-            conn.execute(
-                update(SR)
-                .where(SR.c.workflow_id == row.workflow_id, SR.c.step.in_(["recognize", "store"]))
-                .values(output=REDACTED)
-            )
-    ids = [r.workflow_id for r in rows]
+            removed.append(str(path.relative_to(base)) if base == rt.storage.root else str(path))
     if not removed and not ids:
         raise DoxError(f"{sha256}: no stored document or workflow has this SHA-256")
-    record_action(rt, "document.delete", actor, reason, None, sha256=sha256, removed=removed, workflows=ids)
-    return {"sha256": sha256, "removed": removed, "workflows_redacted": ids}
+    errors: list[str] = []
+    log_lines: dict[str, int] = {}
+    try:
+        log_lines = rt.events.execution_log.redact(ids, redact_extracted)
+    except OSError as exc:
+        errors.append(f"execution log: {exc}")
+    stream = 0
+    try:
+        stream = rt.events.fanout.forget(ids)
+    except TransientError as exc:
+        errors.append(str(exc))
+    result = {
+        "sha256": sha256,
+        "removed": removed,
+        "workflows_redacted": ids,
+        "step_outputs_redacted": db["step_outputs"],
+        "events_redacted": db["events"],
+        "execution_log_lines_redacted": log_lines,
+        "stream_entries_deleted": stream,
+        "not_redacted": NOT_REDACTED,
+        "errors": errors,
+    }
+    record_action(
+        rt,
+        "document.delete",
+        actor,
+        reason,
+        None,
+        **{k: v for k, v in result.items() if k != "not_redacted"},
+    )
+    return result

@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from .contract import LIVE_STATES
+from .contract import INTAKE_QUEUE, LIVE_STATES, QUEUES
 from .db.store import StateStore
 
 POLL_S = 0.05
@@ -26,9 +26,11 @@ POLL_S = 0.05
 
 @contextmanager
 def local_worker(app: Celery, loglevel: str = "WARNING") -> Iterator[Any]:
-    """Run a solo-pool worker consuming every DOX queue in a thread of this process."""
+    """Run a solo-pool worker in a thread of this process, consuming every DOX queue but
+    ``intake`` (this process submits in-process; intake needs a worker of its own)."""
     with start_worker(
         app,
+        queues=[q for q in QUEUES if q != INTAKE_QUEUE],
         pool="solo",
         concurrency=1,
         perform_ping_check=False,

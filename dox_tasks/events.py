@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,10 +30,21 @@ from .errors import TransientError
 log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 100_000
+#: Entries read per XRANGE call while looking for a workflow's entries.
+SCAN_BATCH = 1000
+
+
+def stream_key(namespace: str) -> str:
+    """The Redis stream every event goes to (settings check it is not a broker key)."""
+    return f"{namespace}:events"
 
 
 class Fanout(Protocol):
     def send(self, event: dict[str, Any], channel_suffix: str) -> None: ...
+
+    def forget(self, workflow_ids: Collection[str]) -> int:
+        """Delete the stream entries of these workflows; how many went."""
+        ...
 
 
 class NullFanout:
@@ -41,12 +53,40 @@ class NullFanout:
     def send(self, event: dict[str, Any], channel_suffix: str) -> None:
         return None
 
+    def forget(self, workflow_ids: Collection[str]) -> int:
+        return 0
+
 
 class RedisFanout:
     def __init__(self, client: redis.Redis, namespace: str = "dox"):
         self.client = client
-        self.stream = f"{namespace}:events"
+        self.stream = stream_key(namespace)
         self.channel_prefix = f"{namespace}.workflow."
+
+    def forget(self, workflow_ids: Collection[str]) -> int:
+        """XDEL every entry whose event belongs to one of ``workflow_ids``.
+
+        Entries are found by reading the whole stream in batches (it is capped at
+        ``STREAM_MAXLEN``); an operator deletion is rare enough for that. Messages
+        already delivered over pub/sub, or read by a consumer, cannot be called back.
+        """
+        wanted = set(workflow_ids)
+        gone = 0
+        start = "-"
+        try:
+            while True:
+                batch: list[tuple[bytes, dict[bytes, bytes]]] = self.client.xrange(  # type: ignore[assignment]
+                    self.stream, start, "+", count=SCAN_BATCH
+                )
+                if not batch:
+                    return gone
+                doomed = [entry_id for entry_id, fields in batch if _entry_workflow(fields) in wanted]
+                if doomed:
+                    gone += int(self.client.xdel(self.stream, *doomed))
+                last = batch[-1][0]
+                start = f"({last.decode() if isinstance(last, bytes) else last}"
+        except redis.RedisError as exc:
+            raise TransientError(f"could not delete entries from the stream {self.stream}: {exc}") from exc
 
     def send(self, event: dict[str, Any], channel_suffix: str) -> None:
         data = json.dumps(event, sort_keys=True, default=str)
@@ -62,6 +102,15 @@ class RedisFanout:
             pipe.execute()
         except redis.RedisError as exc:
             raise TransientError(f"event fan-out to Redis failed: {exc}") from exc
+
+
+def _entry_workflow(fields: dict[Any, Any]) -> str | None:
+    data = fields.get(b"data", fields.get("data"))
+    try:
+        wid = json.loads(data).get("workflow_id") if data else None
+    except (ValueError, AttributeError):
+        return None
+    return wid if isinstance(wid, str) else None
 
 
 class ExecutionLog:
@@ -88,6 +137,66 @@ class ExecutionLog:
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(path.name)
             os.replace(tmp, current)
+
+    def redact(
+        self, workflow_ids: Collection[str], redact: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> dict[str, int]:
+        """Rewrite, in place, the lines of these workflows that ``redact`` changes.
+
+        Each redacted line is written over the original at the same offset, padded
+        with spaces to the same length (JSON allows the whitespace): the file is never
+        replaced, so a worker appending to it at the same moment loses nothing.
+        ``redact`` returns the new payload, or None when the line holds nothing to
+        remove. Returns lines rewritten per file name.
+        """
+        wanted = set(workflow_ids)
+        changed: dict[str, int] = {}
+        for path in sorted(self.folder.glob(f"{self.BASENAME}.*.jsonl")):
+            if path.is_symlink():
+                continue
+            edits = []
+            offset = 0
+            with path.open("rb") as fh:
+                for raw in fh:
+                    line_at, offset = offset, offset + len(raw)
+                    new = _redacted_line(raw, wanted, redact)
+                    if new is not None:
+                        edits.append((line_at, new))
+            if not edits:
+                continue
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                for at, new in edits:
+                    os.pwrite(fd, new, at)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            changed[path.name] = len(edits)
+        return changed
+
+
+def _redacted_line(
+    raw: bytes, wanted: set[str], redact: Callable[[dict[str, Any]], dict[str, Any] | None]
+) -> bytes | None:
+    """The replacement for one log line (same length, newline kept), or None to keep it."""
+    body = raw.rstrip(b"\n")
+    try:
+        record = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("workflow_id") not in wanted:
+        return None
+    payload = redact(record.get("payload") or {})
+    if payload is None:
+        return None
+    compact = (",", ":")
+    new = json.dumps({**record, "payload": payload}, sort_keys=True, default=str, separators=compact).encode()
+    if len(new) > len(body):  # cannot happen for real events (redacting shortens); keep who/when/what
+        keep = {k: record.get(k) for k in ("id", "type", "workflow_id", "created_at")}
+        new = json.dumps({**keep, "payload": {"redacted": True}}, sort_keys=True, separators=compact).encode()
+    if len(new) > len(body):
+        return None
+    return new.ljust(len(body)) + raw[len(body) :]
 
 
 class EventBus:

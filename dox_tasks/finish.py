@@ -49,11 +49,14 @@ def build_result(
         confidence=merged.get("confidence"),
         fields=merged.get("fields") or {},
         pages=merged.get("pages"),
+        flags=list(merged.get("flags") or []),
         sha256=wf.get("sha256"),
         size=wf.get("size"),
         storage_key=merged.get("storage_key"),
         duplicate_of=duplicate_of or wf.get("duplicate_of"),
         duration_ms=int((end - run_start(wf)).total_seconds() * 1000),
+        user=wf.get("user_id"),
+        user_display=wf.get("user_display") or wf.get("user_id"),
     )
 
 
@@ -82,7 +85,17 @@ def job_result(
 
 
 #: What a duplicate inherits from its original: where the bytes are and what they are.
-_INHERITED = ("scan", "signature", "template", "recognition", "confidence", "fields", "pages", "storage_key")
+_INHERITED = (
+    "scan",
+    "signature",
+    "template",
+    "recognition",
+    "confidence",
+    "fields",
+    "pages",
+    "flags",
+    "storage_key",
+)
 
 
 def _from_original(rt: Runtime, original_id: str) -> dict[str, Any]:

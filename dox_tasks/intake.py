@@ -11,46 +11,15 @@ from __future__ import annotations
 import io
 import logging
 import os
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import runtime
 from .definitions.canvas import build_chain
 from .errors import SubmissionError
+from .identity import normalise_user
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-
-def confine(path: str | os.PathLike[str], inbox: Path | None, required: bool) -> Path:
-    """Resolve a path a caller handed us; refuse anything outside the inbox.
-
-    ``..`` components are refused outright, and the real path (symlinks followed)
-    must stay under the inbox root, so a symlink cannot point out of it.
-    """
-    raw = Path(path)
-    if inbox is None:
-        if required:
-            raise SubmissionError(
-                "paths from other services need DOX_INBOX_ROOT: set it to the shared inbox folder"
-            )
-        resolved = raw.resolve()
-    else:
-        if ".." in raw.parts:
-            raise SubmissionError(f"refused {str(raw)!r}: '..' is not allowed in inbox paths")
-        root = inbox.resolve()
-        candidate = raw if raw.is_absolute() else root / raw
-        resolved = candidate.resolve()
-        if not resolved.is_relative_to(root):
-            why = "is a symlink that leads" if candidate.is_symlink() else "lies"
-            raise SubmissionError(
-                f"refused {str(raw)!r}: it {why} outside the inbox {str(root)!r} (DOX_INBOX_ROOT)"
-            )
-    if not resolved.exists():
-        raise SubmissionError(f"no such file: {str(raw)!r}")
-    if not resolved.is_file():
-        raise SubmissionError(f"not a regular file: {str(raw)!r}")
-    return resolved
 
 
 def submit(
@@ -66,20 +35,22 @@ def submit(
 ) -> str:
     """Hand DOX a document; returns the workflow id at once (the work is queued).
 
-    ``document`` is a path, bytes or a binary stream. Raises
-    :class:`~dox_tasks.errors.SubmissionError` for a refused path, an unknown workflow or
-    a paused intake (``dox intake pause``).
+    ``document`` is a path, bytes or a binary stream. ``user`` is trusted as given (this
+    is an internal caller) and counted in its normal form (:mod:`dox_tasks.identity`);
+    the idempotency key is the user's own. Raises
+    :class:`~dox_tasks.errors.SubmissionError` for a refused path or user name, an unknown
+    workflow or a paused intake (``dox intake pause``).
     """
     rt = runtime.get()
-    if not user or len(user) > 200:
-        raise SubmissionError("user must be a non-empty name of at most 200 characters")
+    user_display = user
+    user = normalise_user(user)  # the one form quotas, duplicates and keys are counted by
     for name, value, limit in (("source", source, 200), ("idempotency_key", idempotency_key, 200)):
         if value is not None and len(value) > limit:
             raise SubmissionError(f"{name} is longer than {limit} characters")
     if file_name is not None and len(file_name) > 500:
         raise SubmissionError("file name is longer than 500 characters")
     if idempotency_key:
-        existing = rt.state.find_by_idempotency_key(idempotency_key)
+        existing = rt.state.find_by_idempotency_key(user, idempotency_key)
         if existing:
             return existing
     from .operator import refuse_if_paused
@@ -94,9 +65,12 @@ def submit(
     if isinstance(document, bytes):
         staged = rt.storage.stage(io.BytesIO(document), rt.settings.max_file_size)
     elif isinstance(document, str | os.PathLike):
-        path = confine(document, rt.settings.inbox_root, required=from_service)
-        file_name = file_name or path.name[-500:]
-        with path.open("rb") as fh:
+        from .inbox import open_document
+
+        # Opened once, confined, and staged from that very handle (never reopened by name).
+        opened = open_document(document, rt.settings.inbox_root, required=from_service)
+        file_name = file_name or opened.name[-500:]
+        with opened.file as fh:
             staged = rt.storage.stage(fh, rt.settings.max_file_size)
     else:
         staged = rt.storage.stage(document, rt.settings.max_file_size)
@@ -109,6 +83,7 @@ def submit(
         definition_version=definition.model.version,
         first_step=first,
         user=user,
+        user_display=user_display,
         source=source,
         file_name=file_name,
         sha256=staged.sha256,
@@ -135,14 +110,19 @@ def save_snapshot(rt: Runtime, definition: Any) -> None:
 
 
 def send(
-    rt: Runtime, name: str, workflow_id: str, start_at: str | None = None, definition: Any = None
+    rt: Runtime,
+    name: str,
+    workflow_id: str,
+    start_at: str | None = None,
+    definition: Any = None,
+    run: int = 1,
 ) -> None:
-    """Publish the workflow's chain (from ``start_at``, default the first step)."""
+    """Publish the workflow's chain (from ``start_at``, default the first step) for ``run``."""
     from .app import app
 
     if definition is None:
         definition = rt.snapshot(rt.state.get_workflow(workflow_id)["definition_hash"])
-    canvas = build_chain(app, definition, workflow_id, rt.settings.workflow_timeout, start_at)
+    canvas = build_chain(app, definition, workflow_id, rt.settings.workflow_timeout, start_at, run)
     try:
         canvas.apply_async()
     except Exception as exc:  # noqa: BLE001 - broker errors come in many types

@@ -206,7 +206,7 @@ def retry(
     rt.events.fan_out(event[0], event[1], workflow_id, {**event[2], "run": reopened["run"]}, event[1])
     result = {"workflow_id": workflow_id, "status": "queued", "from_step": step, "run": reopened["run"]}
     try:
-        send(rt, wf["rule_name"], workflow_id, start_at=step)
+        send(rt, wf["rule_name"], workflow_id, start_at=step, run=reopened["run"])
     except SubmissionError as exc:  # recorded queued: the reaper re-sends it
         result["warning"] = str(exc)
     return result

@@ -29,6 +29,8 @@ from celery.exceptions import Retry
 from . import runtime
 from .contract import OnFailure, Reason, StepState, WorkflowState
 from .db.store import StepClose
+from .definitions.canvas import step_signatures
+from .definitions.loader import Definition
 from .definitions.schema import Step
 from .errors import IntegrityFault, StateStoreUnavailable, TransientError
 from .finish import conclude
@@ -37,6 +39,7 @@ from .metrics import worker as worker_metrics
 from .runtime import Runtime
 from .settings import RETRY_JITTER, retry_wait
 from .steps.base import Outcome, StepContext
+from .steps.registry import resolve
 
 log = logging.getLogger("dox.step")
 
@@ -56,9 +59,23 @@ class StepLog(logging.LoggerAdapter):
 
 
 def stop_chain(task: Task) -> None:
-    """Do not send the rest of the chain (the workflow ended or this delivery is stale)."""
-    task.request.chain = None
-    task.request.callbacks = None
+    """Send nothing after this delivery: no chain, no links, no chord bookkeeping.
+
+    Whatever a message carries besides its arguments is the sender's choice, so none of
+    it is followed; the next step comes from the recorded definition (:func:`follow`).
+    """
+    request = task.request
+    request.chain = request.callbacks = request.errbacks = request.chord = request.group = None
+
+
+def follow(
+    task: Task, rt: Runtime, definition: Definition, workflow_id: str, start_at: str, run: int
+) -> None:
+    """Make Celery send the rest of the workflow from ``start_at`` as the recorded
+    definition names it, in place of the chain the message came with."""
+    stop_chain(task)
+    sigs = step_signatures(task.app, definition, workflow_id, rt.settings.workflow_timeout, start_at, run)
+    task.request.chain = list(reversed(sigs))  # Celery pops the next step from the end
 
 
 def retry_policy(rt: Runtime, step: Step) -> tuple[int, float, float]:
@@ -70,7 +87,7 @@ def retry_policy(rt: Runtime, step: Step) -> tuple[int, float, float]:
     return attempts, backoff, delay
 
 
-def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str) -> str:
+def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str, run: int) -> str:
     """Run one delivery of a step and time it for the worker's metrics (when served).
 
     Returns a one-line summary (what Flower shows as the task's result): Celery formats
@@ -80,7 +97,7 @@ def run_step(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: s
     outcome = "error"
     with step_context(workflow_id, step_name, task.request.id):
         try:
-            result = _deliver(task, fn, workflow_id, step_name, digest)
+            result = _deliver(task, fn, workflow_id, step_name, digest, run)
             outcome = _outcome(result)
             return summary(result)
         except Retry:
@@ -117,7 +134,9 @@ def _outcome(result: dict[str, Any]) -> str:
     return "ok"
 
 
-def _deliver(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str) -> dict[str, Any]:
+def _deliver(
+    task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: str, run: int
+) -> dict[str, Any]:
     rt = runtime.get()
     slog = StepLog(log, {"workflow_id": workflow_id, "step": step_name, "task_id": task.request.id})
     try:
@@ -131,20 +150,26 @@ def _deliver(task: Task, fn: StepFn, workflow_id: str, step_name: str, digest: s
         )
         stop_chain(task)
         return {"skipped": "unknown definition or step"}
+    expected = resolve(step.task)
+    if expected is None or expected.name != task.name:
+        # A message is a request: only the task the definition names may run this step
+        # (the workflow's own definition: begin_step compares the hash with its row).
+        why = f"task {task.name} is not the step's task {expected.name if expected else step.task} (forged?)"
+        slog.warning("ignored delivery: %s", why)
+        stop_chain(task)
+        return {"skipped": why}
     attempts, backoff, delay = retry_policy(rt, step)
     try:
-        return _run(
-            task,
-            rt,
-            fn,
-            definition.next_of(step_name),
-            step,
-            workflow_id,
-            attempts,
-            backoff,
-            delay,
-            slog,
+        next_step = definition.next_of(step_name)
+        result = _run(
+            task, rt, fn, next_step, step, (workflow_id, digest, run), attempts, backoff, delay, slog
         )
+        if "next" in result or "resent" in result:
+            assert next_step is not None
+            follow(task, rt, definition, workflow_id, next_step, run)
+        else:
+            stop_chain(task)
+        return result
     except Retry:
         raise
     except StateStoreUnavailable as exc:
@@ -167,12 +192,13 @@ def _run(
     fn: StepFn,
     next_step: str | None,
     step: Step,
-    workflow_id: str,
+    message: tuple[str, str, int],
     attempts: int,
     backoff: float,
     delay: float,
     slog: StepLog,
 ) -> dict[str, Any]:
+    workflow_id, digest, run = message
     start = rt.state.begin_step(
         workflow_id,
         step.name,
@@ -181,6 +207,7 @@ def _run(
         max_deliveries=attempts + 2,
         hold_s=min(step.timeout or rt.settings.workflow_timeout, rt.settings.workflow_timeout),
         with_outputs=next_step is None,  # the last step builds the result from them
+        expect=(digest, run),
     )
     if start.busy_for:
         # An overlapping delivery is (maybe) still running this step: come back after its
@@ -201,7 +228,6 @@ def _run(
             # send it (should the original also be queued, its guard absorbs the copy).
             slog.warning("step already done; re-sending the rest of the chain")
             return {"resent": next_step}
-        stop_chain(task)
         if start.poison:
             slog.error("poison message: %s; failing the workflow", start.why)
             conclude(

@@ -39,7 +39,7 @@ class Runtime:
 
     @cached_property
     def storage(self) -> ContentStore:
-        return ContentStore(self.settings.storage)
+        return ContentStore(self.settings.storage, group_access=self.settings.storage_group_access)
 
     @cached_property
     def redis(self) -> redis.Redis | None:
@@ -58,7 +58,9 @@ class Runtime:
     @cached_property
     def fanout(self) -> Fanout:
         client = self.redis
-        return RedisFanout(client, self.settings.namespace) if client else NullFanout()
+        if client is None:
+            return NullFanout()
+        return RedisFanout(client, self.settings.namespace)
 
     @cached_property
     def events(self) -> EventBus:

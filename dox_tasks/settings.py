@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     recognize_max_pages: int = Field(5, validation_alias=_env("DOX_RECOGNIZE_MAX_PAGES"), gt=0)
     parser_cpu_s: int = Field(10, validation_alias=_env("DOX_PARSER_CPU_S"), gt=0)
     parser_memory_mib: int = Field(768, validation_alias=_env("DOX_PARSER_MEMORY_MIB"), gt=0)
+    #: PDFs with embedded files are accepted and flagged (clamd scans inside them) unless set.
+    reject_embedded_files: bool = Field(False, validation_alias=_env("DOX_REJECT_EMBEDDED_FILES"))
 
     # -- scheduling and operations --------------------------------------------------
     beat_lock_ttl_s: int = Field(
@@ -102,6 +104,25 @@ class Settings(BaseSettings):
     teams_file: Path | None = Field(None, validation_alias=_env("DOX_TEAMS_FILE"))
     backup_dir: Path | None = Field(None, validation_alias=_env("DOX_BACKUP_DIR"))
     backup_retention_days: int = Field(30, validation_alias=_env("DOX_BACKUP_RETENTION_DAYS"), gt=0)
+
+    # -- surfaces ---------------------------------------------------------------------
+    metrics_host: str = Field(
+        "127.0.0.1",
+        validation_alias=_env("DOX_METRICS_HOST"),
+        description="Address the metrics servers bind (worker port and `dox metrics serve`).",
+    )
+    metrics_timeout_s: float = Field(
+        10.0,
+        validation_alias=_env("DOX_METRICS_TIMEOUT"),
+        gt=0,
+        description="Seconds a metrics client has to send its request (and per read/write after).",
+    )
+    metrics_max_connections: int = Field(32, validation_alias=_env("DOX_METRICS_MAX_CONNECTIONS"), gt=0)
+    storage_group_access: bool = Field(
+        False,
+        validation_alias=_env("DOX_STORAGE_GROUP_ACCESS"),
+        description="Stored files 0440 and folders 0750 (a shared-storage group) instead of 0400/0700.",
+    )
 
     @field_validator("allowed_types", mode="before")
     @classmethod
@@ -149,9 +170,16 @@ class Settings(BaseSettings):
 
     @property
     def definitions(self) -> Path:
+        """The one place that says where definitions live; teams.yaml and templates/ derive from it.
+
+        ``DOX_DEFS_DIR`` if set, else the definitions installed with the package (a wheel has no
+        ``workflow_defs/`` beside site-packages).
+        """
         if self.defs_dir:
             return self.defs_dir.resolve()
-        return Path(__file__).resolve().parent.parent / "workflow_defs"
+        from .definitions.loader import shipped_definitions  # lazy: the loader imports the step registry
+
+        return shipped_definitions().resolve()
 
     @property
     def db_url(self) -> str:
@@ -201,6 +229,30 @@ class Settings(BaseSettings):
             )
         if self.clamd_url:
             parse_clamd_url(self.clamd_url)
+        self._check_redis_keys()
+
+    def _check_redis_keys(self) -> None:
+        """DOX's own Redis keys must not be broker keys: a stream where kombu expects a list
+        (or the reverse) makes the worker die with WRONGTYPE on its first message."""
+        from .contract import QUEUES
+        from .events import stream_key
+
+        prefix = self.broker_key_prefix or ""
+        broker = {f"{prefix}{k}" for k in ("unacked", "unacked_index", "unacked_mutex")}
+        for q in QUEUES:
+            broker |= {f"{prefix}{q}", f"{prefix}_kombu.binding.{q}"}
+            broker |= {f"{prefix}{q}\x06\x16{n}" for n in range(10)}
+        ours = {
+            stream_key(self.namespace): "the event stream",
+            f"{self.namespace}:beat:lock": "the Beat lock",
+        }
+        for key, what in ours.items():
+            if key in broker:
+                raise ConfigError(
+                    f"DOX_NAMESPACE={self.namespace!r} and DOX_BROKER_KEY_PREFIX={prefix!r} make {what}"
+                    f" ({key!r}) the same Redis key as a broker key: the worker would fail with"
+                    " WRONGTYPE. Change one of them (e.g. DOX_BROKER_KEY_PREFIX=dox-broker:)."
+                )
 
     def redacted(self) -> dict[str, object]:
         """Settings safe to print: passwords inside URLs are masked."""
@@ -240,10 +292,43 @@ def basic_auth_from_env(user_env: str, password_env: str, why: str, unsafe: bool
     )
 
 
+#: Query parameters whose value is a secret (compared case-insensitively, ``-``/``_`` ignored):
+#: drivers take passwords this way too (``?password=…``, ``?sslpassword=…``, ``?token=…``).
+SECRET_QUERY_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pass",
+        "pwd",
+        "sslpassword",
+        "secret",
+        "token",
+        "key",
+        "apikey",
+        "accesskey",
+        "secretkey",
+        "auth",
+        "authtoken",
+        "credentials",
+        "sig",
+        "signature",
+    }
+)
+
+
 def redact_url(url: str) -> str:
+    """The URL with its password, and any secret-looking query parameter, shown as ``***``."""
     parsed = urlparse(url)
     if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
+        url = url.replace(f":{parsed.password}@", ":***@")
+        parsed = urlparse(url)
+    if parsed.query:
+        pairs = parse_qsl(parsed.query, keep_blank_values=True)
+        secret = [k.lower().replace("-", "").replace("_", "") in SECRET_QUERY_KEYS for k, _ in pairs]
+        if any(secret):
+            masked = [(k, "***" if s else v) for (k, v), s in zip(pairs, secret, strict=True)]
+            query = urlencode(masked, safe="*")
+            url = parsed._replace(query=query).geturl()
     return url
 
 

@@ -9,6 +9,12 @@ Layout under the storage root (shared by every worker)::
 
 Content addressing makes every write idempotent (the same bytes land at the same
 key) and dedupes for free. Every write is temp file → fsync → rename.
+
+Permissions: documents are private to the DOX user — files ``0400``, folders
+``0700`` — or, with ``DOX_STORAGE_GROUP_ACCESS=true`` (a storage shared with a
+group, e.g. an NFS export read by a reviewers' group), ``0440`` and ``0750``.
+Modes are set with chmod after creating, so the process umask changes nothing;
+folders made by an older DOX get their mode fixed when DOX next writes into them.
 """
 
 from __future__ import annotations
@@ -26,6 +32,34 @@ from .errors import IntegrityFault
 
 CHUNK = 1024 * 1024
 _HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class Modes:
+    """File and folder modes of everything under the storage root."""
+
+    file: int
+    folder: int
+
+    @classmethod
+    def for_access(cls, group: bool) -> Modes:
+        return cls(0o440, 0o750) if group else cls(0o400, 0o700)
+
+
+def make_dirs(path: Path, base: Path, mode: int) -> None:
+    """Create ``path`` (``base`` and every folder between them) with exactly ``mode``.
+
+    ``mkdir``'s mode is filtered by the umask; an explicit chmod is not. Folders that
+    already exist are set to ``mode`` too.
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    folders = [base]
+    for part in path.relative_to(base).parts:
+        folders.append(folders[-1] / part)
+    for folder in folders:
+        folder.mkdir(exist_ok=True)
+        if (folder.stat().st_mode & 0o7777) != mode:
+            folder.chmod(mode)
 
 
 def storage_key(sha256: str) -> str:
@@ -52,14 +86,19 @@ class Staged:
 class ContentStore:
     """Filesystem store shared by every worker through the storage root."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, group_access: bool = False):
         self.root = root
+        self.modes = Modes.for_access(group_access)
         self.staging = root / "staging"
         self.objects = root / "objects"
         self.quarantine_dir = root / "quarantine"
         self.tmp = root / "tmp"
         for d in (self.staging, self.objects, self.quarantine_dir, self.tmp):
-            d.mkdir(parents=True, exist_ok=True)
+            self.make_dirs(d)
+
+    def make_dirs(self, path: Path) -> None:
+        """A folder under the root with the store's folder mode (see the module docstring)."""
+        make_dirs(path, self.root, self.modes.folder)
 
     # -- paths ----------------------------------------------------------------------
     def staged_path(self, sha256: str) -> Path:
@@ -139,7 +178,7 @@ class ContentStore:
         documents (re-scans) is maintenance's job.
         """
         target = self.quarantine_path(sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self.make_dirs(target.parent)
         source = self.staged_path(sha256)
         try:
             os.link(source, target)
@@ -154,7 +193,7 @@ class ContentStore:
     def quarantine_stored(self, sha256: str) -> Path:
         """Move a *stored* document into quarantine (a re-scan found it infected)."""
         target = self.quarantine_path(sha256)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self.make_dirs(target.parent)
         with contextlib.suppress(FileExistsError):
             os.link(self.object_path(sha256), target)
         self.object_path(sha256).unlink(missing_ok=True)
@@ -176,9 +215,9 @@ class ContentStore:
     # -- internals ------------------------------------------------------------------
     def _place(self, tmp: Path, target: Path, read_only: bool) -> None:
         """Atomically move a finished temp file to its content address."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self.make_dirs(target.parent)
         if read_only:
-            tmp.chmod(0o444)
+            tmp.chmod(self.modes.file)
         if target.exists():
             return  # same address, same bytes: nothing to do
         os.replace(tmp, target)

@@ -52,8 +52,9 @@ if set(STEP_FUNCTIONS) != set(STEP_TASKS):  # a definition could name a task no 
 
 
 def _step_task(name: str, fn: StepFn) -> Task:
-    def run(self: Task, workflow_id: str, step: str, definition_hash: str) -> str:
-        return run_step(self, fn, workflow_id, step, definition_hash)
+    def run(self: Task, workflow_id: str, step: str, definition_hash: str, run: int = 0) -> str:
+        # run 0: a message without a run number, which no DOX sender writes (refused).
+        return run_step(self, fn, workflow_id, step, definition_hash, run)
 
     run.__name__ = run.__qualname__ = name.rsplit(".", 1)[-1] + "_task"
     run.__doc__ = f"Step task {name}: runs {fn.__module__}.{fn.__name__} under the runner."
@@ -64,20 +65,17 @@ step_tasks: dict[str, Task] = {name: _step_task(name, fn) for name, fn in STEP_F
 
 
 @app.task(name="dox.sync.probe", ignore_result=False)
-def probe_task(
-    workflow_id: str, service: str, url: str, timeout_s: float, slow_ms: int, deadline: float
-) -> dict[str, Any]:
+def probe_task(workflow_id: str, service: str) -> dict[str, Any]:
     """One health check of the team sync's chord; its answer is recorded in Postgres."""
     from . import runtime
-    from .jobs.sync.probe import check
-    from .jobs.sync.run import record_check
+    from .jobs.sync.run import run_probe
 
-    rt = runtime.get()
-    if rt.state.status_of([workflow_id]).get(workflow_id) not in ("queued", "running"):
-        log.warning("ignored health check of %s for workflow %s: not a running sync", service, workflow_id)
+    health = run_probe(runtime.get(), workflow_id, service)
+    if health is None:
+        log.warning(
+            "ignored health check of %r for workflow %s: not a running sync's service", service, workflow_id
+        )
         return {"skipped": True}
-    health = check(service, url, float(timeout_s), int(slow_ms), float(deadline))
-    record_check(rt, workflow_id, health)
     return health.to_dict()
 
 
@@ -87,7 +85,7 @@ def collect_task(workflow_id: str) -> bool:
     from . import runtime
     from .jobs.sync.run import finish_sync
 
-    return finish_sync(runtime.get(), workflow_id, deadline_passed=False)
+    return finish_sync(runtime.get(), workflow_id, deadline_passed=False, only_if_complete=True)
 
 
 @app.task(bind=True, name="dox.submit", acks_late=True)
@@ -110,6 +108,7 @@ def submit_task(
     from .intake import submit
 
     try:
+        _check_types(path, user, source, metadata, idempotency_key, workflow)
         workflow_id = submit(
             path,
             user=user,
@@ -127,3 +126,22 @@ def submit_task(
         log.error("dox.submit could not read %r from user %r: %s", path, user, exc)
         return {"error": f"could not read {path!r}: {exc.strerror or exc}"}
     return {"workflow_id": workflow_id}
+
+
+def _check_types(
+    path: Any, user: Any, source: Any, metadata: Any, idempotency_key: Any, workflow: Any
+) -> None:
+    """A broker message's JSON can hold anything: refuse what ``submit`` cannot take."""
+    from .errors import SubmissionError
+
+    for name, value, optional in (
+        ("path", path, False),
+        ("user", user, False),
+        ("source", source, True),
+        ("idempotency_key", idempotency_key, True),
+        ("workflow", workflow, False),
+    ):
+        if not isinstance(value, str) and not (optional and value is None):
+            raise SubmissionError(f"{name} must be a string, not {type(value).__name__}")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise SubmissionError(f"metadata must be an object, not {type(metadata).__name__}")

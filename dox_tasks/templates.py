@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import DefinitionError
+from .regexcheck import backtracking_warnings
 
 MAX_TEXT = 200_000
 CURRENCY_SYMBOLS = {"$": "USD", "€": "EUR", "£": "GBP", "¥": "JPY"}
@@ -107,11 +108,21 @@ def _norm(text: str) -> str:
 
 
 def _fuzzy(phrase: str, words: list[str], cutoff: float) -> bool:
+    """Whether some window of ``len(phrase)`` words is at least ``cutoff`` similar to it.
+
+    One window per word of untrusted text (100,000 at the cap): the two cheap upper
+    bounds difflib offers are checked first, as ``difflib.get_close_matches`` does, so
+    the full ratio runs only on windows that could reach the cutoff.
+    """
     n = max(1, len(phrase.split()))
-    target = phrase.lower()
+    matcher = difflib.SequenceMatcher(None, phrase.lower())
     for i in range(0, max(1, len(words) - n + 1)):
-        window = " ".join(words[i : i + n])
-        if difflib.SequenceMatcher(None, target, window).ratio() >= cutoff:
+        matcher.set_seq2(" ".join(words[i : i + n]))
+        if (
+            matcher.real_quick_ratio() >= cutoff
+            and matcher.quick_ratio() >= cutoff
+            and matcher.ratio() >= cutoff
+        ):
             return True
     return False
 
@@ -191,13 +202,56 @@ def extract_fields(template: Template, raw: str) -> dict[str, Any]:
 
 
 def recognize_text(templates: list[Template], raw: str) -> Match:
+    """Best template at or above its threshold, with its fields; else the top score alone.
+
+    Each template is scored once (the text is untrusted and may be at the cap, so no
+    second pass). Callers run this inside the sandbox child (see ``steps/recognize.py``).
+    """
     raw = raw[:MAX_TEXT]
+    scores = [(score(t, raw), t) for t in templates]
     best: tuple[float, Template | None] = (0.0, None)
-    for t in templates:
-        s = score(t, raw)
+    for s, t in scores:
         if s >= t.threshold and s > best[0]:
             best = (s, t)
     if best[1] is None:
-        top = max((score(t, raw) for t in templates), default=0.0)
-        return Match(None, top, {})
+        return Match(None, max((s for s, _ in scores), default=0.0), {})
     return Match(best[1].name, best[0], extract_fields(best[1], raw))
+
+
+def _regex_lines(text: str) -> list[tuple[str, str, int]]:
+    """``(where, pattern, line)`` for each rule and field regex of one template file."""
+    root = yaml.compose(text)
+    found: list[tuple[str, str, int]] = []
+    if not isinstance(root, yaml.MappingNode):
+        return found
+    for key, value in root.value:
+        if key.value == "rules" and isinstance(value, yaml.SequenceNode):
+            for i, rule in enumerate(value.value):
+                for k, v in rule.value if isinstance(rule, yaml.MappingNode) else []:
+                    if k.value == "regex" and isinstance(v, yaml.ScalarNode):
+                        found.append((f"rules[{i}]", str(v.value), v.start_mark.line + 1))
+        elif key.value == "fields" and isinstance(value, yaml.MappingNode):
+            for name, spec in value.value:
+                for k, v in spec.value if isinstance(spec, yaml.MappingNode) else []:
+                    if k.value == "regex" and isinstance(v, yaml.ScalarNode):
+                        found.append((f"fields.{name.value}", str(v.value), v.start_mark.line + 1))
+    return found
+
+
+def template_warnings(folder: Path) -> list[str]:
+    """``file:line: warning: …`` for template regexes that may backtrack catastrophically.
+
+    Advisory (``dox defs validate`` prints them and still exits 0): the sandbox's CPU
+    limit is what bounds matching; this tells the author before a document does.
+    Files that do not parse are skipped here — :func:`load_templates` reports them.
+    """
+    warnings: list[str] = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            located = _regex_lines(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        for where, pattern, line in located:
+            for message in backtracking_warnings(pattern):
+                warnings.append(f"{path}:{line}: warning: {where} regex '{pattern}': {message}")
+    return warnings

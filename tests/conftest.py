@@ -98,11 +98,12 @@ class Harness:
     def worker(self, queues: list[str] | None = None) -> Any:
         from celery.contrib.testing.worker import start_worker
 
-        from dox_tasks.contract import QUEUES
+        from dox_tasks.contract import INTAKE_QUEUE, QUEUES
 
         # Always name the queues: a worker's -Q selection is stored on the app and
         # would otherwise carry over to the next worker started in this process.
-        kwargs: dict[str, Any] = {"queues": list(queues or QUEUES)}
+        # Every queue but intake by default: intake needs a worker of its own.
+        kwargs: dict[str, Any] = {"queues": list(queues or [q for q in QUEUES if q != INTAKE_QUEUE])}
         cm = start_worker(
             self.app,
             pool="solo",

@@ -363,3 +363,9 @@ def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None
         os.killpg(proc.pid, sig)
     with suppress(subprocess.TimeoutExpired):
         proc.wait(30)
+
+
+def expect_of(h: Any, workflow_id: str) -> tuple[str, int]:
+    """The (definition hash, run) a genuine step message of this workflow names."""
+    wf = h.rt.state.get_workflow(workflow_id)
+    return wf["definition_hash"], wf["run"]

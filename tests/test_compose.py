@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,9 +76,96 @@ def test_workers_consume_every_queue():
     assert consumed == set(QUEUES)
 
 
-def test_broker_never_evicts_and_has_a_password():
-    cmd = COMPOSE["services"]["redis"]["command"]
-    assert "--maxmemory-policy noeviction" in cmd and "--requirepass" in cmd
+def _argv_texts() -> list[tuple[str, str]]:
+    """(service, text) of every command, entrypoint and healthcheck compose runs."""
+    found = []
+    for name, svc in COMPOSE["services"].items():
+        for key in ("command", "entrypoint"):
+            if svc.get(key):
+                found.append((name, json.dumps(svc[key])))
+        if svc.get("healthcheck", {}).get("test"):
+            found.append((name, json.dumps(svc["healthcheck"]["test"])))
+    return found
+
+
+def test_no_secret_on_any_command_line():
+    """argv is public (`ps`, /proc/<pid>/cmdline): secrets go through the environment or files."""
+    secrets = ("PASSWORD", "REDISCLI_AUTH", "requirepass", " -a ", "--pass")
+    leaks = [(name, text) for name, text in _argv_texts() for s in secrets if s in text]
+    assert leaks == []
+    redis = COMPOSE["services"]["redis"]
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
+    assert "redis-cli ping" in json.dumps(redis["healthcheck"]["test"])
+
+
+def test_metrics_and_flower_listen_on_all_addresses_only_inside_compose():
+    services = COMPOSE["services"]
+    assert services["worker"]["environment"]["DOX_METRICS_HOST"] == "0.0.0.0"
+    assert services["exporter"]["command"][-2:] == ["--address", "0.0.0.0"]
+    assert "--address=0.0.0.0" in services["flower"]["command"]
+
+
+def test_broker_never_evicts_and_has_a_password(tmp_path):
+    """Run the entrypoint compose uses, with a real redis-server: the config it writes
+    requires the password and never evicts, and the password is in no process's argv."""
+    import redis as redis_py
+
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        services.unavailable("redis-server", "not installed")
+    entry = COMPOSE["services"]["redis"]["entrypoint"]
+    script = ROOT / "deploy" / Path(entry[-1]).name.removeprefix("dox-")
+    assert any(v.endswith(f":{entry[-1]}:ro") for v in COMPOSE["services"]["redis"]["volumes"])
+    port = services.free_port()
+    password = 'pa ss"w\\o#rd'
+    env = {
+        **os.environ,
+        "REDIS_PASSWORD": password,
+        "REDIS_CONF_DIR": str(tmp_path / "conf"),
+        "REDIS_LAUNCHER": "",
+    }
+    args = [
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(tmp_path),
+        "--appendonly",
+        "no",
+        "--save",
+        "",
+    ]
+    proc = subprocess.Popen(["/bin/sh", str(script), *args], env=env, cwd=tmp_path)
+    try:
+        client = redis_py.Redis(port=port, password=password, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis_py.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.1)
+        with pytest.raises(redis_py.AuthenticationError):
+            redis_py.Redis(port=port, password="wrong").ping()
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        conf = tmp_path / "conf" / "redis.conf"
+        assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert b"redis-server" in cmdline and password.encode() not in cmdline
+        # The healthcheck's way: redis-cli with the password in REDISCLI_AUTH only.
+        cli = shutil.which("redis-cli")
+        if cli:
+            pong = subprocess.run(
+                [cli, "-p", str(port), "ping"],
+                env={**os.environ, "REDISCLI_AUTH": password},
+                capture_output=True,
+            )
+            assert pong.stdout.strip() == b"PONG", pong
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_clamav_uses_dox_clamd_conf():
@@ -138,3 +228,13 @@ def test_every_dox_command_in_compose_runs(service, command, pg_url, tmp_path):
     assert res.returncode == 0, (service, res.stdout, res.stderr)
     if args[:2] == ["db", "upgrade"]:
         assert "up to date" in res.stdout
+
+
+def test_intake_has_a_worker_of_its_own_and_redis_knows_the_upstream_user():
+    from dox_tasks.queue_policy import intake_mixing
+
+    for name, svc in COMPOSE["services"].items():
+        cmd = svc.get("command")
+        if isinstance(cmd, list) and cmd[:1] == ["worker"]:
+            assert intake_mixing(set(cmd[cmd.index("-Q") + 1].split(","))) is None, name
+    assert "DOX_UPSTREAM_REDIS_PASSWORD" in COMPOSE["services"]["redis"]["environment"]

@@ -102,7 +102,7 @@ def test_compiles_to_a_chain_routed_per_queue():
     queues = [s.options["queue"] for s in canvas.tasks]
     assert queues == ["validation", "scan", "storage", "recognition", "events"]
     assert all(s.immutable for s in canvas.tasks)
-    assert canvas.tasks[0].args == ("wf-1", "validate", d.digest)
+    assert canvas.tasks[0].args == ("wf-1", "validate", d.digest, 1)  # (workflow, step, hash, run)
 
 
 def test_snapshot_hash_changes_with_content(tmp_path):

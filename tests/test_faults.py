@@ -13,6 +13,7 @@ from pathlib import Path
 import pdfs
 import pytest
 import services
+from services import expect_of
 from sqlalchemy import text
 
 from dox_tasks.contract import QUEUES
@@ -199,7 +200,9 @@ def test_message_delivered_too_often_ends_poison(stack, harness_factory):
     # Five earlier deliveries of validate each lost their worker (rows left running);
     # the sixth (> WORKFLOW_RETRY_ATTEMPTS + 2) must fail the workflow instead of looping.
     for _ in range(5):
-        assert h.rt.state.begin_step(wid, "validate", "t", "gone", max_deliveries=5).run
+        assert h.rt.state.begin_step(
+            wid, "validate", "t", "gone", max_deliveries=5, expect=expect_of(h, wid)
+        ).run
     with h.rt.state.engine.begin() as c:  # ... long enough ago that none can still be alive
         c.execute(
             text(
@@ -226,7 +229,7 @@ def test_redelivered_finished_step_resends_the_rest_of_the_chain(stack, harness_
     h = harness_factory(stack)
     wid = h.submit(pdfs.unique(40))  # chain sent; no worker yet
     # What the dead worker got done: validate ran and committed, scan never sent.
-    start = h.rt.state.begin_step(wid, "validate", "dead", "gone", max_deliveries=5)
+    start = h.rt.state.begin_step(wid, "validate", "dead", "gone", max_deliveries=5, expect=expect_of(h, wid))
     h.rt.state.finish_step(
         wid, "validate", start.attempt, StepState.SUCCESS, output={"pages": 1}, next_step="scan"
     )

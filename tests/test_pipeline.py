@@ -210,6 +210,7 @@ def test_pickle_messages_are_refused_json_accepted(stack, harness_factory, tmp_p
     (inbox / "a.pdf").write_bytes(pdfs.unique(7))
     h = harness_factory(stack.model_copy(update={"inbox_root": inbox}))
     h.worker()
+    h.worker(queues=["intake"])
     h.app.send_task("dox.submit", args=["a.pdf"], kwargs={"user": "mallory"}, serializer="pickle")
     time.sleep(2)
     from sqlalchemy import text

@@ -56,3 +56,66 @@ def test_clamd_urls():
 def test_redacted_hides_passwords():
     s = Settings().model_copy(update={"broker_url": "redis://:hunter2@redis:6379/0"})
     assert "hunter2" not in str(s.redacted())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://dox@db/dox?password=hunter2",
+        "postgresql://dox@db/dox?sslmode=require&PASSWORD=hunter2",
+        "redis://redis:6379/0?Pwd=hunter2",
+        "https://hooks.example/x?token=hunter2&a=1",
+        "https://api.example/x?api_key=hunter2",
+        "redis://:hunter2@redis:6379/0?secret=hunter2",
+    ],
+)
+def test_redact_url_hides_secret_query_parameters(url):
+    from dox_tasks.settings import redact_url
+
+    shown = redact_url(url)
+    assert "hunter2" not in shown and "***" in shown, shown
+
+
+def test_redact_url_keeps_what_is_not_secret():
+    from dox_tasks.settings import redact_url
+
+    assert redact_url("postgresql://dox@db/dox?sslmode=require") == "postgresql://dox@db/dox?sslmode=require"
+    assert redact_url("redis://redis:6379/0") == "redis://redis:6379/0"
+    kept = "redis://:***@redis:6379/0?ssl_cert_reqs=none"
+    assert redact_url("redis://:pw@redis:6379/0?ssl_cert_reqs=none") == kept
+
+
+@pytest.mark.parametrize(
+    ("namespace", "prefix"),
+    [("dox", "dox:"), ("ns", "ns:"), ("a:b", "a:b:"), ("dox:q", "dox:q:")],
+)
+def test_event_stream_on_a_broker_key_is_refused_at_start_up(namespace, prefix):
+    s = Settings().model_copy(update={"namespace": namespace, "broker_key_prefix": prefix})
+    with pytest.raises(ConfigError) as exc:
+        s.check()
+    message = str(exc.value)
+    assert f"DOX_NAMESPACE={namespace!r}" in message and f"DOX_BROKER_KEY_PREFIX={prefix!r}" in message
+    assert "WRONGTYPE" in message
+
+
+def test_usual_namespace_and_prefix_pass():
+    for namespace, prefix in (("dox", None), ("dox", "dox-broker:"), ("dox", "dox:q:"), ("t1", "t1-broker:")):
+        Settings().model_copy(update={"namespace": namespace, "broker_key_prefix": prefix}).check()
+
+
+def test_the_worker_refuses_to_start_when_the_stream_is_a_queue(tmp_path):
+    import subprocess
+    import sys
+
+    from services import clean_env
+
+    env = clean_env(tmp_path, DOX_NAMESPACE="dox", DOX_BROKER_KEY_PREFIX="dox:", CLAMAV_ENABLED="false")
+    done = subprocess.run(
+        [sys.executable, "-m", "dox_tasks.cli", "worker", "-P", "solo", "-Q", "operations"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "refused to start" in done.stderr and "the event stream ('dox:events')" in done.stderr, done.stderr

@@ -50,7 +50,10 @@ class WorkflowStateRow(Base):
     definition_version: Mapped[str] = mapped_column(String(50))
     current_state: Mapped[str] = mapped_column(String(20))
     current_step: Mapped[str | None] = mapped_column(String(100))
+    #: The user's normal form (dox_tasks.identity): what quotas, duplicates and keys count.
     user_id: Mapped[str] = mapped_column(String(200))
+    #: The name as the caller wrote it (None on rows older than migration 0007).
+    user_display: Mapped[str | None] = mapped_column(String(200))
     source: Mapped[str | None] = mapped_column(String(200))
     file_name: Mapped[str | None] = mapped_column(String(500))
     sha256: Mapped[str | None] = mapped_column(String(64))
@@ -58,7 +61,8 @@ class WorkflowStateRow(Base):
     reason: Mapped[str | None] = mapped_column(String(40))
     detail: Mapped[str | None] = mapped_column(Text)
     duplicate_of: Mapped[str | None] = mapped_column(String(36))
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    #: Unique per user (uq_workflow_user_key): another user's same key is another workflow.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     metadata_json: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -74,6 +78,7 @@ class WorkflowStateRow(Base):
 
     __table_args__ = (
         UniqueConstraint("rule_name", "schedule_slot", name="uq_workflow_schedule_slot"),
+        UniqueConstraint("user_id", "idempotency_key", name="uq_workflow_user_key"),
         Index("ix_workflow_states_state_created", "current_state", "created_at"),
         Index("ix_workflow_states_rule_name", "rule_name", "created_at"),
         Index("ix_workflow_states_sha256", "sha256", "current_state"),

@@ -98,15 +98,16 @@ _SEL_STARTED = select(SR.c.started_at).where(
 )
 # PostgreSQL: the transitions as server-side functions (migrations 0002, 0004, 0005), each
 # called as one autocommit statement over the direct connection (db/direct.py).
-_PG_BEGIN = "SELECT * FROM dox_step_begin(%s, %s, %s, %s, %s, %s, %s)"
+_PG_BEGIN = "SELECT * FROM dox_step_begin(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _PG_FINISH = "SELECT dox_finish_step(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _PG_CONCLUDE = "SELECT dox_conclude(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _WF_TIMES = [c.name for c in WS.columns if isinstance(c.type, DateTime)]
 _PG_INSERT_WF = (
     "INSERT INTO workflow_states (workflow_id, rule_name, definition_hash, definition_version, current_state,"
-    " current_step, user_id, source, file_name, sha256, size, idempotency_key, metadata, created_at,"
-    " updated_at, schedule_slot) VALUES (%(workflow_id)s, %(rule_name)s, %(definition_hash)s,"
-    " %(definition_version)s, %(current_state)s, %(current_step)s, %(user_id)s, %(source)s, %(file_name)s,"
+    " current_step, user_id, user_display, source, file_name, sha256, size, idempotency_key, metadata,"
+    " created_at, updated_at, schedule_slot) VALUES (%(workflow_id)s, %(rule_name)s, %(definition_hash)s,"
+    " %(definition_version)s, %(current_state)s, %(current_step)s, %(user_id)s, %(user_display)s,"
+    " %(source)s, %(file_name)s,"
     " %(sha256)s, %(size)s, %(idempotency_key)s, %(metadata)s, %(created_at)s, %(updated_at)s,"
     " %(schedule_slot)s) ON CONFLICT DO NOTHING RETURNING workflow_id"
 )
@@ -235,14 +236,17 @@ class StateStore:
         idempotency_key: str | None,
         over_limit: bool = False,
         schedule_slot: str | None = None,
+        user_display: str | None = None,
     ) -> tuple[str, bool]:
         """Write the ``queued`` row. Returns (workflow_id, created).
 
-        With an idempotency key seen before, returns the earlier workflow and creates nothing;
-        likewise for a scheduled run whose (rule_name, schedule_slot) already has a row.
+        ``user`` is the normal form (:func:`dox_tasks.identity.normalise_user`),
+        ``user_display`` what the caller wrote (default: ``user``). With an idempotency key
+        this user used before, returns the earlier workflow and creates nothing; likewise
+        for a scheduled run whose (rule_name, schedule_slot) already has a row.
         """
         if idempotency_key:
-            existing = self.find_by_idempotency_key(idempotency_key)
+            existing = self.find_by_idempotency_key(user, idempotency_key)
             if existing:
                 return existing, False
         workflow_id = str(uuid.uuid4())
@@ -255,6 +259,7 @@ class StateStore:
             current_state=WorkflowState.QUEUED.value,
             current_step=first_step,
             user_id=user,
+            user_display=user if user_display is None else user_display,
             source=source,
             file_name=file_name,
             sha256=sha256,
@@ -276,7 +281,7 @@ class StateStore:
             return workflow_id, True
         existing = None
         if idempotency_key:
-            existing = self.find_by_idempotency_key(idempotency_key)
+            existing = self.find_by_idempotency_key(user, idempotency_key)
         elif schedule_slot:
             existing = self.run_for_slot(rule_name, schedule_slot)
         if existing is None:  # neither key nor slot: only the fresh uuid is unique
@@ -310,9 +315,12 @@ class StateStore:
                     out[name] = dict(row)
         return out
 
-    def find_by_idempotency_key(self, key: str) -> str | None:
+    def find_by_idempotency_key(self, user: str, key: str) -> str | None:
+        """The workflow ``user`` (normal form) started with ``key``: keys are per user."""
         with self.tx() as conn:
-            row = conn.execute(select(WS.c.workflow_id).where(WS.c.idempotency_key == key)).first()
+            row = conn.execute(
+                select(WS.c.workflow_id).where(WS.c.user_id == user, WS.c.idempotency_key == key)
+            ).first()
         return row.workflow_id if row else None
 
     def get_workflow(self, workflow_id: str) -> dict[str, Any]:
@@ -337,8 +345,13 @@ class StateStore:
         max_deliveries: int,
         hold_s: int = 0,
         with_outputs: bool = False,
+        *,
+        expect: tuple[str, int],
     ) -> StepStart:
         """Count this delivery and decide whether the step body may run.
+
+        ``expect`` is the (definition hash, run) the message names: unless both are the
+        workflow's, the delivery is refused before anything is counted.
 
         One transaction: lock the workflow row, mark attempts left ``running`` by a
         worker that died as ``lost``, insert this attempt (number = previous + 1).
@@ -349,7 +362,7 @@ class StateStore:
         """
         if self.is_postgres:
             return self._begin_step_pg(
-                workflow_id, step, task_id, hostname, max_deliveries, hold_s, with_outputs
+                workflow_id, step, task_id, hostname, max_deliveries, hold_s, with_outputs, expect
             )
         with self.tx() as conn:
             if self.is_postgres:
@@ -365,6 +378,15 @@ class StateStore:
             if found is None:
                 return StepStart(False, why="unknown workflow (forged message?)")
             wf = dict(found)
+            digest, run = expect
+            if wf["definition_hash"] != digest:
+                return StepStart(
+                    False,
+                    why=f"message names definition {digest[:12]}, the workflow runs"
+                    f" {str(wf['definition_hash'])[:12]} (forged?)",
+                )
+            if wf["run"] != run:
+                return StepStart(False, why=f"delivery of run {run}, workflow is at run {wf['run']} (stale)")
             if wf["current_state"] not in LIVE:
                 return StepStart(False, why=f"workflow is already {wf['current_state']}")
             keys = {"b_wid": workflow_id, "b_step": step}
@@ -433,9 +455,10 @@ class StateStore:
         max_deliveries: int,
         hold_s: int,
         with_outputs: bool,
+        expect: tuple[str, int],
     ) -> StepStart:
         row = self.direct.call(
-            _PG_BEGIN, (workflow_id, step, task_id, hostname, max_deliveries, hold_s, with_outputs)
+            _PG_BEGIN, (workflow_id, step, task_id, hostname, max_deliveries, hold_s, with_outputs, *expect)
         )
         assert row is not None
         run, attempt, why, poison, done_before, started, busy_for, try_no, wf, outputs = row

@@ -2,8 +2,10 @@
 
 ``process_document_upload`` becomes a ``chain`` of immutable signatures, one per
 step, each routed to its step kind's queue with the step's time limits. Messages
-carry references only — ``(workflow_id, step name, definition hash)`` — never
+carry references only — ``(workflow_id, step name, definition hash, run)`` — never
 document bytes; each task reads what it needs from the results layer and storage.
+The runner checks all four against the workflow's row before a step body runs, and
+each step replaces the chain it arrived with by the rest of this one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def step_signatures(
     workflow_id: str,
     default_timeout: int,
     start_at: str | None = None,
+    run: int = 1,
 ) -> list[Signature]:
     sigs: list[Signature] = []
     started = start_at is None
@@ -38,7 +41,7 @@ def step_signatures(
         # WORKFLOW_TIMEOUT caps every step: a definition may only lower it, so the
         # start-up check against the visibility timeout covers every step.
         hard = min(step.timeout or default_timeout, default_timeout)
-        args = (workflow_id, step.name, definition.digest)
+        args = (workflow_id, step.name, definition.digest, run)
         sigs.append(
             app.signature(
                 info.name,
@@ -64,6 +67,7 @@ def build_chain(
     workflow_id: str,
     default_timeout: int,
     start_at: str | None = None,
+    run: int = 1,
 ) -> Signature:
-    sigs = step_signatures(app, definition, workflow_id, default_timeout, start_at)
+    sigs = step_signatures(app, definition, workflow_id, default_timeout, start_at, run)
     return chain(*sigs) if len(sigs) > 1 else sigs[0]

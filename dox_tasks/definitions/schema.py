@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..contract import QUEUES, OnFailure
+from ..contract import INTAKE_QUEUE, QUEUES, OnFailure
 
 
 class Strict(BaseModel):
@@ -74,8 +74,9 @@ class Step(Strict):
     @field_validator("queue")
     @classmethod
     def _known_queue(cls, v: str | None) -> str | None:
-        if v is not None and v not in QUEUES:
-            raise ValueError(f"unknown queue {v!r}: use one of {', '.join(QUEUES)}")
+        steps_may_use = [q for q in QUEUES if q != INTAKE_QUEUE]  # intake runs dox.submit only
+        if v is not None and v not in steps_may_use:
+            raise ValueError(f"unknown queue {v!r}: use one of {', '.join(steps_may_use)}")
         return v
 
     @field_validator("on_failure")

@@ -32,7 +32,7 @@ from sqlalchemy.pool import NullPool
 
 from ..db.engine import normalize_url
 from ..errors import DoxError
-from ..storage import ContentStore
+from ..storage import ContentStore, make_dirs, storage_key
 
 #: The DOX tables whose row counts a backup records and a restore must reproduce.
 TABLES = (
@@ -269,23 +269,31 @@ def archive_config(definitions: Path, memory_banks: Path, folder: Path, now: dat
     return Archive("config", path, digest, path.stat().st_size)
 
 
+def document_copy(folder: Path, sha256: str) -> Path:
+    """Where the documents backup in ``folder`` keeps a document: the store's own layout."""
+    return folder / storage_key(sha256)
+
+
 def copy_new_documents(store: ContentStore, folder: Path) -> dict[str, int]:
     """Copy stored objects the backup does not have yet (content addressing: a set difference).
 
-    Each copy is checked against its name (the SHA-256) before it counts.
+    Each copy is checked against its name (the SHA-256) before it counts. Copies get
+    the store's modes: a backup must not be easier to read than the original.
     """
     have = 0
     copied = 0
     copied_bytes = 0
     for sha in store.iter_objects():
         source = store.object_path(sha)
-        target = folder / source.relative_to(store.objects)
+        target = document_copy(folder, sha)
         if target.exists():
             have += 1
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent, folder, store.modes.folder)
         tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(source, tmp)
+        tmp.unlink(missing_ok=True)  # a read-only leftover of an interrupted run
+        shutil.copyfile(source, tmp)  # private until chmod: its folder is already closed
+        tmp.chmod(store.modes.file)
         if sha256_file(tmp) != sha:
             tmp.unlink()
             raise BackupError(f"document {sha[:12]}… does not match its hash: the stored copy is damaged")

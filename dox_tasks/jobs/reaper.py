@@ -177,7 +177,7 @@ def act(rt: Runtime, wf: dict[str, Any], cause: Cause, detail: str) -> Finding:
             "workflow.redriven",
             {"cause": cause.value, "step": step, "run": wf["run"]},
         )
-        send(rt, wf["rule_name"], wid, start_at=step)
+        send(rt, wf["rule_name"], wid, start_at=step, run=wf["run"])
         action = "redriven"
     finding = Finding(wid, wf["rule_name"], step, cause, action, detail)
     payload = asdict(finding)

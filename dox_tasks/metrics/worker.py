@@ -62,8 +62,9 @@ def observe(step: str, queue: str, outcome: str, seconds: float) -> None:
     _histogram.labels(step, queue, outcome).observe(seconds)
 
 
-def bind(host: str, port: int, auth: tuple[str, str] | None) -> Any:
-    """Bind the worker's metrics port now (a taken port stops the worker at start-up)."""
+def bind(host: str, port: int, auth: tuple[str, str] | None, **limits: Any) -> Any:
+    """Bind the worker's metrics port now (a taken port stops the worker at start-up);
+    ``limits`` are :func:`~dox_tasks.metrics.http.make_server_for`'s timeout and cap."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -71,4 +72,4 @@ def bind(host: str, port: int, auth: tuple[str, str] | None) -> Any:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    return make_server_for(registry, host, port, auth)
+    return make_server_for(registry, host, port, auth, **limits)

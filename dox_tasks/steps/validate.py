@@ -4,7 +4,9 @@
 2. size: ``empty``, ``too_large``
 3. type by magic bytes: ``type_not_allowed``, ``type_mismatch``
 4. PDF structure in a sandboxed child: ``truncated``, ``malformed``, ``encrypted``,
-   ``javascript``, ``too_complex``
+   ``javascript`` (the policy table in steps/pdf.py), ``too_complex``, and
+   ``embedded_files`` with DOX_REJECT_EMBEDDED_FILES; accepted PDFs carry ``flags``
+   (``owner_password``, ``embedded_files``), which reach the result (finish.build_result)
 5. SHA-256 lookups: bytes known infected → ``infected``; same bytes already
    submitted by the same user (or anyone, with DOX_DUPLICATE_SCOPE=global) → ``duplicate``
 """
@@ -72,7 +74,7 @@ def validate(ctx: StepContext) -> Outcome:
             wall_s=max(5.0, s.parser_cpu_s * 2.0),
         )
         try:
-            report = run_limited(inspect_pdf, str(path), limits=limits)
+            report = run_limited(inspect_pdf, str(path), s.reject_embedded_files, limits=limits)
         except LimitExceeded as exc:
             return reject(Reason.TOO_COMPLEX, f"parsing stopped at the {exc.what}")
         if report.get("reason"):

@@ -27,13 +27,15 @@ from typing import Any
 
 from ...contract import LIVE_STATES, Reason, WorkflowState
 from ...db.store import aware
+from ...errors import UnknownWorkflow
 from ...finish import conclude
 from ...runtime import Runtime
 from ...steps.base import Outcome, StepContext, handoff
+from ...steps.registry import resolve
 from .. import records
 from .analyze import analyze, unhealthy_since
 from .banks import MemoryBanks
-from .probe import Health
+from .probe import Health, check
 from .teams import TeamsFile, load_teams
 
 log = logging.getLogger("dox.sync")
@@ -43,6 +45,7 @@ TEAM_SCHEMA = "dox.memory-bank.team/1"
 SUPERVISOR_SCHEMA = "dox.memory-bank.supervisor/1"
 HISTORY = 30
 CHECK_STEP = "check_services"
+SYNC_TASK = "dox.jobs.sync"
 
 
 def start_sync(ctx: StepContext) -> Outcome:
@@ -55,13 +58,10 @@ def start_sync(ctx: StepContext) -> Outcome:
 
         from ...app import app
 
+        # A probe message names only the workflow and the service: what to fetch, how long
+        # to wait and until when come from this step's recorded output (see run_probe).
         header = [
-            app.signature(
-                "dox.sync.probe",
-                args=(workflow_id, s.name, s.health_url, teams.check_timeout_s, teams.slow_ms, deadline),
-                immutable=True,
-                queue="coordination",
-            )
+            app.signature("dox.sync.probe", args=(workflow_id, s.name), immutable=True, queue="coordination")
             for s in teams.services
         ]
         body = app.signature("dox.sync.collect", args=(workflow_id,), immutable=True, queue="operations")
@@ -72,7 +72,39 @@ def start_sync(ctx: StepContext) -> Outcome:
         checks=len(teams.services),
         deadline_s=teams.sync_deadline_s,
         _teams=teams.model_dump(mode="json"),
+        _deadline=deadline,
     )
+
+
+def run_probe(rt: Runtime, workflow_id: str, service: str) -> Health | None:
+    """One health check of a running sync, or ``None`` (and nothing fetched) when the
+    message does not fit one: the workflow is not a sync at its check step, or the
+    service is not in the teams file that sync recorded. The URL, timeout and deadline
+    never come from the message — a forged probe must not make DOX fetch any address.
+    """
+    try:
+        wf = rt.state.get_workflow(workflow_id)
+        step = rt.snapshot(wf["definition_hash"]).step(CHECK_STEP)
+    except (UnknownWorkflow, KeyError):
+        return None
+    task = resolve(step.task)
+    if wf["current_state"] not in LIVE_STATES or wf["current_step"] != CHECK_STEP:
+        return None
+    if task is None or task.name != SYNC_TASK:
+        return None
+    output = rt.state.step_outputs(workflow_id).get(CHECK_STEP, {})
+    if "_teams" not in output:
+        return None
+    teams = TeamsFile.model_validate(output["_teams"])
+    target = next((s for s in teams.services if s.name == service), None)
+    if target is None:
+        return None
+    deadline = output.get("_deadline")
+    health = check(
+        target.name, target.health_url, teams.check_timeout_s, teams.slow_ms, float(deadline or time.time())
+    )
+    record_check(rt, workflow_id, health)
+    return health
 
 
 def record_check(rt: Runtime, workflow_id: str, health: Health) -> bool:
@@ -82,8 +114,12 @@ def record_check(rt: Runtime, workflow_id: str, health: Health) -> bool:
     )
 
 
-def finish_sync(rt: Runtime, workflow_id: str, *, deadline_passed: bool) -> bool:
-    """Finish the sync with the answers recorded so far; False if it was already finished."""
+def finish_sync(
+    rt: Runtime, workflow_id: str, *, deadline_passed: bool, only_if_complete: bool = False
+) -> bool:
+    """Finish the sync with the answers recorded so far; False if it was already finished
+    (or, with ``only_if_complete`` — the chord's body — while a service has not answered:
+    a stray ``collect`` cannot mark the others down early; the reaper finishes at the deadline)."""
     wf = rt.state.get_workflow(workflow_id)
     if wf["current_state"] not in LIVE_STATES or wf["current_step"] != CHECK_STEP:
         return False
@@ -112,6 +148,9 @@ def finish_sync(rt: Runtime, workflow_id: str, *, deadline_passed: bool) -> bool
             s.name, "down", None, "no answer before the sync deadline (check lost or hung)"
         )
     unanswered = sorted(set(health) - set(answers))
+    if only_if_complete and unanswered:
+        log.warning("sync %s: collect before every check answered; waiting for the deadline", workflow_id)
+        return False
     banks = MemoryBanks(rt.settings.memory_banks)
     previous = {name: banks.read(f"SERVICE_{name}", SERVICE_SCHEMA) for name in health}
     since = {name: unhealthy_since(h, previous[name], now) for name, h in health.items()}

@@ -1,0 +1,138 @@
+"""The upstream Redis user can push submissions onto `intake` and do nothing else.
+
+The broker Redis is started by the very entrypoint docker-compose.yml runs
+(`deploy/redis-entrypoint.sh`, which writes the ACL into redis.conf), on a free port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from contextlib import suppress
+from pathlib import Path
+
+import pdfs
+import pytest
+import redis
+import services
+from celery import Celery
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.postgres]
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_PW = 'admin pw with "quotes" and \\'
+UPSTREAM_PW = "upstream-secret"
+
+
+@pytest.fixture
+def acl_redis(tmp_path):
+    """(port, prefix) of a redis-server started by the shipped entrypoint."""
+    if shutil.which("redis-server") is None:
+        services.unavailable("redis-server", "not installed (Debian: apt-get install redis-server)")
+    port = services.free_port()
+    prefix = f"t{port}-broker:"
+    env = {
+        **os.environ,
+        "REDIS_PASSWORD": ADMIN_PW,
+        "DOX_UPSTREAM_REDIS_PASSWORD": UPSTREAM_PW,
+        "DOX_BROKER_KEY_PREFIX": prefix,
+        "REDIS_CONF_DIR": str(tmp_path / "conf"),
+        "REDIS_LAUNCHER": "",
+    }
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--appendonly", "no"]
+    proc = subprocess.Popen(
+        ["/bin/sh", str(ROOT / "deploy/redis-entrypoint.sh"), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    admin = redis.Redis(host="127.0.0.1", port=port, password=ADMIN_PW, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with suppress(redis.ConnectionError):
+            admin.ping()
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail(
+            f"the entrypoint's redis-server did not start: {proc.stderr.read() if proc.stderr else ''}"
+        )
+    yield port, prefix
+    proc.terminate()
+    proc.wait(10)
+
+
+def _url(user: str, password: str, port: int) -> str:
+    from urllib.parse import quote
+
+    return f"redis://{quote(user)}:{quote(password, safe='')}@127.0.0.1:{port}/0"
+
+
+def test_secrets_are_in_the_config_file_not_on_the_command_line(acl_redis, tmp_path):
+    port, _ = acl_redis
+    conf = tmp_path / "conf" / "redis.conf"
+    assert conf.stat().st_mode & 0o077 == 0  # 0600
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert UPSTREAM_PW not in out and "admin pw" not in out
+
+
+def test_the_upstream_user_can_submit_and_nothing_else(acl_redis):
+    port, prefix = acl_redis
+    upstream = Celery(broker=_url("dox-upstream", UPSTREAM_PW, port))
+    upstream.conf.broker_transport_options = {"global_keyprefix": prefix}
+    upstream.send_task("dox.submit", args=["a.pdf"], kwargs={"user": "billing"}, queue="intake")
+    admin = redis.Redis(host="127.0.0.1", port=port, password=ADMIN_PW)
+    assert admin.llen(f"{prefix}intake") == 1
+
+    r = redis.Redis.from_url(_url("dox-upstream", UPSTREAM_PW, port))
+    refused = {
+        "read the intake queue": ["RPOP", f"{prefix}intake"],
+        "read a step queue": ["LRANGE", f"{prefix}scan", "0", "-1"],
+        "push to a step queue": ["LPUSH", f"{prefix}validation", "{}"],
+        "push without the prefix": ["LPUSH", "intake", "{}"],
+        "subscribe": ["SUBSCRIBE", "dox.workflow.success"],
+        "list keys": ["KEYS", "*"],
+        "read the event stream": ["XRANGE", "dox:events", "-", "+"],
+    }
+    for what, command in refused.items():
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            r.execute_command(*command)
+            pytest.fail(f"the upstream user could {what}")
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(_url("dox-upstream", "wrong", port)).ping()
+
+
+def test_a_step_task_pushed_onto_intake_is_rejected_unrun(
+    acl_redis, pg_url, clamd_url, tmp_path, harness_factory, caplog
+):
+    """What the upstream user *can* push — a forged step message on intake — runs nothing."""
+    port, prefix = acl_redis
+    from conftest import make_settings
+
+    settings = make_settings(
+        tmp_path,
+        broker_url=_url("default", ADMIN_PW, port),
+        database_url=pg_url,
+        clamd_url=clamd_url,
+        broker_key_prefix=prefix,
+    )
+    h = harness_factory(settings)
+    wid = h.submit(pdfs.unique(950))
+    wf = h.rt.state.get_workflow(wid)
+    upstream = Celery(broker=_url("dox-upstream", UPSTREAM_PW, port))
+    upstream.conf.broker_transport_options = {"global_keyprefix": prefix}
+    caplog.set_level(logging.ERROR, logger="dox.queues")
+    upstream.send_task(
+        "dox.validate",
+        args=[wid, "validate", wf["definition_hash"], 1],
+        queue="intake",
+        routing_key="validation",
+    )
+    h.worker(queues=["intake"])
+    h.wait_until(lambda: any("dox.validate" in r.getMessage() for r in caplog.records), what="the refusal")
+    assert h.rt.state.step_rows(wid) == []
+    assert h.rt.state.get_workflow(wid)["current_state"] == "queued"
