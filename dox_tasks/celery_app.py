@@ -25,6 +25,7 @@ from kombu import Queue
 from . import runtime
 from .contract import INTAKE_QUEUE, QUEUES
 from .errors import DoxError
+from .inbox import pin_root
 from .queue_policy import HOME_QUEUES, GuardedTask, intake_mixing
 from .settings import Settings, load, longest_retry_wait
 from .steps.registry import STEP_TASKS
@@ -142,6 +143,8 @@ class StartupChecks(bootsteps.Step):
             if mixing and not settings.embedded:
                 raise DoxError(mixing)
             check_step_retries(settings, consumes)  # also loads and validates every definition
+            if settings.inbox_root is not None:
+                pin_root(settings.inbox_root)  # resolved now: a symlink swapped in later fails closed
             runtime.get().templates  # noqa: B018
             if (
                 "scan" in consumes

@@ -24,8 +24,8 @@ from .errors import DoxError
 from .metrics import worker as worker_metrics
 from .terminal import safe, styled, table
 
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)  # ":cross_mark:" in a file name stays text
+err = Console(stderr=True, emoji=False)
 
 OK_STATES = {WorkflowState.SUCCESS, WorkflowState.DUPLICATE, WorkflowState.REJECTED}
 

@@ -35,6 +35,10 @@ class WorkflowState(StrEnum):
 
 TERMINAL_STATES = frozenset(s for s in WorkflowState if s.terminal)
 LIVE_STATES = frozenset(s for s in WorkflowState if not s.terminal)
+#: Ended workflows an operator may run again (``dox workflows retry``).
+RETRYABLE_STATES = frozenset({WorkflowState.FAILED, WorkflowState.CANCELLED})
+#: Workflows that may still read their staged input: live ones, and retryable ones.
+NEEDS_STAGED_INPUT = LIVE_STATES | RETRYABLE_STATES
 
 
 class Reason(StrEnum):

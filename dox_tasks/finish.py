@@ -12,7 +12,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from .contract import DocumentResult, Reason, StepState, WorkflowState
+from .contract import NEEDS_STAGED_INPUT, DocumentResult, Reason, StepState, WorkflowState
 from .db.store import StepClose, aware
 from .jobs import records
 from .runtime import Runtime
@@ -177,8 +177,11 @@ def conclude(
         expect_step=expect_step,
     )
     if won:
-        if quarantine and wf.get("sha256"):
-            rt.storage.quarantine(wf["sha256"])  # after the commit: only the owner moves bytes
+        sha = wf.get("sha256")
+        if quarantine and sha:
+            rt.storage.quarantine(sha)  # after the commit: only the owner moves bytes
+        elif sha and state not in NEEDS_STAGED_INPUT:
+            _discard_staged(rt, workflow_id, sha)
         for event_id, type_, channel in events:
             rt.events.fan_out(event_id, type_, workflow_id, payload, channel)
         log.info(
@@ -188,3 +191,14 @@ def conclude(
             f" ({reason_value}: {detail})" if reason_value else "",
         )
     return won
+
+
+def _discard_staged(rt: Runtime, workflow_id: str, sha256: str) -> None:
+    """The staged copy is not needed once a workflow ended for good (success: the store
+    has the bytes; duplicate or rejected: nothing will read them) — unless another
+    workflow of the same bytes may still read it. Best effort: the weekly cleanup
+    removes what is left."""
+    try:
+        rt.storage.discard_staged(sha256, lambda: rt.state.needs_staged_input(sha256, workflow_id))
+    except Exception as exc:  # noqa: BLE001 - the workflow's end is recorded; disk is tidied later
+        log.warning("workflow %s: staged copy not removed (the weekly cleanup will): %s", workflow_id, exc)

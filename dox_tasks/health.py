@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from .contract import QUEUES
+from .contract import INTAKE_QUEUE, QUEUES
 from .db.store import aware
 from .jobs.sync import SYNC_JOB
 from .runtime import Runtime
@@ -119,7 +119,8 @@ def _workers(app: Any, rt: Runtime, h: Health) -> None:
         h.fatal.append("no worker answers")
         return
     for q, hosts in consumers.items():
-        if not hosts:
+        # Broker submissions are optional: intake without a worker matters once work waits there.
+        if not hosts and (q != INTAKE_QUEUE or depths.get(q) != 0):
             h.problems.append(f"queue {q!r} has no consumer ({depths.get(q)} waiting)")
 
 

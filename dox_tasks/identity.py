@@ -7,12 +7,12 @@ composed and decomposed spellings of ``bïlling`` would count as two people.
 
 The normal form: Unicode NFKC (compatibility characters such as full-width letters
 become their plain forms; composed and decomposed accents become one), case folded,
-surrounding white space removed, NFKC again (case folding can un-normalise).
-Accents are kept: ``josé`` and ``jose`` stay two users. A name containing control,
-format (zero-width and direction marks), surrogate, private-use, unassigned or
-line/paragraph-separator characters is refused rather than cleaned — such a name
-is a mistake or a disguise, and silently dropping the invisible part would merge
-two names that *look* different in every log.
+NFKC again (case folding can un-normalise), surrounding white space removed and runs
+of white space inside made one space. Accents are kept: ``josé`` and ``jose`` stay
+two users. A name containing a character nobody can see (:mod:`dox_tasks.invisible`:
+controls, zero-width and direction marks, fillers, variation selectors …) is refused
+rather than cleaned — such a name is a mistake or a disguise, and silently dropping
+the invisible part would merge two names that *look* different in every log.
 
 What the caller sent is kept beside it as ``user_display``.
 """
@@ -22,18 +22,9 @@ from __future__ import annotations
 import unicodedata
 
 from .errors import SubmissionError
+from .invisible import hidden
 
 MAX_USER_LENGTH = 200
-#: Unicode general categories refused anywhere in a user name.
-_REFUSED_CATEGORIES = {
-    "Cc": "a control character",
-    "Cf": "an invisible formatting character (zero-width or direction mark)",
-    "Cs": "a surrogate",
-    "Co": "a private-use character",
-    "Cn": "an unassigned code point",
-    "Zl": "a line separator",
-    "Zp": "a paragraph separator",
-}
 
 
 def normalise_user(name: str) -> str:
@@ -41,13 +32,14 @@ def normalise_user(name: str) -> str:
     if not isinstance(name, str):
         raise SubmissionError("user must be a text name")
     for position, char in enumerate(name, 1):
-        what = _REFUSED_CATEGORIES.get(unicodedata.category(char))
+        what = hidden(char)
         if what:
             raise SubmissionError(
                 f"user name refused: character {position} is {what} (U+{ord(char):04X});"
                 " send the name without it"
             )
-    normal = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold()).strip()
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    normal = " ".join(folded.split())  # trimmed, and runs of (any) white space are one space
     if not normal:
         raise SubmissionError("user must be a non-empty name")
     if len(normal) > MAX_USER_LENGTH or len(name) > MAX_USER_LENGTH:

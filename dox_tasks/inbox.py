@@ -16,7 +16,10 @@ that same handle:
   outside it, and no check of the path can tell the two apart.
 
 The root is the operator's own setting and may be a symlink. It is resolved once per
-call; after that only its handle is used.
+process (:func:`pin_root`; a worker does it at start-up) and then opened component by
+component without following symlinks, so a root (or a folder above it) replaced by a
+symlink later fails closed instead of moving the inbox; after that only its handle is
+used.
 """
 
 from __future__ import annotations
@@ -84,12 +87,9 @@ def open_beneath(root: Path, path: str | os.PathLike[str]) -> OpenedDocument:
     in), or not a regular file.
     """
     text = _checked_text(path)
-    real_root = os.path.realpath(root)
+    real_root = pin_root(root)
     *folders, name = _parts_beneath(text, root, real_root)
-    try:
-        root_fd = os.open(real_root, _FOLDER_FLAGS)
-    except OSError as exc:
-        raise SubmissionError(f"the inbox {real_root!r} ({ENV}) cannot be opened: {exc.strerror}") from exc
+    root_fd = _open_root(real_root)
     try:
         parent = _open_folders(root_fd, folders, text, real_root)
     finally:
@@ -138,6 +138,42 @@ def _parts_beneath(text: str, root: Path, real_root: str) -> list[str]:
     if norm == ".":
         raise SubmissionError(f"not a regular file: {text!r} is the inbox folder itself")
     return norm.split("/")
+
+
+_PINNED: dict[str, str] = {}
+
+
+def pin_root(root: Path) -> str:
+    """The inbox root as this process resolved it the first time it was asked."""
+    key = os.fspath(root)
+    real = _PINNED.get(key)
+    if real is None:
+        real = _PINNED.setdefault(key, os.path.realpath(root))
+    return real
+
+
+def _open_root(real_root: str) -> int:
+    """A handle on the pinned root, each component opened with ``O_NOFOLLOW`` from ``/``."""
+    fd = os.open("/", _FOLDER_FLAGS)
+    where = "/"
+    for part in Path(real_root).parts[1:]:
+        try:
+            nxt = os.open(part, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError as exc:
+            os.close(fd)
+            why = (
+                f"{os.path.join(where, part)!r} is now a symlink or not a folder"
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR)
+                else exc.strerror
+            )
+            raise SubmissionError(
+                f"the inbox {real_root!r} ({ENV}) cannot be opened: {why} (it changed since this"
+                " process started: restart it once the inbox is as configured)"
+            ) from exc
+        os.close(fd)
+        fd = nxt
+        where = os.path.join(where, part)
+    return fd
 
 
 def _open_folders(root_fd: int, folders: list[str], text: str, real_root: str) -> int:

@@ -8,6 +8,7 @@ a message. The same idempotency key returns the same workflow id and starts noth
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -47,6 +48,8 @@ def submit(
     for name, value, limit in (("source", source, 200), ("idempotency_key", idempotency_key, 200)):
         if value is not None and len(value) > limit:
             raise SubmissionError(f"{name} is longer than {limit} characters")
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise SubmissionError("idempotency_key is empty: send a key, or none at all")
     if file_name is not None and len(file_name) > 500:
         raise SubmissionError("file name is longer than 500 characters")
     if idempotency_key:
@@ -62,36 +65,37 @@ def submit(
     if definition.model.trigger.type != "api_request":
         raise SubmissionError(f"workflow {workflow!r} is scheduled, not started by submissions")
 
-    if isinstance(document, bytes):
-        staged = rt.storage.stage(io.BytesIO(document), rt.settings.max_file_size)
-    elif isinstance(document, str | os.PathLike):
-        from .inbox import open_document
-
-        # Opened once, confined, and staged from that very handle (never reopened by name).
-        opened = open_document(document, rt.settings.inbox_root, required=from_service)
-        file_name = file_name or opened.name[-500:]
-        with opened.file as fh:
-            staged = rt.storage.stage(fh, rt.settings.max_file_size)
-    else:
-        staged = rt.storage.stage(document, rt.settings.max_file_size)
-
     save_snapshot(rt, definition)
-    first = definition.ordered_steps()[0].name
-    workflow_id, created = rt.state.create_workflow(
-        rule_name=definition.name,
-        definition_hash=definition.digest,
-        definition_version=definition.model.version,
-        first_step=first,
-        user=user,
-        user_display=user_display,
-        source=source,
-        file_name=file_name,
-        sha256=staged.sha256,
-        size=staged.size,
-        metadata=metadata,
-        idempotency_key=idempotency_key,
-        over_limit=staged.over_limit,
-    )
+    with contextlib.ExitStack() as held:
+        if isinstance(document, bytes):
+            stream: BinaryIO = io.BytesIO(document)
+        elif isinstance(document, str | os.PathLike):
+            from .inbox import open_document
+
+            # Opened once, confined, and staged from that very handle (never reopened by name).
+            opened = open_document(document, rt.settings.inbox_root, required=from_service)
+            file_name = file_name or opened.name[-500:]
+            stream = held.enter_context(opened.file)
+        else:
+            stream = document
+        # The row is written while the staged file's lock is held (storage.staging_held):
+        # a workflow of the same bytes ending now cannot remove the file under this row.
+        staged = held.enter_context(rt.storage.staging_held(stream, rt.settings.max_file_size))
+        workflow_id, created = rt.state.create_workflow(
+            rule_name=definition.name,
+            definition_hash=definition.digest,
+            definition_version=definition.model.version,
+            first_step=definition.ordered_steps()[0].name,
+            user=user,
+            user_display=user_display,
+            source=source,
+            file_name=file_name,
+            sha256=staged.sha256,
+            size=staged.size,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+            over_limit=staged.over_limit,
+        )
     if created:
         send(rt, definition.name, workflow_id, definition=definition)
     return workflow_id

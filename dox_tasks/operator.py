@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .contract import LIVE_STATES, Reason, StepState, WorkflowState
+from .contract import LIVE_STATES, RETRYABLE_STATES, Reason, StepState, WorkflowState
 from .db.store import EV, WS, aware
 from .errors import DoxError, SubmissionError
 from .jobs import records
@@ -127,7 +127,7 @@ def cancel(rt: Runtime, app: Any, workflow_id: str, actor: str | None, reason: s
 
 #: Ended states an operator may retry: faults and cancellations. A rejection is an
 #: answer about the document and a success is done; neither is re-run.
-RETRYABLE = {WorkflowState.FAILED.value, WorkflowState.CANCELLED.value}
+RETRYABLE = {s.value for s in RETRYABLE_STATES}
 _NOT_RETRYABLE = {
     "queued": "is still queued: nothing to retry (cancel it first if it is stuck)",
     "running": "is still running: nothing to retry (cancel it first if it is stuck)",

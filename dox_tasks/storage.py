@@ -6,9 +6,16 @@ Layout under the storage root (shared by every worker)::
     objects/sha256/ab/cd/<hex>     stored documents; storage_key = "sha256/ab/cd/<hex>"
     quarantine/sha256/<hex>        infected or quarantined documents
     tmp/                           partial writes (same filesystem, so rename is atomic)
+    locks/<ab>.lock                staging locks, one per first byte of the hash
 
 Content addressing makes every write idempotent (the same bytes land at the same
 key) and dedupes for free. Every write is temp file → fsync → rename.
+
+Staged bytes are shared by every workflow of the same document, so removing them when
+one workflow ends must not race a new submission of the same bytes: placing a staged
+file together with its caller's ``queued`` row (:meth:`ContentStore.staging`), and
+checking that no workflow needs the file and removing it
+(:meth:`ContentStore.discard_staged`), each happen under one file lock for that hash.
 
 Permissions: documents are private to the DOX user — files ``0400``, folders
 ``0700`` — or, with ``DOX_STORAGE_GROUP_ACCESS=true`` (a storage shared with a
@@ -23,10 +30,12 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from filelock import FileLock
 
 from .errors import IntegrityFault
 
@@ -93,7 +102,8 @@ class ContentStore:
         self.objects = root / "objects"
         self.quarantine_dir = root / "quarantine"
         self.tmp = root / "tmp"
-        for d in (self.staging, self.objects, self.quarantine_dir, self.tmp):
+        self.locks = root / "locks"
+        for d in (self.staging, self.objects, self.quarantine_dir, self.tmp, self.locks):
             self.make_dirs(d)
 
     def make_dirs(self, path: Path) -> None:
@@ -118,6 +128,17 @@ class ContentStore:
         Input longer than ``max_bytes`` is not staged (nothing to keep of a file
         validate will refuse); the returned size is then a lower bound.
         """
+        with self.staging_held(stream, max_bytes) as staged:
+            return staged
+
+    @contextlib.contextmanager
+    def staging_held(self, stream: BinaryIO, max_bytes: int) -> Iterator[Staged]:
+        """:meth:`stage`, holding the hash's lock until the block ends.
+
+        Write the ``queued`` row inside the block: a workflow of the same bytes that
+        ends meanwhile then sees the row (and keeps the file) or has removed the file
+        before this block placed it again — never the file gone under a new row.
+        """
         digest = hashlib.sha256()
         size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="stage-")
@@ -127,16 +148,31 @@ class ContentStore:
                 for chunk in iter(lambda: stream.read(CHUNK), b""):
                     size += len(chunk)
                     if size > max_bytes:
-                        return Staged(sha256=None, size=size, over_limit=True)
+                        yield Staged(sha256=None, size=size, over_limit=True)
+                        return
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             sha = digest.hexdigest()
-            self._place(tmp, self.staged_path(sha), read_only=True)
-            return Staged(sha256=sha, size=size)
+            with self._lock(sha):
+                self._place(tmp, self.staged_path(sha), read_only=True)
+                yield Staged(sha256=sha, size=size)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def discard_staged(self, sha256: str, still_needed: Callable[[], bool]) -> bool:
+        """Remove the staged copy unless ``still_needed()`` (asked under the hash's lock)."""
+        with self._lock(sha256):
+            if still_needed():
+                return False
+            self.staged_path(sha256).unlink(missing_ok=True)
+            return True
+
+    def _lock(self, sha256: str) -> FileLock:
+        _check_hex(sha256)
+        # 256 lock files, not one per document: a few holders of unrelated hashes share one.
+        return FileLock(self.locks / f"{sha256[:2]}.lock", mode=self.modes.file | 0o200)
 
     # -- promotion ------------------------------------------------------------------
     def promote(self, sha256: str) -> str:
@@ -219,7 +255,15 @@ class ContentStore:
         if read_only:
             tmp.chmod(self.modes.file)
         if target.exists():
-            return  # same address, same bytes: nothing to do
+            # Same address, same bytes: nothing to write. Touch it, so cleanups that spare
+            # recent files (maintenance.clean_staging) see it as new again.
+            try:
+                os.utime(target)
+                return
+            except FileNotFoundError:
+                pass  # removed just now: place ours
+            except OSError:
+                return  # not ours to touch; the bytes are there
         os.replace(tmp, target)
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:

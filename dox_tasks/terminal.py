@@ -19,18 +19,15 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-#: Unicode format characters that reorder or hide text (Trojan-source style spoofing).
-_INVISIBLE = frozenset(
-    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
-)
+from .invisible import hidden
 
 
 def _visible(ch: str) -> str:
     code = ord(ch)
     if code < 0x20 or 0x7F <= code <= 0x9F:  # C0, DEL, C1 (ESC, CSI, …)
         return f"\\x{code:02x}"
-    if ch in _INVISIBLE:
-        return f"\\u{code:04x}"
+    if hidden(ch):  # direction marks, zero-width, separators, fillers, tags …
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
     return ch
 
 

@@ -104,6 +104,11 @@ class Harness:
         # would otherwise carry over to the next worker started in this process.
         # Every queue but intake by default: intake needs a worker of its own.
         kwargs: dict[str, Any] = {"queues": list(queues or [q for q in QUEUES if q != INTAKE_QUEUE])}
+        import os
+        import socket
+
+        # Each in-process worker its own node name: two with one name answer inspect as one.
+        kwargs.setdefault("hostname", f"test{len(self._workers)}-{os.getpid()}@{socket.gethostname()}")
         cm = start_worker(
             self.app,
             pool="solo",

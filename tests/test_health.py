@@ -21,14 +21,16 @@ pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.clamd, pytest
 
 def test_health_degraded_then_ok_with_yesterdays_totals(stack, harness_factory, tmp_path):
     h = harness_factory(stack)
-    h.worker()
+    h.worker()  # every queue but intake: no broker submissions wait, so that is no problem
     now = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
     report = gather(h.rt, h.app, now)
     assert report.exit_code == 1, report.to_dict()
     assert "no database backup recorded" in report.problems
     assert any("team sync" in p and "missing" in p for p in report.problems)
     assert report.checks["clamd"]["ok"] and report.checks["clamd"]["engine"].startswith("ClamAV")
-    assert all(report.checks["workers"]["per_queue"].values())  # the test worker consumes every queue
+    per_queue = report.checks["workers"]["per_queue"]
+    assert per_queue.pop("intake") == [] and all(per_queue.values())
+    assert not any("intake" in p for p in report.problems)
 
     # Yesterday: two documents; a fresh backup; this morning's sync found one service down.
     rows = [h.run(pdfs.unique(800)), h.run(pdfs.unique(801))]
@@ -124,3 +126,12 @@ def test_health_exit_follows_clamd_and_the_worker(tmp_path, stack, harness_facto
     assert code == 2, report
     assert "no worker answers" in report["fatal"]
     proxy.cut()
+
+
+def test_intake_without_a_worker_is_a_problem_once_submissions_wait(stack, harness_factory):
+    h = harness_factory(stack)
+    h.worker()
+    now = datetime.now(UTC)
+    assert not any("intake" in p for p in gather(h.rt, h.app, now).problems)
+    h.app.send_task("dox.submit", args=["a.pdf"], kwargs={"user": "svc"})
+    assert "queue 'intake' has no consumer (1 waiting)" in gather(h.rt, h.app, now).problems

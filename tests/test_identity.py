@@ -40,6 +40,16 @@ def test_composed_and_decomposed_accents_are_one_user_and_accents_are_kept():
         ("bill\ning", "control"),
         ("bill\x1b[31ming", "control"),
         ("billing\u2028", "line separator"),
+        ("billing\u3164", "shows as nothing"),  # HANGUL FILLER (a letter, Lo)
+        ("billing\u115f", "shows as nothing"),
+        ("billing\uffa0", "shows as nothing"),
+        ("billing\u2800", "shows as nothing"),  # BRAILLE PATTERN BLANK (So)
+        ("billing\u034f", "shows as nothing"),  # COMBINING GRAPHEME JOINER (Mn)
+        ("billing\ufe0f", "shows as nothing"),  # VARIATION SELECTOR-16
+        ("billing\U000e0100", "shows as nothing"),
+        ("billing\u180b", "shows as nothing"),
+        ("billing\u17b4", "shows as nothing"),
+        ("billing\u00ad", "invisible formatting"),  # SOFT HYPHEN (Cf)
     ],
 )
 def test_names_with_invisible_or_control_characters_are_refused(name, what):
@@ -47,10 +57,21 @@ def test_names_with_invisible_or_control_characters_are_refused(name, what):
         normalise_user(name)
 
 
-@pytest.mark.parametrize("name", ["", "   ", "x" * 201])
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201, "\ufdfa" * 12])  # U+FDFA: 18 characters in NFKC
 def test_empty_and_overlong_names_are_refused(name):
     with pytest.raises(SubmissionError):
         normalise_user(name)
+
+
+def test_white_space_inside_a_name_is_one_space():
+    assert normalise_user("bill  ing") == normalise_user("bill\u00a0ing") == normalise_user("bill\u3000ing")
+    assert normalise_user("bill ing") == "bill ing" != normalise_user("billing")
+
+
+@pytest.mark.integration
+def test_an_empty_idempotency_key_is_refused(dox):
+    with pytest.raises(SubmissionError, match="idempotency_key is empty"):
+        dox.submit(pdfs.unique(933), idempotency_key="")
 
 
 @pytest.mark.integration
@@ -158,3 +179,125 @@ def test_upgrading_normalises_existing_users_and_scopes_their_keys(tmp_path):
         engine.dispose()
     finally:
         services.drop_database(url)
+
+
+# -- staged bytes of ended workflows (issue 10, section 4) ---------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["type", "rate_limited", "javascript", "success"])
+def test_staged_bytes_are_removed_when_the_workflow_ends_for_good(stack, harness_factory, kind):
+    h = harness_factory(stack.model_copy(update={"rate_limit_per_user_per_day": 1}))
+    if kind == "rate_limited":
+        h.submit(pdfs.unique(960), user="dora")
+    data = {"type": pdfs.png(), "javascript": pdfs.javascript_plain()}.get(kind, pdfs.unique(961))
+    wid = h.submit(data, user="dora" if kind == "rate_limited" else "erin")
+    sha = h.rt.state.get_workflow(wid)["sha256"]
+    assert h.rt.storage.staged_path(sha).exists()
+    h.worker()
+    row = h.wait([wid])[wid]
+    expected = {"type": "type_mismatch", "rate_limited": "rate_limited", "javascript": "javascript"}
+    if kind == "success":
+        assert row["current_state"] == "success" and h.objects() == [sha]
+    else:
+        assert (row["current_state"], row["reason"]) == ("rejected", expected[kind])
+    # Removed right after the terminal commit, which the wait may see first.
+    h.wait_until(
+        lambda: not h.rt.storage.staged_path(sha).exists(), timeout=5, what="the staged copy removed"
+    )
+
+
+@pytest.mark.integration
+def test_staged_bytes_another_workflow_needs_are_kept(stack, harness_factory):
+    """Two submissions of one PDF: the first is rejected (rate limit) while the second
+    waits; its bytes stay until the second has ended too."""
+    h = harness_factory(stack.model_copy(update={"rate_limit_per_user_per_day": 1}))
+    doc = pdfs.javascript_plain()
+    h.submit(pdfs.unique(962), user="fay")
+    limited = h.submit(doc, user="fay")  # over the limit: rejected at validate
+    h.worker(queues=["validation"])
+    h.wait([limited])
+    sha = h.rt.state.get_workflow(limited)["sha256"]
+    h.stop_workers()
+    other = h.submit(doc, user="gus")  # same bytes, another user: queued
+    assert h.rt.storage.staged_path(sha).exists()
+    from dox_tasks.finish import _discard_staged
+
+    _discard_staged(h.rt, limited, sha)  # as if the first ended only now: gus still needs them
+    assert h.rt.storage.staged_path(sha).exists()
+    h.worker()
+    assert h.wait([other])[other]["reason"] == "javascript"
+    h.wait_until(
+        lambda: not h.rt.storage.staged_path(sha).exists(), timeout=5, what="the staged copy removed"
+    )
+
+
+@pytest.mark.integration
+def test_staged_bytes_of_a_failed_workflow_are_kept_for_a_retry(stack, harness_factory):
+    dead = f"tcp://127.0.0.1:{services.free_port()}"
+    h = harness_factory(
+        stack.model_copy(update={"clamd_url": dead, "clamd_timeout_s": 0.5, "workflow_retry_attempts": 0})
+    )
+    h.worker()
+    row = h.run(pdfs.unique(963))
+    assert (row["current_state"], row["reason"]) == ("failed", "scanner_unavailable")
+    assert h.rt.storage.staged_path(row["sha256"]).exists()
+
+
+def test_a_discard_waits_for_a_submission_of_the_same_bytes_holding_them(tmp_path):
+    """The race the lock closes: a submission has placed the staged file but not yet
+    written its row when another workflow of those bytes ends. The discard waits for
+    the submission's block and then sees its row."""
+    import io
+    import threading
+
+    from dox_tasks.storage import ContentStore
+
+    store = ContentStore(tmp_path / "store")
+    data = pdfs.unique(964)
+    row_written = threading.Event()
+    inside = threading.Event()
+    release = threading.Event()
+
+    def submission() -> None:
+        with store.staging_held(io.BytesIO(data), 10**6):
+            inside.set()
+            release.wait(5)
+            row_written.set()  # the queued row, written while the lock is held
+
+    t = threading.Thread(target=submission)
+    t.start()
+    assert inside.wait(5)
+    sha = __import__("hashlib").sha256(data).hexdigest()
+    result: list[bool] = []
+    d = threading.Thread(target=lambda: result.append(store.discard_staged(sha, row_written.is_set)))
+    d.start()
+    d.join(0.3)
+    assert d.is_alive()  # waiting for the submission's lock
+    release.set()
+    t.join(5)
+    d.join(5)
+    assert result == [False] and store.staged_path(sha).exists()
+    assert store.discard_staged(sha, lambda: False) and not store.staged_path(sha).exists()
+
+
+@pytest.mark.integration
+def test_resubmitting_old_staged_bytes_makes_them_new_for_the_weekly_cleanup(stack, harness_factory):
+    """The cleanup spares files younger than a day; bytes staged long ago and submitted
+    again must count as new (their file is reused, not rewritten)."""
+    import os
+
+    from dox_tasks.jobs.maintenance import clean_staging
+
+    h = harness_factory(stack)
+    data = pdfs.unique(965)
+    sha = h.rt.storage.stage(__import__("io").BytesIO(data), 10**6).sha256
+    assert sha
+    path = h.rt.storage.staged_path(sha)
+    old = path.stat().st_mtime - 3 * 86400
+    os.utime(path, (old, old))
+    wid = h.submit(data)  # queued, not yet run: the cleanup must keep its bytes
+    assert path.stat().st_mtime > old + 86400
+    assert clean_staging(h.rt)["staging_removed"] == 0 and path.exists()
+    h.worker()
+    h.wait([wid])

@@ -486,3 +486,24 @@ def test_dox_run_says_which_folder_it_looked_in(tmp_path: Path) -> None:
     res = dox(["run", "elsewhere.pdf"], env, tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "lies outside the inbox" in res.stderr and str(tmp_path / "in") in res.stderr
+
+
+def test_a_root_replaced_by_a_symlink_after_start_fails_closed(tmp_path):
+    """The root is pinned when first used (a worker pins it at start-up): replacing it
+    with a symlink to another folder later refuses instead of following it."""
+    from dox_tasks.errors import SubmissionError
+    from dox_tasks.inbox import open_beneath, pin_root
+
+    root = tmp_path / "inbox"
+    root.mkdir()
+    (root / "a.pdf").write_bytes(b"inside")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "a.pdf").write_bytes(b"SECRET")
+    pin_root(root)
+    with open_beneath(root, "a.pdf").file as fh:
+        assert fh.read() == b"inside"
+    root.rename(tmp_path / "moved")
+    root.symlink_to(elsewhere)
+    with pytest.raises(SubmissionError, match="changed since this process started"):
+        open_beneath(root, "a.pdf")

@@ -248,10 +248,13 @@ def test_file_names_in_the_run_table_are_shown_not_obeyed(tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
     (inbox / "[bold]a\x1b]0;pwned\x07.pdf").write_bytes(pdfs.unique(961))
+    (inbox / ":cross_mark: ok\u2028.pdf").write_bytes(pdfs.unique(962))
     done = dox(["run", str(inbox)], {**clean_env(tmp_path), "COLUMNS": "250"}, tmp_path)
     assert done.returncode == 0, (done.stdout, done.stderr)
     _clean(done.stdout + done.stderr)
     assert "\x07" not in done.stdout and "[bold]a\\x1b]0;pwned\\x07.pdf" in done.stdout
+    # rich's emoji codes stay text; a line separator is shown, not obeyed
+    assert "\u274c" not in done.stdout and ":cross_mark: ok\\u2028.pdf" in done.stdout
 
 
 def test_safe_text():
@@ -263,3 +266,5 @@ def test_safe_text():
     assert safe("two\nlines", markup=False) == "two\\x0alines"
     assert safe("two\nlines\r", markup=False, newlines=True) == "two\nlines\\x0d"
     assert safe(None) == "" and safe(3) == "3" and safe("josé ｂ") == "josé ｂ"
+    # invisible characters outside the C0/C1 ranges: separators, fillers, tags, selectors
+    assert safe("a\u2028b\u3164c\U000e0041d\ufe0fe", markup=False) == "a\\u2028b\\u3164c\\U000e0041d\\ufe0fe"

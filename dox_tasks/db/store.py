@@ -28,7 +28,7 @@ from sqlalchemy.exc import InterfaceError as SAInterfaceError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from ..contract import LIVE_STATES, StepState, WorkflowState
+from ..contract import LIVE_STATES, NEEDS_STAGED_INPUT, StepState, WorkflowState
 from ..errors import DoxError, StateStoreUnavailable, StepStillRunning, UnknownWorkflow
 from .direct import DirectConnection
 from .engine import make_engine, migrate
@@ -758,6 +758,18 @@ class StateStore:
             if aware(row.created_at) < aware(before) or row.workflow_id < exclude:
                 return str(row.workflow_id)
         return None
+
+    def needs_staged_input(self, sha256: str, exclude: str) -> bool:
+        """Whether a workflow other than ``exclude`` may still read these staged bytes
+        (it is live, or ended in a state an operator may retry)."""
+        states = [s.value for s in NEEDS_STAGED_INPUT]
+        with self.tx() as conn:
+            row = conn.execute(
+                select(WS.c.workflow_id)
+                .where(WS.c.sha256 == sha256, WS.c.current_state.in_(states), WS.c.workflow_id != exclude)
+                .limit(1)
+            ).first()
+        return row is not None
 
     def known_infected(self, sha256: str) -> str | None:
         """Signature of an earlier infected verdict on these bytes, if any."""

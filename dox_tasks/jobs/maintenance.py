@@ -9,6 +9,7 @@ it, to quarantine, with an event. Limits come from the settings:
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, text
 
-from ..contract import LIVE_STATES, TERMINAL_STATES, WorkflowState
+from ..contract import NEEDS_STAGED_INPUT, TERMINAL_STATES
 from ..db.store import EV, WS
 from ..errors import ScannerUnavailable
 from ..metrics.tally import archive
@@ -31,8 +32,8 @@ log = logging.getLogger("dox.maintenance")
 
 #: Staged or temp files younger than this are never cleaned (a submission may be writing them).
 MIN_AGE_S = 86400
-#: Workflows that may still need their staged input (live ones, and failed ones for a retry).
-NEEDS_STAGING = [s.value for s in LIVE_STATES] + [WorkflowState.FAILED.value]
+#: Workflows that may still need their staged input (live ones, and retryable ones).
+NEEDS_STAGING = [s.value for s in NEEDS_STAGED_INPUT]
 
 
 def vacuum_analyze(rt: Runtime) -> dict[str, Any]:
@@ -101,14 +102,24 @@ def clean_staging(rt: Runtime) -> dict[str, int]:
     cutoff = time.time() - MIN_AGE_S
     staged = tmp = 0
     for path in rt.storage.staging.glob("sha256/*/*/*"):
-        if path.name not in needed and path.stat().st_mtime < cutoff:
-            path.unlink(missing_ok=True)
+        if path.name in needed or path.stat().st_mtime >= cutoff:
+            continue
+        # Asked again under the hash's lock: a submission of these bytes since the query
+        # above has its row (kept) or places the file again after this removal.
+        if rt.storage.discard_staged(path.name, functools.partial(_needed, rt, path.name)):
             staged += 1
     for path in rt.storage.tmp.iterdir():
         if path.is_file() and path.stat().st_mtime < cutoff:
             path.unlink(missing_ok=True)
             tmp += 1
     return {"staging_removed": staged, "tmp_removed": tmp}
+
+
+def _needed(rt: Runtime, sha256: str) -> bool:
+    try:
+        return rt.state.needs_staged_input(sha256, exclude="")
+    except ValueError:
+        return True  # not a hash DOX wrote: leave it for an operator
 
 
 def freshclam(timeout_s: float) -> dict[str, Any]:

@@ -33,8 +33,8 @@ _NAMING = {"uq": "uq_%(table_name)s_%(column_0_name)s"}
 def _normal(name: str) -> str | None:
     if any(unicodedata.category(c) in _REFUSED for c in name):
         return None  # left as it was; such a name is refused at intake from now on
-    normal = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold()).strip()
-    return normal or None
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return " ".join(folded.split()) or None
 
 
 def upgrade() -> None:
