@@ -46,19 +46,32 @@ def _xref_table(entries: dict[int, tuple[int, int]], free_head: bool) -> bytes:
     return bytes(out)
 
 
-def _body(out: bytearray, objects: dict[Ref, bytes]) -> dict[int, tuple[int, int]]:
+def _body(
+    out: bytearray, objects: dict[Ref, bytes], heads: Mapping[int, bytes] | None = None
+) -> dict[int, tuple[int, int]]:
+    """Objects written in order; ``heads[num]`` is written at the listed offset, before ``num G obj``."""
     entries: dict[int, tuple[int, int]] = {}
     for (num, gen), body in sorted(objects.items()):
         entries[num] = (len(out), gen)
-        out += b"%d %d obj\n" % (num, gen) + body + b"\nendobj\n"
+        out += (heads or {}).get(num, b"") + b"%d %d obj\n" % (num, gen) + body + b"\nendobj\n"
     return entries
 
 
-def build(objects: Mapping[int | Ref, bytes], root: Ref = (1, 0), trailer_extra: bytes = b"") -> bytes:
-    """A classic PDF: every object, an xref table, a trailer naming ``root``."""
+def build(
+    objects: Mapping[int | Ref, bytes],
+    root: Ref = (1, 0),
+    trailer_extra: bytes = b"",
+    unlisted: bytes = b"",
+    heads: Mapping[int, bytes] | None = None,
+) -> bytes:
+    """A classic PDF: every object, an xref table, a trailer naming ``root``.
+
+    ``unlisted`` is written right after the header and listed nowhere; ``heads`` puts
+    bytes between an object's listed offset and its ``N G obj`` (see :func:`_body`).
+    """
     refs = _refs(objects)
-    out = bytearray(HEADER)
-    entries = _body(out, refs)
+    out = bytearray(HEADER + unlisted)
+    entries = _body(out, refs, heads)
     xref = len(out)
     out += _xref_table(entries, free_head=True)
     size = max(n for n, _ in refs) + 1
@@ -82,25 +95,37 @@ def update(base: bytes, objects: Mapping[int | Ref, bytes], root: Ref = (1, 0)) 
     return bytes(out)
 
 
-def build_objstm(plain: Mapping[int, bytes], packed: Mapping[int, bytes], root: int = 1) -> bytes:
-    """PDF 1.5: ``packed`` objects live in a compressed /ObjStm, found via an xref stream."""
+def build_objstm(
+    plain: Mapping[int, bytes],
+    packed: Mapping[int, bytes] | list[tuple[int, bytes]],
+    root: int = 1,
+    header: bytes | None = None,
+) -> bytes:
+    """PDF 1.5: ``packed`` objects live in a compressed /ObjStm, found via an xref stream.
+
+    ``packed`` as a list keeps its order and may name a number twice: the xref stream
+    then points at the last entry with that number. ``header`` replaces the stream's
+    list of (number, offset) pairs.
+    """
     out = bytearray(HEADER)
     rows: dict[int, tuple[int, int, int]] = {0: (0, 0, 65535)}
     for num, body in sorted(plain.items()):
         rows[num] = (1, len(out), 0)
         out += b"%d 0 obj\n" % num + body + b"\nendobj\n"
-    stm = max([*plain, *packed]) + 1
-    header, data = [], bytearray()
-    for index, (num, body) in enumerate(sorted(packed.items())):
-        header.append(b"%d %d" % (num, len(data)))
+    items = sorted(packed.items()) if isinstance(packed, Mapping) else list(packed)
+    stm = max([*plain, *(num for num, _ in items)]) + 1
+    pairs, data = [], bytearray()
+    for index, (num, body) in enumerate(items):
+        pairs.append(b"%d %d" % (num, len(data)))
         data += body + b"\n"
         rows[num] = (2, stm, index)
-    head = b" ".join(header) + b"\n"
+    head = (b" ".join(pairs) if header is None else header) + b"\n"
     payload = zlib.compress(head + bytes(data))
     rows[stm] = (1, len(out), 0)
+    count = len(items) if header is None else len(header.split()) // 2
     out += b"%d 0 obj\n<< /Type /ObjStm /N %d /First %d /Length %d /Filter /FlateDecode >>\nstream\n" % (
         stm,
-        len(packed),
+        count,
         len(head),
         len(payload),
     )
@@ -432,3 +457,189 @@ EMBEDDED: dict[str, Callable[[], bytes]] = {
     "embedded-name-tree": embedded_name_tree,
     "embedded-attachment-annotation": embedded_attachment_annotation,
 }
+
+
+# -- read one way by pypdf, another by viewers: rejected as malformed ---------------------------
+# (security review of issue 10: each of these was accepted, and pdf.js or PDFium ran the action)
+
+
+def _nul_embedded() -> bytes:
+    """``/EmbeddedFiles\\0``: pypdf's key is ``/EmbeddedFiles\\x00``, a viewer's ``/EmbeddedFiles``."""
+    return doc(
+        b"/Names << /EmbeddedFiles\0<< /Names [(a.txt) 6 0 R] >> >>",
+        extra={
+            6: b"<< /Type /Filespec /F (a.txt) /E\0F << /F 7 0 R >> >>",
+            7: stream(b"notes", b" /Type\0/EmbeddedFile"),
+        },
+    )
+
+
+def _comments_decoy() -> bytes:
+    """The xref entry of the catalog points at two comments and then the launching
+    catalog (what a viewer reads); pypdf skips one comment, fails, and searches the file
+    for the first ``1 0 obj``: a harmless copy that no xref lists."""
+    decoy = b"1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
+    return build(skeleton(b"/OpenAction " + LAUNCH_ACTION), unlisted=decoy, heads={1: b"%a\n%b\n"})
+
+
+def _objstm_duplicate_number() -> bytes:
+    """Object 6 is packed twice; the xref stream points at the second (a launch), pypdf takes the first."""
+    objects = skeleton(b"/OpenAction 6 0 R")
+    plain = {n: objects[n] for n in (1, 2, 3, 4, 5)}
+    return build_objstm(plain, [(6, GOTO), (6, LAUNCH_ACTION)])
+
+
+def _objstm_duplicate_number_first_listed() -> bytes:
+    """As above, but the xref entry names the first copy: still two objects 6 in one stream."""
+    objects = skeleton(b"/OpenAction 6 0 R")
+    plain = {n: objects[n] for n in (1, 2, 3, 4, 5)}
+    return build_objstm(plain, [(6, GOTO), (7, b"null")], header=b"6 0 6 35")
+
+
+def _linearized(first_page_chained: bool, evil: bool = True) -> bytes:
+    """A linearized file: the first-page xref section right after the linearization
+    dictionary (where pdf.js starts) lists an evil catalog 9 and names it /Root.
+
+    ``first_page_chained``: the file's last startxref points at the first-page section
+    whose /Prev is the main one (as linearized files are written) - pypdf reads both
+    and walks object 9. Otherwise the last startxref points at the main section, which
+    has no /Prev, and pypdf never sees the first-page section nor object 9.
+    """
+    lin = b"10 0 obj\n<< /Linearized 1 /L %010d /H [1 1] /O 3 /E 1 /N 1 /T 1 >>\nendobj\n"
+    first_page = (
+        b"xref\n9 1\n%010d 00000 n \ntrailer\n<< /Size 11 /Root 9 0 R /Prev %010d >>\nstartxref\n0\n%%%%EOF\n"
+    )
+    out = bytearray(HEADER + lin % 0)
+    first_page_at = len(out)
+    out += first_page % (0, 0)
+    entries = _body(out, _refs(skeleton()))
+    evil_at = len(out)
+    action = LAUNCH_ACTION if evil else GOTO
+    out += b"9 0 obj\n<< /Type /Catalog /Pages 2 0 R /OpenAction " + action + b" >>\nendobj\n"
+    entries[10] = (len(HEADER), 0)
+    main_at = len(out)
+    out += _xref_table(entries, free_head=True)
+    out += b"trailer\n<< /Size 11 /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        first_page_at if first_page_chained else main_at
+    )
+    out[first_page_at : first_page_at + len(first_page % (0, 0))] = first_page % (evil_at, main_at)
+    out[len(HEADER) : len(HEADER) + len(lin % 0)] = lin % len(out)
+    return bytes(out)
+
+
+def _orphan_xref_stream() -> bytes:
+    """An xref stream no startxref or /Prev leads to (a viewer rebuilding the file reads it)."""
+    rows = b"\x01" + (0).to_bytes(4, "big") + b"\x00\x00"
+    return doc(extra={6: stream(rows, b" /Type /XRef /Size 1 /W [1 4 2] /Root 1 0 R")})
+
+
+def _objstm_overlapping(n: int = 3000) -> bytes:
+    """An unused object stream of ``n`` entries at increasing offsets into one string of
+    nested parentheses: entry i is the string from byte i, so parsing them all is
+    quadratic in ``n``."""
+    objects = skeleton()
+    plain: dict[int | Ref, bytes] = {num: objects[num] for num in (1, 2, 3, 4, 5)}
+    body = b"(" * n + b")" * n
+    header = b" ".join(b"%d %d" % (100 + i, i) for i in range(n))
+    head = header + b"\n"
+    payload = zlib.compress(head + body)
+    extra = b"<< /Type /ObjStm /N %d /First %d /Length %d /Filter /FlateDecode >>\nstream\n" % (
+        n,
+        len(head),
+        len(payload),
+    )
+    plain[6] = extra + payload + b"\nendstream"
+    return build(plain)
+
+
+def _objstm_same_offset(n: int = 2000) -> bytes:
+    """An unused object stream naming ``n`` objects, all at offset 0 of one ``n``-element array."""
+    objects = skeleton()
+    plain: dict[int | Ref, bytes] = {num: objects[num] for num in (1, 2, 3, 4, 5)}
+    head = b" ".join(b"%d 0" % (100 + i) for i in range(n)) + b"\n"
+    payload = zlib.compress(head + b"[" + b"0 " * n + b"]")
+    plain[6] = (
+        b"<< /Type /ObjStm /N %d /First %d /Length %d /Filter /FlateDecode >>\nstream\n"
+        % (
+            n,
+            len(head),
+            len(payload),
+        )
+        + payload
+        + b"\nendstream"
+    )
+    return build(plain)
+
+
+MALFORMED: dict[str, Callable[[], bytes]] = {
+    # a NUL byte ends a name for viewers, not for pypdf
+    "nul-after-s-launch": lambda: doc(b"/OpenAction << /S\0/Launch /F (calc.exe) >>"),
+    "nul-after-js-key": lambda: doc(b"/OpenAction << /S /Rendition /JS\0" + JS + b" >>"),
+    "nul-after-javascript-names": lambda: doc(
+        b"/Names << /JavaScript\0<< /Names [(a) 6 0 R] >> >>", extra={6: b"<< /S /Named /N /NextPage >>"}
+    ),
+    "nul-after-xfa": lambda: doc(b"/AcroForm << /Fields [] /XFA\0 6 0 R >>", extra={6: stream(b"<xdp/>")}),
+    "nul-after-uri-key": lambda: doc(
+        page=b"/Annots [" + link(b"<< /S /URI /URI\0(javascript:app.alert\\(1\\)) >>") + b"]"
+    ),
+    "nul-after-gotor": lambda: doc(page=b"/Annots [" + link(b"<< /S\0/GoToR /F (other.pdf) >>") + b"]"),
+    "nul-escaped-in-name": lambda: doc(b"/OpenAction << /S#00/Launch /F (calc.exe) >>"),
+    "nul-embedded-files": _nul_embedded,
+    # an xref offset that pypdf cannot read there, so it takes another copy
+    "xref-offset-two-comments-decoy": _comments_decoy,
+    # object streams: one number twice
+    "objstm-duplicate-number": _objstm_duplicate_number,
+    "objstm-duplicate-number-first-listed": _objstm_duplicate_number_first_listed,
+    # cross-reference data pypdf's chain does not reach
+    "linearized-first-page-xref-unchained": lambda: _linearized(first_page_chained=False),
+    "orphan-xref-stream": _orphan_xref_stream,
+}
+
+#: Structures built to make the walk slow: each an answer (a rejection) within a second.
+COSTLY: dict[str, Callable[[], bytes]] = {
+    "objstm-same-offset": _objstm_same_offset,
+    "objstm-overlapping-entries": _objstm_overlapping,
+}
+
+#: Well-formed and harmless, but close to the above: each accepted, no flags.
+STRUCTURE_NEAR_MISSES: dict[str, Callable[[], bytes]] = {
+    "linearized-first-page-xref-chained": lambda: _linearized(first_page_chained=True, evil=False),
+    "escaped-space-in-font-name": lambda: doc(
+        extra={7: b"<< /Type /Font /Subtype /TrueType /BaseFont /Times#20New#20Roman,Bold >>"},
+        page=b"/Annots [] /PieceInfo << /F 7 0 R >>",
+    ),
+    "one-comment-before-object": lambda: build(skeleton(), heads={1: b"%comment\n"}),
+    "jbig2-image": lambda: doc(
+        page=b"/PieceInfo << /Im 6 0 R >>",
+        extra={
+            6: stream(
+                b"\x97JB2\r\n\x1a\n\x01\x00\x00\x00\x01" + b"\x00" * 40,
+                b" /Type /XObject /Subtype /Image /Width 8 /Height 8 /BitsPerComponent 1"
+                b" /ColorSpace /DeviceGray /Filter /JBIG2Decode",
+            )
+        },
+    ),
+    "dct-image-in-flate": lambda: doc(
+        page=b"/PieceInfo << /Im 6 0 R >>",
+        extra={
+            6: stream(
+                zlib.compress(b"\xff\xd8\xff\xd9"),
+                b" /Type /XObject /Subtype /Image /Width 1 /Height 1 /BitsPerComponent 8"
+                b" /ColorSpace /DeviceGray /Filter [/FlateDecode /DCTDecode]",
+            )
+        },
+    ),
+}
+
+
+#: javascript: behind control bytes that PDFDocEncoding turns into accents (0x18-0x1F).
+def _uri_after(byte: int) -> Callable[[], bytes]:
+    uri = b"<< /S /URI /URI (" + bytes([byte]) + b"javascript:app.alert\\(1\\)) >>"
+    return lambda: doc(page=b"/Annots [" + link(uri) + b"]")
+
+
+HOSTILE.update({f"uri-javascript-after-0x{byte:02x}": _uri_after(byte) for byte in range(0x18, 0x20)})
+HOSTILE["uri-base-javascript-after-0x1f"] = lambda: doc(b"/URI << /Base (\x1fjavascript:x/) >>")
+#: Linearized as written: the last startxref leads to the first-page section, read too.
+HOSTILE["linearized-first-page-catalog"] = lambda: _linearized(first_page_chained=True)
+HOSTILE["js-key-escaped-space"] = lambda: doc(b"/OpenAction << /S /Rendition /JS#20x " + JS + b" >>")

@@ -22,9 +22,10 @@ from services import clean_env, dox
 
 from dox_tasks.contract import DocumentResult
 from dox_tasks.steps import pdf as pdf_step
+from dox_tasks.steps import pdf_policy, pdf_reader
 from dox_tasks.steps.pdf import inspect_pdf
 
-ALL_DOCS = {**hp.HOSTILE, **hp.NEAR_MISSES, **hp.EMBEDDED}
+ALL_DOCS = {**hp.HOSTILE, **hp.NEAR_MISSES, **hp.EMBEDDED, **hp.STRUCTURE_NEAR_MISSES}
 
 
 def inspect(tmp_path: Path, data: bytes, **kw: Any) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def test_detail_keeps_hostile_names_readable(tmp_path: Path) -> None:
 
 
 #: The policy as this test expects it: (name, position, verdict). The code's table
-#: (steps/pdf.POLICY) must say the same, and so must docs/ARCHITECTURE.md.
+#: (steps/pdf_policy.POLICY) must say the same, and so must docs/ARCHITECTURE.md.
 EXPECTED_POLICY = [
     ("/JS", "key", "javascript"),
     ("/JavaScript", "key", "javascript"),
@@ -138,8 +139,8 @@ def test_each_policy_entry(tmp_path: Path, name: str, position: str, verdict: st
 
 
 def test_policy_table_in_code_is_the_expected_one() -> None:
-    assert [(r.name, r.position, r.verdict.value) for r in pdf_step.POLICY] == EXPECTED_POLICY
-    assert all(r.what for r in pdf_step.POLICY)
+    assert [(r.name, r.position, r.verdict.value) for r in pdf_policy.POLICY] == EXPECTED_POLICY
+    assert all(r.what for r in pdf_policy.POLICY)
 
 
 def test_policy_table_is_the_one_in_the_architecture_doc() -> None:
@@ -149,7 +150,7 @@ def test_policy_table_is_the_one_in_the_architecture_doc() -> None:
     for line in table.splitlines()[2:]:
         name, position, verdict, what = (cell.strip() for cell in line.strip("|").split("|"))
         documented.append((name.strip("`").rstrip(":"), position, verdict.strip("`"), what))
-    assert documented == [(r.name, r.position, r.verdict.value, r.what) for r in pdf_step.POLICY]
+    assert documented == [(r.name, r.position, r.verdict.value, r.what) for r in pdf_policy.POLICY]
 
 
 # -- must pass --------------------------------------------------------------------------------
@@ -264,6 +265,58 @@ def test_compression_bomb_inside_an_inline_reachable_stream_still_counts(tmp_pat
     data = b"".join(comp.compress(b"\0" * (1 << 20)) for _ in range(300)) + comp.flush()
     pdf = hp.doc(b"/OpenAction " + hp.GOTO, extra={6: hp.stream(data, b" /Filter /FlateDecode")})
     assert inspect(tmp_path, pdf)["reason"] == "too_complex"
+
+
+# -- read one way by pypdf, another by viewers (security review) -------------------------------
+
+
+@pytest.mark.parametrize("reject_embedded", [False, True], ids=["default", "reject-embedded"])
+@pytest.mark.parametrize("name", sorted(hp.MALFORMED))
+def test_structures_viewers_read_otherwise_are_malformed(
+    tmp_path: Path, name: str, reject_embedded: bool
+) -> None:
+    """NUL-ended names, a relocated object, a number packed twice, unreached xref data."""
+    got = inspect(tmp_path, hp.MALFORMED[name](), reject_embedded_files=reject_embedded)
+    assert got["reason"] == "malformed", got
+    assert got["detail"].startswith("not a well-formed PDF")
+
+
+@pytest.mark.parametrize("name", sorted(hp.STRUCTURE_NEAR_MISSES))
+def test_structure_near_misses_are_accepted(tmp_path: Path, name: str) -> None:
+    """A chained linearized file, an escaped space in a name, a comment before an object,
+    JBIG2 and DCT images (never decoded: JBIG2 would need a tool pypdf does not have)."""
+    assert inspect(tmp_path, hp.STRUCTURE_NEAR_MISSES[name]()) == {"reason": None, "pages": 1, "flags": []}
+
+
+@pytest.mark.parametrize("name", sorted(hp.COSTLY))
+def test_costly_object_streams_are_rejected_within_a_second(tmp_path: Path, name: str) -> None:
+    import time
+
+    data = hp.COSTLY[name]()
+    start = time.process_time()
+    got = inspect(tmp_path, data)
+    assert got["reason"] in ("malformed", "too_complex"), got
+    assert time.process_time() - start < 1.0
+
+
+def test_shadow_walk_has_a_parse_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = hp.HOSTILE["objstm-hybrid-shadow-copy"]()
+    monkeypatch.setattr(pdf_reader, "MAX_OBJSTM_PARSE_BYTES", 8)
+    monkeypatch.setattr(pdf_reader, "OBJSTM_PARSE_RATIO", 0)
+    assert inspect(tmp_path, data)["reason"] == "too_complex"
+
+
+def test_an_unexpected_error_in_the_walk_is_an_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a fault the sandbox reports (RuntimeError) and the step retries."""
+
+    def boom(*_: Any) -> None:
+        raise RuntimeError("a dependency pypdf needs is missing")
+
+    monkeypatch.setattr(pdf_step, "check", boom)  # the name the walk calls
+    got = inspect(tmp_path, hp.NEAR_MISSES["openaction-goto"]())
+    assert got["reason"] == "malformed" and "RuntimeError" in got["detail"]
 
 
 # -- end to end -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 2. size: ``empty``, ``too_large``
 3. type by magic bytes: ``type_not_allowed``, ``type_mismatch``
 4. PDF structure in a sandboxed child: ``truncated``, ``malformed``, ``encrypted``,
-   ``javascript`` (the policy table in steps/pdf.py), ``too_complex``, and
+   ``javascript`` (the policy table in steps/pdf_policy.py), ``too_complex``, and
    ``embedded_files`` with DOX_REJECT_EMBEDDED_FILES; accepted PDFs carry ``flags``
    (``owner_password``, ``embedded_files``), which reach the result (finish.build_result)
 5. SHA-256 lookups: bytes known infected → ``infected``; same bytes already
