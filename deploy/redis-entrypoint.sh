@@ -32,9 +32,11 @@ quote() {
 # dox-upstream: what upstream services connect as to send `dox.submit` (README, "Using DOX
 # from another service"). It may run exactly what kombu's Redis transport sends for
 # send_task without a result backend (seen with MONITOR: PING, HELLO, MULTI/EXEC, LLEN on
-# the queue and its priority lists, SADD on the queue's two binding sets, LPUSH), on the
-# intake queue's keys only: it cannot read any queue, push to a step queue or subscribe.
-# No DOX_UPSTREAM_REDIS_PASSWORD, no such user. DOX_BROKER_KEY_PREFIX must match the
+# the queue and its priority lists, SADD on the queue's two binding sets, LPUSH), each
+# command tied to exactly its keys by a selector: LLEN/LPUSH on `intake` and its three
+# priority lists (`intake\x06\x163` …), SADD on the two binding sets. It cannot read a
+# queue, push anywhere else, write another kind of key, or subscribe. No
+# DOX_UPSTREAM_REDIS_PASSWORD, no such user. DOX_BROKER_KEY_PREFIX must match the
 # workers' (their keys carry it).
 write_users() {
     [ -n "${DOX_UPSTREAM_REDIS_PASSWORD:-}" ] || return 0
@@ -49,10 +51,12 @@ write_users() {
     *"
 "*) echo "redis-entrypoint.sh: DOX_UPSTREAM_REDIS_PASSWORD must be one line" >&2; exit 2 ;;
     esac
-    printf 'user dox-upstream reset on %s resetchannels -@all +ping +hello +multi +exec +llen +sadd +lpush' \
+    q="${prefix}intake"
+    sep='\x06\x16'  # kombu's priority separator, as a Redis config escape (inside quotes)
+    printf 'user dox-upstream reset on %s resetchannels -@all +ping +hello +multi +exec' \
         "$(quote ">$DOX_UPSTREAM_REDIS_PASSWORD")"
-    printf ' %%W~%sintake* %%W~%s_kombu.binding.intake %%W~%s_kombu.binding_permanent.intake\n' \
-        "$prefix" "$prefix" "$prefix"
+    printf ' "(+llen +lpush %%W~%s %%W~%s%s3 %%W~%s%s6 %%W~%s%s9)"' "$q" "$q" "$sep" "$q" "$sep" "$q" "$sep"
+    printf ' "(+sadd %%W~%s_kombu.binding.intake %%W~%s_kombu.binding_permanent.intake)"\n' "$prefix" "$prefix"
 }
 
 umask 077

@@ -44,6 +44,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     routes.update({name: {"queue": queue} for name, queue in HOME_QUEUES.items()})
     return {
         "broker_url": settings.broker_url,
+        # A queue item that is not a message is dropped, not the worker's end. (Not for
+        # rediss://: naming the transport would lose kombu's TLS defaults for that scheme.)
+        "broker_transport": (
+            "dox_tasks.broker_transport:Transport" if settings.broker_url.startswith("redis://") else None
+        ),
         # Results are ignored except where a chord needs them (the team sync's checks).
         "result_backend": settings.result_backend or _default_backend(settings),
         "result_expires": 86400,

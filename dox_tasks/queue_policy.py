@@ -9,8 +9,10 @@ where it belongs; Celery's built-in canvas tasks (``celery.chain``, ``celery.gro
 except ``celery.chord_unlock`` on ``operations``, which the team sync's chord needs
 when the result backend has no native join.
 
-A refused message is rejected unrun (dropped, never requeued) and logged with its
-task name, id and queue — never its arguments. Step tasks that pass here are checked
+Then :mod:`dox_tasks.message_shape` checks the message's structure (headers, time
+limits, ETA, arguments) and drops links and chains. A refused message is rejected
+unrun (dropped, never requeued) and logged with its task name, id and queue — never
+its arguments. Step tasks that pass here are checked
 again by the runner against the workflow's recorded definition (see
 :mod:`dox_tasks.runner`): this table decides what may run where, the runner whether
 this delivery is the one the workflow expects.
@@ -30,7 +32,9 @@ from typing import Any
 
 from celery import Task
 
+from . import message_shape, runtime
 from .contract import INTAKE_QUEUE, QUEUES
+from .message_shape import MAX_ID
 from .steps.registry import STEP_TASKS
 
 log = logging.getLogger("dox.queues")
@@ -98,14 +102,28 @@ class GuardedTask(Task):
         name = self.name
 
         def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
-            consumed = {q.name for q in getattr(consumer.task_consumer, "queues", ())}
-            claimed = (message.delivery_info or {}).get("routing_key")
-            queue = source_queue(claimed, consumed)
-            why = refusal(name, queue) if queue else f"it claims the queue {claimed!r}, not consumed here"
+            queue: str | None = None
+            try:
+                consumed = {q.name for q in getattr(consumer.task_consumer, "queues", ())}
+                claimed = (message.delivery_info or {}).get("routing_key")
+                queue = source_queue(claimed, consumed)
+                why = refusal(name, queue) if queue else f"it claims the queue {claimed!r}, not consumed here"
+                if why is None and queue is not None:
+                    settings = runtime.get().settings
+                    why = message_shape.check(
+                        message,
+                        name,
+                        queue,
+                        max_time_limit=settings.workflow_timeout,
+                        max_eta_s=settings.visibility_timeout,
+                    )
+            except Exception as exc:  # noqa: BLE001 - whatever a message holds, never the worker's end
+                why = f"it cannot be read ({type(exc).__name__})"
             if why is None:
                 return handle(message, body, ack, reject, callbacks, **kw)
-            task_id = (message.headers or {}).get("id")
-            log.error("refused task %s (id %s) from queue %s unrun: %s", name, task_id, queue or claimed, why)
+            headers = message.headers if isinstance(message.headers, dict) else {}
+            task_id = str(headers.get("id"))[:MAX_ID]
+            log.error("refused task %s (id %s) from queue %s unrun: %s", name, task_id, queue, why)
             reject(log, consumer.connection_errors, False)
             return None
 

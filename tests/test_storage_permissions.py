@@ -20,9 +20,13 @@ from dox_tasks.storage import ContentStore
 
 
 def modes(root: Path) -> tuple[set[int], set[int]]:
-    """(file modes, folder modes) of everything under ``root``, the root included."""
+    """(file modes, folder modes) of everything under ``root``, the root included —
+    but the staging locks, empty files that must be writable to be locked."""
     files, folders = set(), {stat.S_IMODE(root.stat().st_mode)}
     for path in root.rglob("*"):
+        if path.parent.name == "locks" and path.suffix == ".lock":
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 in (0, 0o040) and path.stat().st_size == 0
+            continue
         (folders if path.is_dir() else files).add(stat.S_IMODE(path.stat().st_mode))
     return files, folders
 

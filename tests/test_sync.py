@@ -81,7 +81,7 @@ def checks_worker(tmp_path, request):  # type: ignore[no-untyped-def]
                 break
         else:
             raise AssertionError((tmp_path / "coord.log").read_text()[-2000:])
-        h.worker(queues=[q for q in QUEUES if q != "coordination"])
+        h.worker(queues=[q for q in QUEUES if q not in ("coordination", "intake")])
 
     yield start
     for proc in procs:

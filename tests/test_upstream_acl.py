@@ -85,8 +85,9 @@ def test_the_upstream_user_can_submit_and_nothing_else(acl_redis):
     upstream = Celery(broker=_url("dox-upstream", UPSTREAM_PW, port))
     upstream.conf.broker_transport_options = {"global_keyprefix": prefix}
     upstream.send_task("dox.submit", args=["a.pdf"], kwargs={"user": "billing"}, queue="intake")
+    upstream.send_task("dox.submit", args=["b.pdf"], kwargs={"user": "billing"}, queue="intake", priority=5)
     admin = redis.Redis(host="127.0.0.1", port=port, password=ADMIN_PW)
-    assert admin.llen(f"{prefix}intake") == 1
+    assert admin.llen(f"{prefix}intake") == 1 and admin.llen(f"{prefix}intake\x06\x163") == 1
 
     r = redis.Redis.from_url(_url("dox-upstream", UPSTREAM_PW, port))
     refused = {
@@ -97,6 +98,9 @@ def test_the_upstream_user_can_submit_and_nothing_else(acl_redis):
         "subscribe": ["SUBSCRIBE", "dox.workflow.success"],
         "list keys": ["KEYS", "*"],
         "read the event stream": ["XRANGE", "dox:events", "-", "+"],
+        "turn a priority list into a set": ["SADD", f"{prefix}intake\x06\x163", "x"],
+        "write another intake-like key": ["LPUSH", f"{prefix}intake-junk", "x" * 1000],
+        "push onto a binding set": ["LPUSH", f"{prefix}_kombu.binding.intake", "x"],
     }
     for what, command in refused.items():
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -136,3 +140,65 @@ def test_a_step_task_pushed_onto_intake_is_rejected_unrun(
     h.wait_until(lambda: any("dox.validate" in r.getMessage() for r in caplog.records), what="the refusal")
     assert h.rt.state.step_rows(wid) == []
     assert h.rt.state.get_workflow(wid)["current_state"] == "queued"
+
+
+def test_nothing_the_upstream_user_can_push_stops_a_prefork_intake_worker(acl_redis, pg_url, tmp_path):
+    """Messages that killed the prefork intake worker (and came back at each restart), or
+    made it publish elsewhere with DOX's login, are refused; it goes on taking submissions."""
+    port, prefix = acl_redis
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.pdf").write_bytes(pdfs.unique(951))
+    env = services.clean_env(
+        tmp_path,
+        DOX_BROKER_URL=_url("default", ADMIN_PW, port),
+        DOX_DATABASE_URL=pg_url,
+        DOX_BROKER_KEY_PREFIX=prefix,
+        DOX_NAMESPACE=f"ns{port}",
+        DOX_INBOX_ROOT=str(inbox),
+        CLAMAV_ENABLED="false",
+    )
+    assert services.dox(["db", "upgrade"], env, tmp_path).returncode == 0
+    log = tmp_path / "worker.log"
+    worker = services.spawn_dox(["worker", "-Q", "intake", "-c", "1", "-n", "intake@%h"], env, log)
+    try:
+        upstream = Celery(broker=_url("dox-upstream", UPSTREAM_PW, port))
+        upstream.conf.broker_transport_options = {"global_keyprefix": prefix}
+        raw = redis.Redis.from_url(_url("dox-upstream", UPSTREAM_PW, port))
+        submit = {"args": ["a.pdf"], "kwargs": {"user": "svc"}, "queue": "intake"}
+        upstream.send_task("dox.submit", soft_time_limit="x", **submit)  # killed the pool's timer
+        upstream.send_task("dox.submit", time_limit=10**9, **submit)
+        upstream.send_task("dox.submit", countdown=3600 * 24 * 365, **submit)
+        upstream.send_task("dox.submit", task_id={"an": "object"}, **submit)  # type: ignore[arg-type]
+        fwd = upstream.signature("dox.scan", args=("w", "scan", "f" * 64, 1), queue="scan")
+        upstream.send_task("dox.submit", link=fwd, **submit)  # would be sent with DOX's login
+        upstream.send_task("dox.submit", link_error=fwd, **submit)
+        for item in (b"not json", b'"a string"', b"[1, 2]", b'{"body": 1}'):
+            raw.lpush(f"{prefix}intake", item)
+        upstream.send_task("dox.submit", **{**submit, "kwargs": {"user": "after-the-junk"}})
+        admin = redis.Redis(host="127.0.0.1", port=port, password=ADMIN_PW)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _users(pg_url) != ["after-the-junk"]:
+            assert worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert _users(pg_url) == ["after-the-junk"], log.read_text()[-3000:]
+        assert worker.poll() is None
+        assert admin.llen(f"{prefix}scan") == 0  # nothing forwarded onto a step queue
+        text = log.read_text()
+        assert "Unrecoverable error" not in text
+        assert text.count("refused task dox.submit") >= 6 and "not a task message" in text
+    finally:
+        services.kill_group(worker)
+
+
+def _users(url: str) -> list[str]:
+    from sqlalchemy import create_engine, text
+
+    from dox_tasks.db.engine import normalize_url
+
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.connect() as c:
+            return [r[0] for r in c.execute(text("select user_id from workflow_states"))]
+    finally:
+        engine.dispose()
