@@ -10,7 +10,7 @@ message is checked here first (from :class:`dox_tasks.queue_policy.GuardedTask`'
 consumer strategy), and:
 
 - a message that is not protocol 2 (``[args, kwargs, embed]``), whose headers are not
-  what Celery expects, whose time limits are not between 0 and ``WORKFLOW_TIMEOUT``,
+  what Celery expects, whose time limits are not between 1 s and ``WORKFLOW_TIMEOUT``,
   whose ETA lies beyond the visibility timeout (it would be delivered twice), or whose
   arguments do not fit the task is refused (rejected unrun);
 - on ``intake`` any link, chain, chord or ETA is refused; elsewhere links and chains
@@ -88,8 +88,10 @@ def _headers(headers: dict[str, Any], max_time_limit: float, max_eta_s: float, i
         if not (isinstance(limits, list | tuple) and len(limits) == 2):
             return "header 'timelimit' is not [soft, hard]"
         for value in limits:
-            if not (value is None or (type(value) in (int, float) and 0 < value <= max_time_limit)):
-                return f"its time limits are not between 0 and WORKFLOW_TIMEOUT={max_time_limit:g}s"
+            # DOX's own limits are whole seconds ≥ 1 (canvas.soft_limit); a forged 0.004 s one
+            # would fire inside the runner's bookkeeping instead of the step.
+            if not (value is None or (type(value) in (int, float) and 1 <= value <= max_time_limit)):
+                return f"its time limits are not between 1 s and WORKFLOW_TIMEOUT={max_time_limit:g}s"
     for key in ("eta", "expires"):
         value = headers.get(key)
         if value is None:

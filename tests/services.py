@@ -369,3 +369,22 @@ def expect_of(h: Any, workflow_id: str) -> tuple[str, int]:
     """The (definition hash, run) a genuine step message of this workflow names."""
     wf = h.rt.state.get_workflow(workflow_id)
     return wf["definition_hash"], wf["run"]
+
+
+def assert_expected_results(stdout: str, expected_file: Path) -> dict[str, Any]:
+    """``dox run --json`` output against examples/inbox/EXPECTED.json: every file once, its
+    status, and its reason, template and original where EXPECTED names them."""
+    import json
+
+    expected = json.loads(expected_file.read_text())
+    results = {Path(r["file"]).name: r for r in map(json.loads, stdout.splitlines())}
+    assert set(results) == set(expected)
+    for name, want in expected.items():
+        got = results[name]
+        assert got["status"] == want["status"], (name, got)
+        for key in ("reason", "template"):
+            if key in want:
+                assert got[key] == want[key], (name, got)
+        if "duplicate_of" in want:
+            assert got["duplicate_of"] == results[want["duplicate_of"]]["workflow_id"]
+    return results

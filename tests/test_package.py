@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from services import clean_env
+from services import assert_expected_results, clean_env
 
 from dox_tasks.definitions import load_all
 from dox_tasks.definitions.loader import shipped_definitions
@@ -138,19 +138,9 @@ def test_installed_wheel_validates_schedules_and_runs_the_sample_inbox(venv: Pat
         assert jobs[name]["cron"] == d.model.trigger.cron
 
     # the same checks as test_cli_run's EXPECTED.json test, on the installed package
-    expected = json.loads((inbox / "EXPECTED.json").read_text())
     res = run([dox, "run", inbox, "--json"], env=env, cwd=elsewhere)
     assert "Traceback" not in res.stderr, res.stderr
-    results = {Path(r["file"]).name: r for r in map(json.loads, res.stdout.splitlines())}
-    assert set(results) == set(expected)
-    for name, want in expected.items():
-        got = results[name]
-        assert got["status"] == want["status"], (name, got)
-        for key in ("reason", "template"):
-            if key in want:
-                assert got[key] == want[key], (name, got)
-        if "duplicate_of" in want:
-            assert got["duplicate_of"] == results[want["duplicate_of"]]["workflow_id"]
+    assert_expected_results(res.stdout, inbox / "EXPECTED.json")
     assert res.returncode == 0
 
 

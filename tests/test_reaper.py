@@ -137,7 +137,7 @@ def test_a_sync_whose_chord_never_completes_is_chord_waiting_and_finished(
     path = tmp_path / "teams.yaml"
     path.write_text(yaml.safe_dump(teams))
     h = harness_factory(flushable.model_copy(update={"teams_file": path}))
-    h.worker(queues=[q for q in QUEUES if q != "coordination"])  # nobody runs the checks
+    h.worker(queues=[q for q in QUEUES if q not in ("coordination", "intake")])  # nobody runs the checks
     wid = run_now(h.rt, "sync_team_coordination", actor="test").workflow_id
     h.wait_until(
         lambda: any(r["state"] == "success" for r in h.rt.state.step_rows(wid)), 30, "the chord to start"
