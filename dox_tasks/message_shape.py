@@ -33,6 +33,10 @@ MAX_REPR = 4096
 _HEADER_TEXT = ("task", "id", "root_id", "parent_id", "group", "shadow", "lang", "origin", "meth")
 _HEADER_REPR = ("argsrepr", "kwargsrepr")
 _EMBED = ("callbacks", "errbacks", "chain", "chord")
+#: Headers Celery also reads as links, chains and chord membership (the body's embed is
+#: applied over the headers, so an empty embed leaves these in force).
+_HEADER_LINKS = ("callbacks", "errbacks", "chain", "chord")
+_HEADER_GROUP = ("group", "group_index", "group_size")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _WORKFLOW_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 _STEP = re.compile(r"[A-Za-z0-9_. -]{1,100}")
@@ -49,19 +53,29 @@ def check(message: Any, task: str, queue: str, *, max_time_limit: float, max_eta
     headers = message.headers
     if not isinstance(headers, dict):
         return "its headers are not an object"
-    why = _headers(headers, max_time_limit, max_eta_s, intake=queue == INTAKE_QUEUE)
+    intake = queue == INTAKE_QUEUE
+    why = _headers(headers, max_time_limit, max_eta_s, intake=intake)
     if why:
         return why
+    keeps_chord = task in _KEEPS_CHORD
+    in_headers = [k for k in _HEADER_LINKS if headers.get(k) and not (k == "chord" and keeps_chord)]
+    in_headers += [k for k in _HEADER_GROUP if headers.get(k) is not None and not keeps_chord]
+    if intake and (in_headers or headers.get("ignore_result") is False):
+        return f"its headers carry {', '.join(in_headers) or 'ignore_result'} (a submission runs alone)"
+    for key in in_headers:
+        headers[key] = None  # the headers are read when the request is built, after this
     payload = message.payload
     if not (isinstance(payload, list | tuple) and len(payload) == 3):
         return "its body is not [args, kwargs, embed] (Celery message protocol 2)"
     args, kwargs, embed = payload
     if not isinstance(args, list | tuple) or not isinstance(kwargs, dict) or not isinstance(embed, dict):
         return "its body is not [args, kwargs, embed] (Celery message protocol 2)"
+    if not set(embed) <= set(_EMBED):  # Celery applies these over the request's own fields
+        return "its embed holds more than callbacks, errbacks, chain and chord"
     why = _arguments(task, list(args), kwargs)
     if why:
         return why
-    carried = [k for k in _EMBED if embed.get(k) and not (k == "chord" and task in _KEEPS_CHORD)]
+    carried = [k for k in _EMBED if embed.get(k) and not (k == "chord" and keeps_chord)]
     if carried and queue == INTAKE_QUEUE:
         return f"it carries {', '.join(carried)} (a submission runs alone)"
     if carried:

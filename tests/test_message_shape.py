@@ -123,3 +123,30 @@ def test_chord_unlock_may_only_finish_the_team_sync():
     bad = [["g-1", {"task": "dox.scan", "args": STEP_ARGS}], {}, {}]
     assert verdict(Message(payload=ok), "celery.chord_unlock", "operations") is None
     assert "team sync" in (verdict(Message(payload=bad), "celery.chord_unlock", "operations") or "")
+
+
+@pytest.mark.parametrize("key", ["callbacks", "errbacks", "chain", "chord", "group", "group_index"])
+def test_links_and_chord_membership_in_the_headers_count_too(key):
+    value = [{"task": "dox.scan"}] if key in ("callbacks", "errbacks", "chain") else "g-1"
+    submit = Message(headers={"id": "t", "task": "dox.submit", key: value}, payload=[["a.pdf"], {}, {}])
+    assert "headers carry" in (verdict(submit, "dox.submit", "intake") or "")
+    step = Message(headers={"id": "t", "task": "dox.scan", key: value})
+    assert verdict(step) is None and step.headers[key] is None
+
+
+def test_the_probe_keeps_its_group_in_the_headers():
+    probe = Message(headers={"id": "t", "group": "g-1", "group_index": 3}, payload=[["wf", "svc01"], {}, {}])
+    assert verdict(probe, "dox.sync.probe", "coordination") is None
+    assert (probe.headers["group"], probe.headers["group_index"]) == ("g-1", 3)
+
+
+def test_an_embed_with_other_keys_is_refused():
+    # Celery applies the embed over the request: {"id": …} would rename the task.
+    assert "embed holds more" in (verdict(Message(payload=[STEP_ARGS, {}, {"id": "x"}])) or "")
+
+
+def test_a_submission_may_not_ask_for_its_result_to_be_stored():
+    m = Message(
+        headers={"id": "chosen", "task": "dox.submit", "ignore_result": False}, payload=[["a"], {}, {}]
+    )
+    assert verdict(m, "dox.submit", "intake") is not None

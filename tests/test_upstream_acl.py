@@ -175,6 +175,13 @@ def test_nothing_the_upstream_user_can_push_stops_a_prefork_intake_worker(acl_re
         upstream.send_task("dox.submit", link_error=fwd, **submit)
         for item in (b"not json", b'"a string"', b"[1, 2]", b'{"body": 1}'):
             raw.lpush(f"{prefix}intake", item)
+        # Links in the headers instead of the body (Celery reads both), and envelopes whose
+        # task name Celery cannot look up (they held prefetch slots for good).
+        for headers in ({"callbacks": [dict(fwd)]}, {"chain": [dict(fwd)]}, {"errbacks": [dict(fwd)]}):
+            raw.lpush(f"{prefix}intake", _envelope(headers, [["a.pdf"], {"bogus": 1}, {}]))
+        for task in (["dox.submit"], {"a": 1}, ["x"]):
+            raw.lpush(f"{prefix}intake", _envelope({"task": task}, [["a.pdf"], {}, {}]))
+        raw.lpush(f"{prefix}intake", _envelope({"task": "nope", "id": None}, [[], {}, {}]))
         upstream.send_task("dox.submit", **{**submit, "kwargs": {"user": "after-the-junk"}})
         admin = redis.Redis(host="127.0.0.1", port=port, password=ADMIN_PW)
         deadline = time.monotonic() + 60
@@ -186,9 +193,36 @@ def test_nothing_the_upstream_user_can_push_stops_a_prefork_intake_worker(acl_re
         assert admin.llen(f"{prefix}scan") == 0  # nothing forwarded onto a step queue
         text = log.read_text()
         assert "Unrecoverable error" not in text
-        assert text.count("refused task dox.submit") >= 6 and "not a task message" in text
+        assert text.count("refused task dox.submit") == 8  # 5 sent by Celery, 3 written by hand
+        assert text.count("not a task message") == 9  # 4 junk items, 5 envelopes with bad ids/names
+        assert admin.zcard(f"{prefix}unacked_index") == 0  # no slot held by a message nobody can take
     finally:
         services.kill_group(worker)
+
+
+def _envelope(headers: dict, body: list) -> bytes:
+    """A raw kombu envelope for ``intake``, as a hand-written sender would push it."""
+    import base64
+    import json
+    import uuid
+
+    tag = str(uuid.uuid4())
+    return json.dumps(
+        {
+            "body": base64.b64encode(json.dumps(body).encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"lang": "py", "task": "dox.submit", "id": tag, **headers},
+            "properties": {
+                "correlation_id": tag,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": "intake"},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": tag,
+            },
+        }
+    ).encode()
 
 
 def _users(url: str) -> list[str]:
