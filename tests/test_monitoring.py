@@ -183,11 +183,8 @@ def test_commands_in_annotations_exist(command):
     import click
 
     from dox_tasks.cli import cli
-    from dox_tasks.cli_ops import register
 
-    group = click.Group("dox", commands=dict(cli.commands))  # a copy: main() registers the
-    register(group)  # operations commands on `cli` itself
-    cmd: click.Command = group
+    cmd: click.Command = cli  # every command module's commands are registered on import
     words = shlex.split(command)[1:]
     while words and isinstance(cmd, click.Group) and not words[0].startswith("-"):
         sub = cmd.get_command(click.Context(cmd), words.pop(0))

@@ -188,7 +188,7 @@ def test_flower_refuses_credentials_it_would_misread(tmp_path, user, password, w
 
 
 def test_flower_credentials_that_work_are_passed_through():
-    from dox_tasks.cli_ops import flower_basic_auth
+    from dox_tasks.cli.monitoring import flower_basic_auth
 
     assert flower_basic_auth("ops", "s3cret-pw_!") == "ops:s3cret-pw_!"
     assert flower_basic_auth("ops", "pa:ss") == "ops:pa:ss"  # a colon in the password is fine

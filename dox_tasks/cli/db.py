@@ -1,0 +1,22 @@
+"""``dox db upgrade``: the results database's tables."""
+
+from __future__ import annotations
+
+import click
+
+from .common import runtime
+
+
+@click.group()
+def db() -> None:
+    """The results database."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the tables (alembic upgrade head)."""
+    rt = runtime()
+    rt.state.migrate()
+    from ..settings import redact_url
+
+    click.echo(f"database at {redact_url(rt.settings.db_url)} is up to date")
