@@ -36,8 +36,10 @@ def assert_exactly_once(state: StateStore, ids: list[str]) -> None:
         completions = dict(
             c.execute(
                 text(
-                    "select workflow_id, count(*) from workflow_events"
-                    " where type like 'workflow.%' and type <> 'workflow.escalated' group by workflow_id"
+                    # completion events only: a reaped workflow also has workflow.stuck/redriven
+                    "select workflow_id, count(*) from workflow_events where type in ('workflow.success',"
+                    " 'workflow.failed', 'workflow.rejected', 'workflow.duplicate', 'workflow.cancelled')"
+                    " group by workflow_id"
                 )
             ).all()
         )
