@@ -32,12 +32,7 @@ from ..contract import LIVE_STATES, NEEDS_STAGED_INPUT, StepState, WorkflowState
 from ..errors import DoxError, StateStoreUnavailable, StepStillRunning, UnknownWorkflow
 from .direct import DirectConnection
 from .engine import make_engine, migrate
-from .models import WorkflowDefinition, WorkflowEvent, WorkflowStateRow, WorkflowStepResult
-
-WS = cast(Table, WorkflowStateRow.__table__)
-SR = cast(Table, WorkflowStepResult.__table__)
-EV = cast(Table, WorkflowEvent.__table__)
-WD = cast(Table, WorkflowDefinition.__table__)
+from .tables import EV, SR, WD, WS, insert_ignore
 LIVE = [s.value for s in LIVE_STATES]
 _IS_LIVE = or_(*(WS.c.current_state == v for v in LIVE))
 
@@ -193,17 +188,8 @@ class StateStore:
         except (OperationalError, SAInterfaceError) as exc:
             raise StateStoreUnavailable(f"results database unavailable: {exc.orig}") from exc
 
-    def _insert_ignore(self, conn: Connection, table: Any, values: dict[str, Any]) -> bool:
-        """INSERT … ON CONFLICT DO NOTHING; True when a row was written."""
-        if self.is_postgres:
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            stmt: Any = pg_insert(table).values(**values).on_conflict_do_nothing()
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            stmt = sqlite_insert(table).values(**values).on_conflict_do_nothing()
-        return bool(conn.execute(stmt).rowcount)
+    def _insert_ignore(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
+        return insert_ignore(conn, table, values)
 
     # -- definitions ----------------------------------------------------------------
     def save_definition(self, digest: str, name: str, version: str, body: dict[str, Any]) -> None:
