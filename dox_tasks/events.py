@@ -26,17 +26,13 @@ import redis
 
 from .db.store import StateStore
 from .errors import TransientError
+from .settings import stream_key
 
 log = logging.getLogger(__name__)
 
 STREAM_MAXLEN = 100_000
 #: Entries read per XRANGE call while looking for a workflow's entries.
 SCAN_BATCH = 1000
-
-
-def stream_key(namespace: str) -> str:
-    """The Redis stream every event goes to (settings check it is not a broker key)."""
-    return f"{namespace}:events"
 
 
 class Fanout(Protocol):

@@ -8,6 +8,7 @@ under ``$DOX_HOME`` and no servers at all.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlparse
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .contract import QUEUES
 from .errors import ConfigError
 
 #: Debian's clamd socket; the embedded default uses it when something listens there.
@@ -26,6 +28,32 @@ EMBEDDED_BROKER = "memory://localhost/"
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
+
+
+SHIPPED_PACKAGE = "dox_tasks.workflow_defs"
+
+
+def shipped_definitions() -> Path:
+    """The folder of definitions installed with DOX (the default of ``DOX_DEFS_DIR``).
+
+    Found through ``importlib.resources``, not beside the source: a wheel puts the YAML in
+    site-packages, an editable install maps the package to the checkout's ``workflow_defs/``,
+    and both answer here. The loader globs and reports file:line, so it needs a real folder:
+    an import from a zip archive is refused with the way out.
+    """
+    folder = importlib.resources.files(SHIPPED_PACKAGE)
+    if not isinstance(folder, Path):
+        raise ConfigError(
+            f"the shipped definitions ({SHIPPED_PACKAGE}) are not a folder on disk ({folder}):"
+            " set DOX_DEFS_DIR to a folder of workflow definitions"
+        )
+    return folder
+
+
+def stream_key(namespace: str) -> str:
+    """The Redis stream every event goes to (declared here so the settings can check it is not
+    a broker key)."""
+    return f"{namespace}:events"
 
 class Settings(BaseSettings):
     """Every knob DOX has. Secrets (passwords inside URLs) are never logged: use :meth:`redacted`."""
@@ -177,8 +205,6 @@ class Settings(BaseSettings):
         """
         if self.defs_dir:
             return self.defs_dir.resolve()
-        from .definitions.loader import shipped_definitions  # lazy: the loader imports the step registry
-
         return shipped_definitions().resolve()
 
     @property
@@ -234,9 +260,6 @@ class Settings(BaseSettings):
     def _check_redis_keys(self) -> None:
         """DOX's own Redis keys must not be broker keys: a stream where kombu expects a list
         (or the reverse) makes the worker die with WRONGTYPE on its first message."""
-        from .contract import QUEUES
-        from .events import stream_key
-
         prefix = self.broker_key_prefix or ""
         broker = {f"{prefix}{k}" for k in ("unacked", "unacked_index", "unacked_mutex")}
         for q in QUEUES:

@@ -27,8 +27,7 @@ import pytest
 from services import assert_expected_results, clean_env
 
 from dox_tasks.definitions import load_all
-from dox_tasks.definitions.loader import shipped_definitions
-from dox_tasks.settings import Settings
+from dox_tasks.settings import Settings, shipped_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
 INBOX = ROOT / "examples" / "inbox"

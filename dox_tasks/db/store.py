@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, DateTime, Engine, Table, bindparam, insert, or_, select, update
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
@@ -33,6 +33,7 @@ from ..errors import DoxError, StateStoreUnavailable, StepStillRunning, UnknownW
 from .direct import DirectConnection
 from .engine import make_engine, migrate
 from .tables import EV, SR, WD, WS, insert_ignore
+
 LIVE = [s.value for s in LIVE_STATES]
 _IS_LIVE = or_(*(WS.c.current_state == v for v in LIVE))
 

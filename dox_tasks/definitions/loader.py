@@ -8,7 +8,6 @@ loop and must reach every step.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..contract import COMPLETE
-from ..errors import ConfigError, DefinitionError
+from ..errors import DefinitionError
 from ..steps.registry import resolve
 from .schema import DefinitionModel, Step
 
@@ -208,26 +207,6 @@ NOT_DEFINITIONS = frozenset({"teams.yaml", "teams.yml"})
 
 #: The package that carries the shipped definitions, ``teams.yaml`` and ``templates/``:
 #: the top-level ``workflow_defs/`` folder, mapped into the package by pyproject.toml.
-SHIPPED_PACKAGE = "dox_tasks.workflow_defs"
-
-
-def shipped_definitions() -> Path:
-    """The folder of definitions installed with DOX (the default of ``DOX_DEFS_DIR``).
-
-    Found through ``importlib.resources``, not beside the source: a wheel puts the YAML in
-    site-packages, an editable install maps the package to the checkout's ``workflow_defs/``,
-    and both answer here. The loader globs and reports file:line, so it needs a real folder:
-    an import from a zip archive is refused with the way out.
-    """
-    folder = importlib.resources.files(SHIPPED_PACKAGE)
-    if not isinstance(folder, Path):
-        raise ConfigError(
-            f"the shipped definitions ({SHIPPED_PACKAGE}) are not a folder on disk ({folder}):"
-            " set DOX_DEFS_DIR to a folder of workflow definitions"
-        )
-    return folder
-
-
 def definition_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]

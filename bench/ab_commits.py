@@ -1,0 +1,85 @@
+"""Two commits of DOX, benchmarked alternately: did a change cost CPU per workflow?
+
+    python bench/ab_commits.py OLD_CHECKOUT NEW_CHECKOUT [--pairs 3] [-n 300] [--rounds 3]
+
+Each checkout needs its own ``.venv`` with DOX installed from it (the README's test
+command). The script runs each checkout's own ``bench/pipeline.py --big-mib 0``
+alternately (old, new, old, new, …) on the same services, and reads from each run's
+round notes DOX's CPU ms per workflow (``dox_noop``: the five queues with no-op step
+bodies, i.e. DOX's own bookkeeping and Celery) and the calibration loop of the same
+round. The figure compared is their quotient, so the VM's drift between runs (2× within
+minutes here) cancels out: per run the median over its rounds, per commit the median
+over its runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROUND_CAL = re.compile(r"^# round (\d+): calibration loop (\d+) CPU ms")
+ROUND_DOX = re.compile(r"^# round (\d+): dox_noop [\d.]+ workflows/s, ([\d.]+) CPU ms/workflow")
+
+
+def say(name: str, value: object) -> None:
+    print(f"{name}: {value}", flush=True)
+
+
+def relative_cost(output: str) -> float:
+    """Median over the run's rounds of DOX's CPU ms per workflow / calibration CPU ms."""
+    cal: dict[int, float] = {}
+    dox: dict[int, float] = {}
+    for line in output.splitlines():
+        if m := ROUND_CAL.match(line):
+            cal[int(m.group(1))] = float(m.group(2))
+        elif m := ROUND_DOX.match(line):
+            dox[int(m.group(1))] = float(m.group(2))
+    rounds = sorted(set(cal) & set(dox))
+    if not rounds:
+        raise SystemExit("no round figures in the benchmark's output:\n" + output[-3000:])
+    return statistics.median(dox[r] / cal[r] for r in rounds)
+
+
+def run_once(checkout: Path, extra: list[str]) -> float:
+    python = checkout / ".venv" / "bin" / "python"
+    cmd = [str(python), str(checkout / "bench" / "pipeline.py"), "--big-mib", "0", *extra]
+    done = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, timeout=3600)
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise SystemExit(f"{checkout}: the benchmark failed ({done.returncode}):\n{output[-3000:]}")
+    return relative_cost(output)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("-n", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of pipeline.py's latency run")
+    args = parser.parse_args()
+    extra = ["-n", str(args.n), "--rounds", str(args.rounds), "--seconds", str(args.seconds)]
+    costs: dict[str, list[float]] = {"old": [], "new": []}
+    for pair in range(args.pairs):
+        for label, checkout in (("old", args.old), ("new", args.new)):
+            cost = run_once(checkout.resolve(), extra)
+            costs[label].append(cost)
+            print(
+                f"# pair {pair + 1} {label}: {cost:.4f} DOX CPU ms per workflow per calibration CPU ms",
+                file=sys.stderr,
+                flush=True,
+            )
+    for label in ("old", "new"):
+        say(f"{label}_dox_cpu_per_calibration_runs", " ".join(f"{c:.4f}" for c in costs[label]))
+        say(f"{label}_dox_cpu_per_calibration", f"{statistics.median(costs[label]):.4f}")
+    ratio = statistics.median(costs["new"]) / statistics.median(costs["old"])
+    say("new_vs_old_cpu_ratio", f"{ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
