@@ -2,7 +2,7 @@
 
 Only modules of ``dox_tasks.db`` import this: the rest of DOX reaches the results
 layer through :mod:`dox_tasks.db.store` (transitions) and the read model, never by
-naming a table (``tests/test_layering.py`` checks it).
+naming a table (``tests/test_layering_db.py`` checks it).
 """
 
 from __future__ import annotations
