@@ -30,7 +30,7 @@ STEPS = ("validate", "scan", "store", "recognize", "publish")
 def fill(state, n: int) -> None:
     from sqlalchemy import insert
 
-    from dox_tasks.db.store import EV, SR, WD, WS
+    from dox_tasks.db.tables import EV, SR, WD, WS
 
     now = datetime.now(UTC)
     with state.tx() as conn:
@@ -104,8 +104,9 @@ def timed(fn) -> float:
 def main() -> None:
     from sqlalchemy import func, select
 
-    from dox_tasks.db.store import EV, StateStore
-    from dox_tasks.metrics.tally import Cache, tally
+    from dox_tasks.db.store import StateStore
+    from dox_tasks.db.tables import EV
+    from dox_tasks.db.tally import Cache, tally
 
     sizes = [int(a) for a in sys.argv[1:]] or [10_000, 100_000]
     for n in sizes:

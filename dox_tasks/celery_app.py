@@ -24,7 +24,8 @@ from kombu import Queue
 
 from . import runtime
 from .contract import INTAKE_QUEUE, QUEUES
-from .errors import DoxError
+from .db.schema import schema_behind
+from .errors import DoxError, StateStoreUnavailable
 from .inbox import pin_root
 from .queue_policy import HOME_QUEUES, GuardedTask, intake_mixing
 from .settings import Settings, load, longest_retry_wait
@@ -118,14 +119,10 @@ def check_step_retries(settings: Settings, consumes: set[str] | None = None) -> 
 def check_schema() -> None:
     """Refuse to run steps against a schema older than this code's (its functions would be
     missing and every delivery would fail); a database that is down is the steps' problem."""
-    from sqlalchemy.exc import OperationalError
-
-    from .db.engine import pending_migration
-
     try:
-        behind = pending_migration(runtime.get().state.engine)
-    except OperationalError as exc:
-        log.warning("could not check the results database's schema at start-up: %s", exc.orig)
+        behind = schema_behind(runtime.get().state)
+    except StateStoreUnavailable as exc:
+        log.warning("could not check the results database's schema at start-up: %s", exc)
         return
     if behind:
         raise DoxError(f"the results database's schema is at revision {behind}: run `dox db upgrade` first")

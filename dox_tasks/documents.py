@@ -17,9 +17,8 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
-
-from .db.store import EV, SR, WS
+from .db import queries
+from .db.redaction import redact_document
 from .errors import DoxError, TransientError
 from .jobs.backup import document_copy
 from .operator import record_action
@@ -42,23 +41,19 @@ NOT_REDACTED = (
 
 def quarantined(rt: Runtime) -> list[dict[str, Any]]:
     items = []
-    for path in sorted(rt.storage.quarantine_dir.glob("sha256/*")):
-        with rt.state.tx() as conn:
-            wf = conn.execute(
-                select(WS.c.workflow_id, WS.c.reason, WS.c.detail, WS.c.result)
-                .where(WS.c.sha256 == path.name)
-                .order_by(WS.c.created_at.desc())
-                .limit(1)
-            ).first()
+    paths = sorted(rt.storage.quarantine_dir.glob("sha256/*"))
+    workflows = queries.latest_workflows_of(rt.state, [p.name for p in paths])
+    for path in paths:
+        wf = workflows.get(path.name)
         st = path.stat()
         items.append(
             {
                 "sha256": path.name,
                 "size": st.st_size,
                 "quarantined_at": datetime.fromtimestamp(st.st_mtime, UTC).isoformat(),
-                "workflow_id": wf.workflow_id if wf else None,
-                "reason": wf.reason if wf else None,
-                "signature": (wf.result or {}).get("signature") if wf else None,
+                "workflow_id": wf["workflow_id"] if wf else None,
+                "reason": wf["reason"] if wf else None,
+                "signature": (wf["result"] or {}).get("signature") if wf else None,
             }
         )
     return items
@@ -93,48 +88,6 @@ def redact_extracted(data: dict[str, Any]) -> dict[str, Any] | None:
     return {**data, "fields": {}, "template": None, "confidence": None, "storage_key": None, "redacted": True}
 
 
-def _redact_records(rt: Runtime, sha256: str) -> dict[str, Any]:
-    """Refuse while a workflow of the document is live, else redact its rows: one transaction.
-
-    The workflows' rows are locked (``FOR UPDATE`` on Postgres) while they are checked
-    and rewritten, so none of them can start a step in between.
-    """
-    with rt.state.tx() as conn:
-        rows = conn.execute(
-            select(WS.c.workflow_id, WS.c.current_state, WS.c.result)
-            .where(WS.c.sha256 == sha256)
-            .with_for_update()
-        ).all()
-        live = next((r for r in rows if r.current_state in ("queued", "running")), None)
-        if live is not None:
-            raise DoxError(
-                f"workflow {live.workflow_id} of this document is still {live.current_state}: wait for it"
-                f" to end or `dox workflows cancel {live.workflow_id}` first; nothing was deleted"
-            )
-        ids = [r.workflow_id for r in rows]
-        for row in rows:
-            result = redact_extracted(dict(row.result or {}))
-            if result is not None:
-                conn.execute(update(WS).where(WS.c.workflow_id == row.workflow_id).values(result=result))
-        steps = 0
-        for out in conn.execute(
-            select(SR.c.id, SR.c.step, SR.c.output).where(SR.c.workflow_id.in_(ids))
-        ).all():
-            output = dict(out.output or {})
-            if output == REDACTED or not output:
-                continue
-            if out.step in CONTENT_STEPS or redact_extracted(output) is not None:
-                conn.execute(update(SR).where(SR.c.id == out.id).values(output=REDACTED))
-                steps += 1
-        events: list[str] = []
-        for ev in conn.execute(select(EV.c.id, EV.c.payload).where(EV.c.workflow_id.in_(ids))).all():
-            payload = redact_extracted(dict(ev.payload or {}))
-            if payload is not None:
-                conn.execute(update(EV).where(EV.c.id == ev.id).values(payload=payload))
-                events.append(ev.id)
-    return {"workflows": ids, "step_outputs": steps, "events": events}
-
-
 def delete(rt: Runtime, sha256: str, actor: str | None, reason: str | None) -> dict[str, Any]:
     """Remove the bytes everywhere and redact what was extracted; keep the records.
 
@@ -146,8 +99,8 @@ def delete(rt: Runtime, sha256: str, actor: str | None, reason: str | None) -> d
     removed where; a part that could not be done is in ``errors`` (non-empty: run it again).
     """
     storage_key(sha256)  # a clear error for anything that is not a SHA-256
-    db = _redact_records(rt, sha256)
-    ids = db["workflows"]
+    db = redact_document(rt.state, sha256, redact_extracted, CONTENT_STEPS, REDACTED)
+    ids = db.workflows
     removed = []
     backups = rt.settings.backups / "documents"
     for path, base in (
@@ -176,8 +129,8 @@ def delete(rt: Runtime, sha256: str, actor: str | None, reason: str | None) -> d
         "sha256": sha256,
         "removed": removed,
         "workflows_redacted": ids,
-        "step_outputs_redacted": db["step_outputs"],
-        "events_redacted": db["events"],
+        "step_outputs_redacted": db.step_outputs,
+        "events_redacted": db.events,
         "execution_log_lines_redacted": log_lines,
         "stream_entries_deleted": stream,
         "not_redacted": NOT_REDACTED,

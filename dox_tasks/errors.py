@@ -56,5 +56,24 @@ class StateStoreUnavailable(TransientError):
     """The results database could not be reached; the step is retried later."""
 
 
+class StateStoreError(DoxError):
+    """The results database refused a statement (a schema older than the code, a broken
+    constraint): a fault, not an outage, so it is not waited out like
+    :class:`StateStoreUnavailable`. ``dox_tasks.db`` raises it instead of SQLAlchemy's errors."""
+
+
+class DocumentInUse(DoxError):
+    """A workflow of the document is still queued or running, so its records are not redacted:
+    its later steps would store the bytes again or record fresh extracted fields."""
+
+    def __init__(self, workflow_id: str, state: str):
+        self.workflow_id = workflow_id
+        self.state = state
+        super().__init__(
+            f"workflow {workflow_id} of this document is still {state}: wait for it to end or"
+            f" `dox workflows cancel {workflow_id}` first; nothing was deleted"
+        )
+
+
 class IntegrityFault(DoxError):
     """Stored bytes do not match their content address; never retried, never stored."""

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import redis
 
+from .db import records
 from .db.store import StateStore
 from .errors import TransientError
 from .settings import stream_key
@@ -200,6 +201,21 @@ class EventBus:
         self.state = state
         self.fanout = fanout
         self.execution_log = ExecutionLog(log_folder)
+
+    def emit(
+        self,
+        event_id: str,
+        workflow_id: str | None,
+        type_: str,
+        payload: dict[str, Any],
+        channel: str = "",
+    ) -> bool:
+        """Record an event, then fan it out (stream, pub/sub ``<ns>.workflow.<channel or type>``);
+        an id already recorded is neither written nor sent again. False when it was a repeat."""
+        if not records.record_event(self.state, event_id, workflow_id, type_, payload):
+            return False
+        self.fan_out(event_id, type_, workflow_id, payload, channel or type_)
+        return True
 
     def fan_out(
         self, event_id: str, type_: str, workflow_id: str | None, payload: dict[str, Any], channel_suffix: str

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .contract import NEEDS_STAGED_INPUT, DocumentResult, Reason, StepState, WorkflowState
+from .db import records
 from .db.store import StepClose, aware
-from .jobs import records
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
-
 from .contract import INTAKE_QUEUE, QUEUES
+from .db import queries, records
 from .db.store import aware
 from .jobs.sync import SYNC_JOB
 from .runtime import Runtime
@@ -72,11 +71,7 @@ def _redis(rt: Runtime, h: Health) -> bool:
 
 
 def _postgres(rt: Runtime, h: Health) -> bool:
-    def select_one() -> None:
-        with rt.state.tx() as conn:
-            conn.execute(text("SELECT 1"))
-
-    return _reachable(h, "postgres", "results database", select_one)
+    return _reachable(h, "postgres", "results database", lambda: queries.ping(rt.state))
 
 
 def _clamd(rt: Runtime, h: Health) -> None:
@@ -135,8 +130,6 @@ def _yesterday(rt: Runtime, h: Health, now: datetime) -> None:
 
 
 def _backup(rt: Runtime, h: Health, now: datetime) -> None:
-    from .jobs import records
-
     ok = [b for b in records.backups(rt.state, "database", limit=50) if b["status"] == "ok"]
     if not ok:
         h.problems.append("no database backup recorded")

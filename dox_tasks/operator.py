@@ -15,12 +15,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-
 from .contract import LIVE_STATES, RETRYABLE_STATES, Reason, StepState, WorkflowState
-from .db.store import EV, WS, aware
+from .db import queries
+from .db.store import aware
 from .errors import DoxError, SubmissionError
-from .jobs import records
 from .runtime import Runtime
 
 PAUSED, RESUMED = "intake.paused", "intake.resumed"
@@ -41,7 +39,7 @@ def record_action(
 ) -> str:
     event_id = f"operator:{action}:{uuid.uuid4().hex}"
     payload = {"action": action, "actor": actor_or_default(actor), "reason": reason, **extra}
-    records.emit(rt, event_id, workflow_id, action, payload)
+    rt.events.emit(event_id, workflow_id, action, payload)
     return event_id
 
 
@@ -54,17 +52,14 @@ class IntakeState:
 
 
 def intake_state(rt: Runtime) -> IntakeState:
-    with rt.state.tx() as conn:
-        row = conn.execute(
-            select(EV.c.type, EV.c.payload, EV.c.created_at)
-            .where(EV.c.type.in_([PAUSED, RESUMED]))
-            .order_by(EV.c.created_at.desc())
-            .limit(1)
-        ).first()
-    if row is None or row.type == RESUMED:
+    latest = queries.list_events(rt.state, types=(PAUSED, RESUMED), limit=1, newest_first=True)
+    if not latest or latest[0]["type"] == RESUMED:
         return IntakeState(False)
-    payload = dict(row.payload or {})
-    return IntakeState(True, aware(row.created_at).isoformat(), payload.get("actor"), payload.get("reason"))
+    row = latest[0]
+    payload = dict(row["payload"] or {})
+    return IntakeState(
+        True, aware(row["created_at"]).isoformat(), payload.get("actor"), payload.get("reason")
+    )
 
 
 _cache: dict[str, tuple[float, IntakeState]] = {}
@@ -214,12 +209,4 @@ def retry(
 
 def retryable_since(rt: Runtime, cutoff: Any, status: str, rule: str | None = None) -> list[dict[str, Any]]:
     """Workflows in ``status`` that ended at or after ``cutoff``, oldest first."""
-    q = (
-        select(WS.c.workflow_id, WS.c.rule_name, WS.c.reason, WS.c.current_step, WS.c.finished_at)
-        .where(WS.c.current_state == status, WS.c.finished_at >= cutoff)
-        .order_by(WS.c.finished_at)
-    )
-    if rule:
-        q = q.where(WS.c.rule_name == rule)
-    with rt.state.tx() as conn:
-        return [dict(r) for r in conn.execute(q).mappings()]
+    return queries.ended_since(rt.state, cutoff, status, rule)

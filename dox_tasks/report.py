@@ -13,9 +13,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-
-from .db.store import SR, WS, aware
+from .db.queries import report_figures
+from .db.store import aware
 from .runtime import Runtime
 
 TARGETS = {"success_rate": 0.95, "p95_duration_s": 30.0, "p95_scan_s": 5.0}
@@ -37,25 +36,17 @@ def _pct(values: list[float], q: int) -> float | None:
 
 def build(rt: Runtime, kind: str, now: datetime | None = None) -> dict[str, Any]:
     start, end = period(kind, now or datetime.now(UTC))
-    in_period = (WS.c.created_at >= start, WS.c.created_at < end, WS.c.rule_name == DOCUMENT_RULE)
-    with rt.state.tx() as conn:
-        rows = conn.execute(
-            select(WS.c.current_state, WS.c.reason, WS.c.created_at, WS.c.finished_at).where(*in_period)
-        ).all()
-        scans = conn.execute(
-            select(SR.c.duration_ms)
-            .join(WS, WS.c.workflow_id == SR.c.workflow_id)
-            .where(*in_period, SR.c.step == "scan", SR.c.state == "success", SR.c.duration_ms.is_not(None))
-        ).all()
-    states = Counter(r.current_state for r in rows)
-    reasons_failed = Counter(r.reason for r in rows if r.current_state == "failed" and r.reason)
-    reasons_rejected = Counter(r.reason for r in rows if r.current_state == "rejected" and r.reason)
+    figures = report_figures(rt.state, start, end, DOCUMENT_RULE)
+    rows = figures.workflows
+    states = Counter(r["current_state"] for r in rows)
+    reasons_failed = Counter(r["reason"] for r in rows if r["current_state"] == "failed" and r["reason"])
+    reasons_rejected = Counter(r["reason"] for r in rows if r["current_state"] == "rejected" and r["reason"])
     durations = [
-        (aware(r.finished_at) - aware(r.created_at)).total_seconds()
+        (aware(r["finished_at"]) - aware(r["created_at"])).total_seconds()
         for r in rows
-        if r.finished_at is not None
+        if r["finished_at"] is not None
     ]
-    scan_s = [s.duration_ms / 1000 for s in scans]
+    scan_s = [ms / 1000 for ms in figures.scan_ms]
     judged = states["success"] + states["failed"]
     rate = round(states["success"] / judged, 4) if judged else None
     p50, p95, scan95 = _pct(durations, 50), _pct(durations, 95), _pct(scan_s, 95)

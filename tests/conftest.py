@@ -151,7 +151,7 @@ class Harness:
 
         from sqlalchemy import update
 
-        from dox_tasks.db.store import WS
+        from dox_tasks.db.tables import WS
 
         with self.rt.state.tx() as conn:
             conn.execute(

@@ -12,7 +12,8 @@ import pytest
 from services import ROOT, create_database, dox, drop_database, server_env
 from sqlalchemy import text
 
-from dox_tasks.jobs import backup, records
+from dox_tasks.db import records
+from dox_tasks.jobs import backup
 from dox_tasks.jobs.beat import DoxScheduler
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.integration]

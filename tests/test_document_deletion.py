@@ -28,7 +28,7 @@ def invoice(number: str) -> bytes:
 
 def everywhere(h, workflow_id: str) -> dict[str, str]:
     """Every copy DOX keeps of a workflow's record, as text to search."""
-    from dox_tasks.db.store import EV, SR
+    from dox_tasks.db.tables import EV, SR
 
     with h.rt.state.tx() as conn:
         events = conn.execute(select(EV.c.type, EV.c.payload).where(EV.c.workflow_id == workflow_id)).all()

@@ -10,9 +10,9 @@ import pytest
 from services import clean_env, dox, free_port, server_env
 from sqlalchemy import update
 
-from dox_tasks.db.store import WS
+from dox_tasks.db import records
+from dox_tasks.db.tables import WS
 from dox_tasks.health import gather
-from dox_tasks.jobs import records
 from dox_tasks.jobs.launch import start_run
 from dox_tasks.jobs.slots import slot_key
 

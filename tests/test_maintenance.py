@@ -12,7 +12,7 @@ import pytest
 from services import Clamd
 from sqlalchemy import text, update
 
-from dox_tasks.db.store import WS
+from dox_tasks.db.tables import WS
 from dox_tasks.jobs import maintenance
 from dox_tasks.jobs.launch import run_now
 from dox_tasks.runtime import Runtime

@@ -116,10 +116,10 @@ def test_prefork_worker_and_exporter_count_every_workflow(tmp_path, stack, harne
 def test_counters_survive_retention_and_report_what_is_down(tmp_path, stack, harness_factory):
     from sqlalchemy import update
 
-    from dox_tasks.db.store import WS
+    from dox_tasks.db.tables import WS
+    from dox_tasks.db.tally import Cache, archived, combine, tally
     from dox_tasks.jobs.maintenance import expire_workflows
     from dox_tasks.metrics.exporter import DoxCollector
-    from dox_tasks.metrics.tally import Cache, archived, combine, tally
 
     h = harness_factory(stack)
     h.worker()

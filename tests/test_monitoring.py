@@ -264,8 +264,7 @@ def test_kind_values_are_the_exporters():
     from types import SimpleNamespace
 
     from dox_tasks.definitions.loader import load_all
-    from dox_tasks.metrics.exporter import DoxCollector
-    from dox_tasks.metrics.tally import zeros
+    from dox_tasks.metrics.exporter import DoxCollector, zeros
     from dox_tasks.settings import Settings
 
     rt = SimpleNamespace(definitions=load_all(ROOT / "workflow_defs"), settings=Settings())

@@ -12,7 +12,7 @@ import pdfs
 import pytest
 from services import RedisServer, expect_of
 
-from dox_tasks.jobs import records
+from dox_tasks.db import records
 from dox_tasks.jobs.launch import run_now
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.integration]

@@ -74,7 +74,7 @@ def test_retry_from_failed_finishes_a_scan_outage_without_revalidating(tmp_path,
     # Run 2's duration is its own, not counted from the first submission.
     assert row["result"]["duration_ms"] < (row["finished_at"] - row["created_at"]).total_seconds() * 1000
 
-    from dox_tasks.metrics.tally import tally
+    from dox_tasks.db.tally import tally
 
     with h.rt.state.tx() as conn:  # both runs count: one failure, one success
         counts = tally(conn, [wid])
@@ -151,7 +151,7 @@ def test_retry_refuses_what_it_cannot_retry(tmp_path, stack, harness_factory):
     # A scheduled run is not reopened: a new run of the job is the way.
     from sqlalchemy import update
 
-    from dox_tasks.db.store import WS
+    from dox_tasks.db.tables import WS
     from dox_tasks.jobs.launch import start_run
 
     job = start_run(h.rt, "backup_config", "manual:test")

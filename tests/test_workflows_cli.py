@@ -109,7 +109,7 @@ def test_daily_report_counts_rates_and_reasons(tmp_path, stack, harness_factory)
 
     from sqlalchemy import update
 
-    from dox_tasks.db.store import WS
+    from dox_tasks.db.tables import WS
 
     h = harness_factory(stack.model_copy(update={"rate_limit_per_user_per_day": 4}))
     h.worker()
@@ -162,7 +162,7 @@ def test_quarantine_list_release_purge_and_document_deletion(tmp_path, stack, ha
     assert stored["current_state"] == "success"
     from sqlalchemy import update
 
-    from dox_tasks.db.store import WS
+    from dox_tasks.db.tables import WS
 
     # A second copy still in flight: deleting now would race its later steps.
     pending, _ = h.rt.state.create_workflow(

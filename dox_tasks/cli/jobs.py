@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ..db import records
 from ..terminal import safe, styled, table
 from .common import actor_option, iso, out, reason_option, runtime
 
@@ -192,8 +193,6 @@ def backup_run(kind: str, actor: str | None, wait: bool, timeout: float, as_json
 @click.option("--json", "as_json", is_flag=True)
 def backup_list(kind: str | None, limit: int, as_json: bool) -> None:
     """The recorded backups, newest first."""
-    from ..jobs import records
-
     rows = records.backups(runtime().state, kind, limit)
     if as_json:
         for r in rows:

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-from sqlalchemy import select
 
 from ..contract import WorkflowState
-from ..db.store import WS, aware
+from ..db import queries
+from ..db.store import aware
 from ..errors import DoxError
 from ..operator import RETRYABLE, retry, retryable_since
 from ..terminal import safe, styled
@@ -53,13 +53,8 @@ def workflows() -> None:
 def list_cmd(status: str | None, rule: str | None, since: str, limit: int, as_json: bool) -> None:
     """Newest first."""
     cutoff = datetime.now(UTC) - parse_duration(since)
-    q = select(WS).where(WS.c.created_at >= cutoff).order_by(WS.c.created_at.desc()).limit(limit)
-    if status:
-        q = q.where(WS.c.current_state == status)
-    if rule:
-        q = q.where(WS.c.rule_name == rule)
-    with runtime().state.tx() as conn:
-        rows = [_row(dict(r)) for r in conn.execute(q).mappings()]
+    found = queries.list_workflows(runtime().state, status=status, rule=rule, since=cutoff, limit=limit)
+    rows = [_row(r) for r in found]
     if as_json:
         for r in rows:
             click.echo(json.dumps(r, sort_keys=True))
@@ -86,8 +81,8 @@ def list_cmd(status: str | None, rule: str | None, since: str, limit: int, as_js
 @click.option("--json", "as_json", is_flag=True)
 def show_cmd(workflow_id: str, as_json: bool) -> None:
     """One workflow: its row, every step attempt (timings, errors) and its events."""
-    rt = runtime()
-    row = rt.state.get_workflow(workflow_id)
+    detail = queries.workflow_detail(runtime().state, workflow_id)
+    row = detail.workflow
     steps = [
         {
             "step": s["step"],
@@ -99,12 +94,9 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
             "duration_ms": s["duration_ms"],
             "error": s["error"],
         }
-        for s in rt.state.step_rows(workflow_id)
+        for s in detail.steps
     ]
-    events = [
-        {"type": e["type"], "created_at": iso(e["created_at"]), "id": e["id"]}
-        for e in rt.state.events(workflow_id)
-    ]
+    events = [{"type": e["type"], "created_at": iso(e["created_at"]), "id": e["id"]} for e in detail.events]
     report = {**_row(row), "detail": row["detail"], "steps": steps, "events": events, "result": row["result"]}
     if as_json:
         click.echo(json.dumps(report, sort_keys=True, default=str))

@@ -144,7 +144,7 @@ class BackupRow(Base):
 
 
 class MetricTotal(Base):
-    """Counter series of rows that retention deleted (see ``dox_tasks.metrics.tally``).
+    """Counter series of rows that retention deleted (see ``dox_tasks.db.tally``).
 
     ``labels`` is the series' labels as sorted JSON; the exporter adds ``value`` to
     what it counts in the live rows, so no counter goes down when old rows go.

@@ -2,7 +2,7 @@
 
 Only modules of ``dox_tasks.db`` import this: the rest of DOX reaches the results
 layer through :mod:`dox_tasks.db.store` (transitions) and the read model, never by
-naming a table (``tests/test_layering.py`` checks it).
+naming a table (``tests/test_layering_db.py`` checks it).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .models import (
     BackupRow,
+    Base,
     MetricTotal,
     WorkflowDefinition,
     WorkflowEvent,
@@ -28,6 +29,10 @@ EV = cast(Table, WorkflowEvent.__table__)
 WD = cast(Table, WorkflowDefinition.__table__)
 BK = cast(Table, BackupRow.__table__)
 MT = cast(Table, MetricTotal.__table__)
+
+#: Every DOX table's name, in declaration order: what a backup counts and dumps,
+#: what maintenance vacuums, what the layering test looks for in strings.
+NAMES: tuple[str, ...] = tuple(Base.metadata.tables)
 
 
 def insert_ignore(conn: Connection, table: Table, values: dict[str, Any]) -> bool:

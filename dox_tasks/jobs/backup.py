@@ -2,7 +2,8 @@
 
 ``backup_database`` opens a REPEATABLE READ transaction, exports its snapshot,
 counts the DOX tables inside it and runs ``pg_dump --snapshot`` on the same
-snapshot, so the recorded counts are exactly what the archive holds. The archive
+snapshot, so the recorded counts are exactly what the archive holds (the SQL side
+is :mod:`dox_tasks.db.backup_sql`; this module runs the tools and keeps the files). The archive
 (custom format, compressed) gets a ``.sha256`` file and a ``.json`` manifest with
 the counts, and a row in ``backups``. Verification reads the archive back
 (checksum + ``pg_restore --list``); a full restore into a scratch database whose
@@ -24,25 +25,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import NullPool
-
-from ..db.engine import normalize_url
+from ..db import backup_sql
+from ..db.backup_sql import Target
 from ..errors import DoxError
 from ..storage import ContentStore, make_dirs, storage_key
 
-#: The DOX tables whose row counts a backup records and a restore must reproduce.
-TABLES = (
-    "workflow_definitions",
-    "workflow_states",
-    "workflow_step_results",
-    "workflow_events",
-    "backups",
-    "metric_totals",
-)
 TOOL_TIMEOUT_S = 3600
 
 
@@ -58,10 +46,6 @@ class Archive:
     size: int
     row_counts: dict[str, int] | None = None
     detail: str | None = None
-
-
-def _url(db_url: str) -> URL:
-    return make_url(normalize_url(db_url))
 
 
 def stamp(ts: datetime) -> str:
@@ -82,7 +66,7 @@ def _write_checksum(path: Path) -> str:
     return digest
 
 
-def pg_env(url: URL, database: str | None = None) -> dict[str, str]:
+def pg_env(url: Target, database: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(
         PGHOST=url.host or "localhost",
@@ -91,7 +75,7 @@ def pg_env(url: URL, database: str | None = None) -> dict[str, str]:
         PGDATABASE=database or url.database or "",
     )
     if url.password:
-        env["PGPASSWORD"] = str(url.password)
+        env["PGPASSWORD"] = url.password
     return env
 
 
@@ -107,25 +91,15 @@ def _run(cmd: list[str], env: dict[str, str], what: str) -> str:
     return done.stdout
 
 
-def count_rows(conn: Any) -> dict[str, int]:
-    return {t: int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()) for t in TABLES}  # noqa: S608
-
-
 def dump_database(db_url: str, folder: Path, now: datetime) -> Archive:
-    url = _url(db_url)
-    if url.get_backend_name() != "postgresql":
-        raise BackupError(f"backup_database needs PostgreSQL; DOX_DATABASE_URL is {url.get_backend_name()}")
+    url = backup_sql.target(db_url)
+    if url.backend != "postgresql":
+        raise BackupError(f"backup_database needs PostgreSQL; DOX_DATABASE_URL is {url.backend}")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"dox_{url.database}_{stamp(now)}.dump"
     tmp = folder / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    engine = create_engine(url, poolclass=NullPool)
     try:
-        with (
-            engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn,
-            conn.begin(),
-        ):
-            snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar_one()
-            counts = count_rows(conn)
+        with backup_sql.exported_snapshot(url) as (snapshot, counts):
             # pg_dump joins this very snapshot while the transaction stays open.
             _run(
                 [
@@ -142,8 +116,6 @@ def dump_database(db_url: str, folder: Path, now: datetime) -> Archive:
     except BackupError:
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        engine.dispose()
     os.replace(tmp, path)
     digest = _write_checksum(path)
     manifest = {
@@ -174,7 +146,7 @@ def verify_readback(path: Path, db_url: str) -> None:
     if path.name.endswith(".dump"):
         _run(
             ["pg_restore", "--list", str(path)],
-            pg_env(_url(db_url)),
+            pg_env(backup_sql.target(db_url)),
             f"verify {path.name}",
         )
     elif path.name.endswith(".tar.gz"):
@@ -204,38 +176,21 @@ def restore(path: Path, db_url: str, into: str) -> dict[str, int]:
     creates, it never overwrites.
     """
     verify_checksum(path)
-    url = _url(db_url)
+    url = backup_sql.target(db_url)
     if not into.replace("_", "").isalnum() or len(into) > 63:
         raise BackupError(f"database name {into!r}: use letters, digits and '_' (at most 63)")
-    admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with admin.connect() as conn:
-            exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": into}).first()
-            if exists:
-                raise BackupError(f"database {into!r} already exists: restore only into a new database")
-            conn.execute(text(f'CREATE DATABASE "{into}"'))
-    finally:
-        admin.dispose()
+    if not backup_sql.create_database(url, into):
+        raise BackupError(f"database {into!r} already exists: restore only into a new database")
     _run(
         ["pg_restore", "--no-owner", "--exit-on-error", "--dbname", into, str(path)],
         pg_env(url, into),
         f"restore {path.name}",
     )
-    target = create_engine(url.set(database=into), poolclass=NullPool)
-    try:
-        with target.connect() as conn:
-            return count_rows(conn)
-    finally:
-        target.dispose()
+    return backup_sql.counts_in(url, into)
 
 
 def drop_database(db_url: str, name: str) -> None:
-    admin = create_engine(_url(db_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    backup_sql.drop_database(backup_sql.target(db_url), name)
 
 
 def verify_by_restore(path: Path, db_url: str) -> dict[str, int]:

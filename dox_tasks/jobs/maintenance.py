@@ -18,15 +18,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, text
-
-from ..contract import NEEDS_STAGED_INPUT, TERMINAL_STATES
-from ..db.store import EV, WS
+from ..contract import NEEDS_STAGED_INPUT
+from ..db import housekeeping, records
 from ..errors import ScannerUnavailable
-from ..metrics.tally import archive
 from ..runtime import Runtime
-from . import records
-from .backup import TABLES
 
 log = logging.getLogger("dox.maintenance")
 
@@ -37,42 +32,16 @@ NEEDS_STAGING = [s.value for s in NEEDS_STAGED_INPUT]
 
 
 def vacuum_analyze(rt: Runtime) -> dict[str, Any]:
-    engine = rt.state.engine
-    if engine.dialect.name != "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM"))
-        return {"vacuumed": ["(sqlite database)"]}
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        for table in TABLES:
-            conn.execute(text(f'VACUUM ANALYZE "{table}"'))
-    return {"vacuumed": list(TABLES)}
+    return {"vacuumed": housekeeping.vacuum(rt.state)}
 
 
 def expire_workflows(rt: Runtime, now: datetime) -> dict[str, int]:
     """Delete finished workflows older than the retention (their steps cascade, events follow);
     their counts move to ``metric_totals`` in the same transaction."""
-    cutoff = now - timedelta(days=rt.settings.retention_days)
-    finished = [s.value for s in TERMINAL_STATES]
-    with rt.state.tx() as conn:
-        # Locked until the deletes commit: an operator retry of one of them waits, then
-        # finds it gone, instead of reopening a row this transaction is deleting.
-        ids = [
-            r.workflow_id
-            for r in conn.execute(
-                select(WS.c.workflow_id)
-                .where(WS.c.current_state.in_(finished), WS.c.finished_at < cutoff)
-                .with_for_update(skip_locked=True)
-            )
-        ]
-        events = 0
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            archive(conn, chunk)  # counters derived from these rows must not go down
-            events += conn.execute(delete(EV).where(EV.c.workflow_id.in_(chunk))).rowcount
-            conn.execute(delete(WS).where(WS.c.workflow_id.in_(chunk)))
+    expired = housekeeping.expire_finished(rt.state, now - timedelta(days=rt.settings.retention_days))
     return {
-        "workflows_deleted": len(ids),
-        "events_deleted": events,
+        "workflows_deleted": expired.workflows,
+        "events_deleted": expired.events,
         "retention_days": rt.settings.retention_days,
     }
 
@@ -93,12 +62,7 @@ def purge_quarantine(rt: Runtime, now: datetime) -> dict[str, int]:
 
 def clean_staging(rt: Runtime) -> dict[str, int]:
     """Remove staged copies and temp files nobody needs; never a stored document."""
-    with rt.state.tx() as conn:
-        needed = {
-            r.sha256
-            for r in conn.execute(select(WS.c.sha256).where(WS.c.current_state.in_(NEEDS_STAGING)))
-            if r.sha256
-        }
+    needed = housekeeping.staged_inputs_needed(rt.state, NEEDS_STAGING)
     cutoff = time.time() - MIN_AGE_S
     staged = tmp = 0
     for path in rt.storage.staging.glob("sha256/*/*/*"):
@@ -162,7 +126,7 @@ def rescan(rt: Runtime, previous_version: str | None) -> dict[str, Any]:
             rt.storage.quarantine_stored(path.name)
             infected.append({"sha256": path.name, "signature": verdict.signature})
             payload = {"sha256": path.name, "signature": verdict.signature, "signatures": version}
-            records.emit(rt, f"maintenance:quarantined:{path.name}", None, "document.quarantined", payload)
+            rt.events.emit(f"maintenance:quarantined:{path.name}", None, "document.quarantined", payload)
     return {"signature_version": version, "rescanned": len(objects), "now_infected": infected}
 
 
@@ -176,8 +140,8 @@ def disk_check(rt: Runtime, now: datetime) -> dict[str, Any]:
             "free_pct": free_pct,
             "min_free_pct": rt.settings.disk_min_free_pct,
         }
-        records.emit(
-            rt, f"maintenance:disk_low:{now.date().isoformat()}", None, "maintenance.disk_low", payload
+        rt.events.emit(
+            f"maintenance:disk_low:{now.date().isoformat()}", None, "maintenance.disk_low", payload
         )
     return {"disk_free_pct": free_pct, "disk_low": low}
 

@@ -28,12 +28,13 @@ from enum import StrEnum
 from typing import Any
 
 from ..contract import Reason, StepState, WorkflowState
+from ..db import records
 from ..db.store import aware
 from ..finish import conclude
 from ..intake import send
 from ..runtime import Runtime
 from ..steps.registry import resolve
-from . import broker, records
+from . import broker
 
 log = logging.getLogger("dox.reaper")
 
@@ -182,7 +183,7 @@ def act(rt: Runtime, wf: dict[str, Any], cause: Cause, detail: str) -> Finding:
     finding = Finding(wid, wf["rule_name"], step, cause, action, detail)
     payload = asdict(finding)
     event_id = f"{wid}:stuck:{cause.value}:{aware(wf['updated_at']).timestamp():.0f}"
-    records.emit(rt, event_id, wid, "workflow.stuck", payload, channel="stuck")
+    rt.events.emit(event_id, wid, "workflow.stuck", payload, channel="stuck")
     log.warning(
         "workflow %s (%s) stuck at %s: %s — %s; %s", wid, wf["rule_name"], step, cause, detail, action
     )

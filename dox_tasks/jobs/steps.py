@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
+from ..db import records
 from ..db.store import aware
 from ..runtime import Runtime
 from ..steps.base import Outcome, StepContext, complete
-from . import backup, maintenance, records
+from . import backup, maintenance
 from .reaper import inspect_workers, reap
 
 #: A full restore check runs when none succeeded within this long (weekly by default).

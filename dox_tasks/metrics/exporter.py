@@ -1,6 +1,6 @@
 """``dox metrics serve``: the Prometheus collector that reads DOX's state at scrape time.
 
-Counters come from :mod:`.tally` (rows + archive); gauges are read live: active
+Counters come from :mod:`dox_tasks.db.tally` (rows + archive); gauges are read live: active
 workflows, queue depths and consumers, workers answering a ping, the last verified
 backup per kind, the last successful team sync, and the busiest user's share of the
 daily rate limit. A source that cannot be read is reported as ``dox_database_up 0``
@@ -12,24 +12,49 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric, Sample
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
-from ..contract import LIVE_STATES, QUEUES, Reason
-from ..db.models import BackupRow
-from ..db.store import WS, aware
+from ..contract import LIVE_STATES, QUEUES, WorkflowState
+from ..db.gauges import MetricsReading, metrics_reading
+from ..db.tally import TERMINAL_EVENTS, Cache, Totals, combine, le_label, series_key
 from ..jobs.sync import SYNC_JOB
 from ..runtime import Runtime
 from . import names
-from .tally import Cache, Totals, combine, zeros
+from .names import WORKFLOW_BUCKETS
 
 log = logging.getLogger("dox.metrics")
 BACKUP_KINDS = ("database", "config", "documents")
 T = TypeVar("T")
+
+
+#: Failure reasons a run can end with (faults, not answers about the document).
+FAULT_REASONS = ("scanner_unavailable", "poison", "timeout", "internal_error")
+
+
+def zeros(rules: dict[str, str]) -> Totals:
+    """Zero series for every known rule (name → kind), so that the first failure of a
+    kind shows as an increase instead of a series that appears already at 1."""
+    totals: Totals = {}
+    for rule, kind in rules.items():
+        for status in TERMINAL_EVENTS.values():
+            if status != WorkflowState.FAILED.value:
+                totals[series_key("workflow_completed_total", rule_name=rule, kind=kind, status=status)] = 0.0
+        for reason in FAULT_REASONS:
+            totals[series_key("workflow_failed_total", rule_name=rule, kind=kind, reason=reason)] = 0.0
+        name = "workflow_duration_seconds"
+        for le in [*map(le_label, WORKFLOW_BUCKETS), "+Inf"]:
+            totals[series_key(f"{name}_bucket", rule_name=rule, kind=kind, le=le)] = 0.0
+        totals[series_key(f"{name}_count", rule_name=rule, kind=kind)] = 0.0
+        totals[series_key(f"{name}_sum", rule_name=rule, kind=kind)] = 0.0
+    for result in ("clean", "infected", "skipped", "error"):
+        totals[series_key("validation_scan_total", result=result)] = 0.0
+    totals[series_key("rate_limit_hits_total")] = 0.0
+    return totals
 
 
 def _counter(name: str, totals: Totals) -> Metric:
@@ -80,32 +105,31 @@ class DoxCollector(Collector):
         yield up
         if data is None:
             return
-        totals, active, backups, sync, busiest = data
+        totals = data.totals
         for name in ("workflow_completed_total", "workflow_failed_total", "validation_scan_total"):
             yield _counter(name, totals)
         yield _counter("rate_limit_hits_total", totals)
         yield _histogram("workflow_duration_seconds", totals)
         g = _gauge("dox_workflows_active", ["state"])
         for state in sorted(s.value for s in LIVE_STATES):
-            g.add_metric([state], active.get(state, 0))
+            g.add_metric([state], data.active.get(state, 0))
         yield g
         g = _gauge("dox_last_backup_success_timestamp_seconds", ["kind"])
         for kind in BACKUP_KINDS:
-            g.add_metric([kind], backups.get(kind, 0.0))
+            g.add_metric([kind], data.last_backup.get(kind, 0.0))
         yield g
-        ts, down = sync
         g = _gauge("dox_last_sync_success_timestamp_seconds")
-        g.add_metric([], ts)
+        g.add_metric([], data.last_sync)
         yield g
         g = _gauge("dox_last_sync_services_down")
-        g.add_metric([], down)
+        g.add_metric([], data.sync_services_down)
         yield g
         limit = self.rt.settings.rate_limit_per_user_per_day
         g = _gauge("dox_rate_limit_per_user_per_day")
         g.add_metric([], limit)
         yield g
         g = _gauge("dox_rate_limit_max_usage_ratio")
-        g.add_metric([], busiest / limit if limit else 0.0)
+        g.add_metric([], data.busiest_user / limit if limit else 0.0)
         yield g
 
     def _rules(self) -> dict[str, str]:
@@ -115,62 +139,9 @@ class DoxCollector(Collector):
             for name, d in self.rt.definitions.items()
         }
 
-    def _read_database(self) -> tuple[Totals, dict[str, int], dict[str, float], tuple[float, int], int]:
-        # One snapshot: retention moving rows into the archive between two reads would
-        # otherwise make a counter dip (Prometheus reads a dip as a reset).
-        engine = self.rt.state.engine
-        snapshot = {"isolation_level": "REPEATABLE READ"} if engine.dialect.name == "postgresql" else {}
-        with engine.connect().execution_options(**snapshot) as conn, conn.begin():
-            totals = combine(zeros(self._rules()), self.cache.read(conn, datetime.now(UTC)))
-            active: dict[str, int] = dict(
-                conn.execute(
-                    select(WS.c.current_state, func.count())
-                    .where(WS.c.current_state.in_([s.value for s in LIVE_STATES]))
-                    .group_by(WS.c.current_state)
-                ).all()
-            )
-            return totals, active, self._backups(conn), self._sync(conn), self._busiest_user(conn)
-
-    @staticmethod
-    def _backups(conn: Any) -> dict[str, float]:
-        table = BackupRow.__table__
-        rows = conn.execute(
-            select(table.c.kind, func.max(table.c.created_at))
-            .where(table.c.status == "ok")
-            .group_by(table.c.kind)
-        ).all()
-        return {kind: aware(ts).timestamp() for kind, ts in rows if ts is not None}
-
-    @staticmethod
-    def _sync(conn: Any) -> tuple[float, int]:
-        row = conn.execute(
-            select(WS.c.finished_at, WS.c.result)
-            .where(WS.c.rule_name == SYNC_JOB, WS.c.current_state == "success")
-            .order_by(WS.c.finished_at.desc())
-            .limit(1)
-        ).first()
-        if row is None or row.finished_at is None:
-            return 0.0, 0
-        services = (row.result or {}).get("services") or {}
-        down = sum(1 for s in services.values() if isinstance(s, dict) and s.get("status") == "down")
-        return aware(row.finished_at).timestamp(), down
-
-    @staticmethod
-    def _busiest_user(conn: Any) -> int:
-        """Submissions admitted today (UTC) by the busiest user (what the limiter counts)."""
-        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        n = conn.execute(
-            select(func.count())
-            .where(
-                WS.c.created_at >= midnight,
-                WS.c.schedule_slot.is_(None),
-                (WS.c.reason.is_(None)) | (WS.c.reason != Reason.RATE_LIMITED.value),
-            )
-            .group_by(WS.c.user_id)
-            .order_by(func.count().desc())
-            .limit(1)
-        ).scalar()
-        return int(n or 0)
+    def _read_database(self) -> MetricsReading:
+        reading = metrics_reading(self.rt.state, self.cache, datetime.now(UTC), SYNC_JOB)
+        return replace(reading, totals=combine(zeros(self._rules()), reading.totals))
 
     # -- broker and workers -------------------------------------------------------
     def _broker(self) -> Iterator[Metric]:

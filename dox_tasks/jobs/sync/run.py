@@ -26,13 +26,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ...contract import LIVE_STATES, Reason, WorkflowState
+from ...db import records
 from ...db.store import aware
 from ...errors import UnknownWorkflow
 from ...finish import conclude
 from ...runtime import Runtime
 from ...steps.base import Outcome, StepContext, handoff
 from ...steps.registry import resolve
-from .. import records
 from .analyze import analyze, unhealthy_since
 from .banks import MemoryBanks
 from .probe import Health, check
@@ -281,4 +281,4 @@ def _publish(rt: Runtime, workflow_id: str, views: dict[str, Any], summary: dict
             )
     events.append((f"{workflow_id}:sync", "coordination.sync_completed", summary))
     for event_id, type_, payload in events:
-        records.emit(rt, event_id, workflow_id, type_, payload)
+        rt.events.emit(event_id, workflow_id, type_, payload)

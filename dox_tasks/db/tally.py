@@ -10,6 +10,10 @@ operator retries a failed workflow (the failure stays counted, the success is ad
 Retention deletes old rows, which would make a counter go down (Prometheus reads
 that as a reset). So retention first adds what it deletes to ``metric_totals``
 (:func:`archive`), and the exporter reports archive + live rows.
+
+The functions take a ``Connection`` because they run inside other transactions of
+``dox_tasks.db`` (the exporter's snapshot in :mod:`.gauges`, retention's deletes in
+:mod:`.housekeeping`); outside ``db/`` only tests call them directly.
 """
 
 from __future__ import annotations
@@ -18,18 +22,16 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, case, func, select
+from sqlalchemy import Connection, case, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..contract import TERMINAL_STATES, WorkflowState
-from ..db.models import MetricTotal
-from ..db.store import EV, SR, WS
-from .names import WORKFLOW_BUCKETS
+from ..metrics.names import WORKFLOW_BUCKETS
+from .tables import EV, MT, SR, WS
 
-MT = cast(Table, MetricTotal.__table__)
 #: (metric name, sorted label pairs) → value
 Key = tuple[str, tuple[tuple[str, str], ...]]
 Totals = dict[Key, float]
@@ -41,11 +43,13 @@ SCAN_ANSWERED = ("success", "rejected")
 SCAN_FAULTS = ("retry", "failed", "lost")
 
 
-def _key(name: str, **labels: str) -> Key:
+def series_key(name: str, **labels: str) -> Key:
+    """A series' key in :data:`Totals`."""
     return name, tuple(sorted(labels.items()))
 
 
-def _le(bound: float) -> str:
+def le_label(bound: float) -> str:
+    """A histogram bucket's ``le`` label as the exporter writes it."""
     return repr(float(bound))
 
 
@@ -97,49 +101,28 @@ def tally(
         _add_terminal(totals, r)
     for r in conn.execute(scans):
         result = "error" if r.state in SCAN_FAULTS else (r.result or "unknown")
-        totals[_key("validation_scan_total", result=result)] += r.n
+        totals[series_key("validation_scan_total", result=result)] += r.n
     return totals
 
 
 def _add_terminal(totals: Totals, r: Any) -> None:
     status, rule, kind = TERMINAL_EVENTS[r.type], r.rule_name, r.kind
     if status == WorkflowState.FAILED.value:
-        totals[_key("workflow_failed_total", rule_name=rule, kind=kind, reason=r.reason or "unknown")] += r.n
+        totals[
+            series_key("workflow_failed_total", rule_name=rule, kind=kind, reason=r.reason or "unknown")
+        ] += r.n
     else:
-        totals[_key("workflow_completed_total", rule_name=rule, kind=kind, status=status)] += r.n
+        totals[series_key("workflow_completed_total", rule_name=rule, kind=kind, status=status)] += r.n
     if r.reason == "rate_limited":
-        totals[_key("rate_limit_hits_total")] += r.n
+        totals[series_key("rate_limit_hits_total")] += r.n
     name = "workflow_duration_seconds"
     for i, bound in enumerate(WORKFLOW_BUCKETS):
-        totals[_key(f"{name}_bucket", rule_name=rule, kind=kind, le=_le(bound))] += getattr(r, f"b{i}") or 0
-    totals[_key(f"{name}_bucket", rule_name=rule, kind=kind, le="+Inf")] += r.n
-    totals[_key(f"{name}_count", rule_name=rule, kind=kind)] += r.n
-    totals[_key(f"{name}_sum", rule_name=rule, kind=kind)] += float(r.seconds or 0.0)
-
-
-#: Failure reasons a run can end with (faults, not answers about the document).
-FAULT_REASONS = ("scanner_unavailable", "poison", "timeout", "internal_error")
-
-
-def zeros(rules: dict[str, str]) -> Totals:
-    """Zero series for every known rule (name → kind), so that the first failure of a
-    kind shows as an increase instead of a series that appears already at 1."""
-    totals: Totals = {}
-    for rule, kind in rules.items():
-        for status in TERMINAL_EVENTS.values():
-            if status != WorkflowState.FAILED.value:
-                totals[_key("workflow_completed_total", rule_name=rule, kind=kind, status=status)] = 0.0
-        for reason in FAULT_REASONS:
-            totals[_key("workflow_failed_total", rule_name=rule, kind=kind, reason=reason)] = 0.0
-        name = "workflow_duration_seconds"
-        for le in [*map(_le, WORKFLOW_BUCKETS), "+Inf"]:
-            totals[_key(f"{name}_bucket", rule_name=rule, kind=kind, le=le)] = 0.0
-        totals[_key(f"{name}_count", rule_name=rule, kind=kind)] = 0.0
-        totals[_key(f"{name}_sum", rule_name=rule, kind=kind)] = 0.0
-    for result in ("clean", "infected", "skipped", "error"):
-        totals[_key("validation_scan_total", result=result)] = 0.0
-    totals[_key("rate_limit_hits_total")] = 0.0
-    return totals
+        totals[series_key(f"{name}_bucket", rule_name=rule, kind=kind, le=le_label(bound))] += (
+            getattr(r, f"b{i}") or 0
+        )
+    totals[series_key(f"{name}_bucket", rule_name=rule, kind=kind, le="+Inf")] += r.n
+    totals[series_key(f"{name}_count", rule_name=rule, kind=kind)] += r.n
+    totals[series_key(f"{name}_sum", rule_name=rule, kind=kind)] += float(r.seconds or 0.0)
 
 
 class Cache:
@@ -187,9 +170,9 @@ def _decode(text: str) -> tuple[tuple[str, str], ...]:
 
 
 def archived(conn: Connection) -> Totals:
-    table = MT
+    """What retention moved into ``metric_totals``."""
     totals: Totals = defaultdict(float)
-    for r in conn.execute(select(table.c.metric, table.c.labels, table.c.value)):
+    for r in conn.execute(select(MT.c.metric, MT.c.labels, MT.c.value)):
         totals[(r.metric, _decode(r.labels))] += r.value
     return totals
 

@@ -1,25 +1,26 @@
-"""Queries and writes the operations jobs need (reaper, backups), beside the hot-path StateStore."""
+"""The operations' records beside the hot-path StateStore: event rows, backups rows,
+and the reaper's and the jobs' questions about workflows.
+
+Each function is one transaction and returns plain dicts. Events are written here
+and fanned out by :meth:`dox_tasks.events.EventBus.emit`.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from ..contract import LIVE_STATES
-from ..db.models import BackupRow
-from ..db.store import EV, SR, WS, StateStore, now
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
-
-BK = cast(Table, BackupRow.__table__)
+from .guard import reading
+from .store import StateStore, now
+from .tables import BK, EV, SR, WS, insert_ignore
 
 
 def live_workflows(state: StateStore, older_than: datetime, limit: int = 1000) -> list[dict[str, Any]]:
     """Queued or running workflows not touched since ``older_than`` (oldest first)."""
-    with state.tx() as conn:
+    with reading(state) as conn:
         rows = conn.execute(
             select(WS)
             .where(WS.c.current_state.in_([s.value for s in LIVE_STATES]), WS.c.updated_at < older_than)
@@ -30,7 +31,7 @@ def live_workflows(state: StateStore, older_than: datetime, limit: int = 1000) -
 
 
 def latest_attempt(state: StateStore, workflow_id: str, step: str) -> dict[str, Any] | None:
-    with state.tx() as conn:
+    with reading(state) as conn:
         row = (
             conn.execute(
                 select(SR)
@@ -45,7 +46,7 @@ def latest_attempt(state: StateStore, workflow_id: str, step: str) -> dict[str, 
 
 
 def count_events(state: StateStore, workflow_id: str, type_: str) -> int:
-    with state.tx() as conn:
+    with reading(state) as conn:
         return int(
             conn.execute(
                 select(func.count()).where(EV.c.workflow_id == workflow_id, EV.c.type == type_)
@@ -61,7 +62,7 @@ def run_prefix(workflow_id: str, run: int) -> str:
 def count_redrives(state: StateStore, workflow_id: str, run: int) -> int:
     """The reaper's re-drives of this run (an operator retry gives the reaper a fresh budget)."""
     prefix = run_prefix(workflow_id, run)
-    with state.tx() as conn:
+    with reading(state) as conn:
         return int(
             conn.execute(
                 select(func.count()).where(
@@ -78,8 +79,8 @@ def record_event(
 ) -> bool:
     """Insert an event row (idempotent by id); a workflow's ``updated_at`` is touched too."""
     ts = now()
-    with state.tx() as conn:
-        written = state._insert_ignore(
+    with reading(state) as conn:
+        written = insert_ignore(
             conn, EV, dict(id=event_id, workflow_id=workflow_id, type=type_, payload=payload, created_at=ts)
         )
         if written and workflow_id:
@@ -97,47 +98,33 @@ def last_success(state: StateStore, rule_name: str, exclude: str | None = None) 
         .order_by(WS.c.finished_at.desc())
         .limit(1)
     )
-    with state.tx() as conn:
+    with reading(state) as conn:
         row = conn.execute(q).first()
     return dict(row.result or {}) if row else {}
 
 
-def emit(
-    rt: Runtime,
-    event_id: str,
-    workflow_id: str | None,
-    type_: str,
-    payload: dict[str, Any],
-    channel: str = "",
-) -> bool:
-    """Record an event, then fan it out (stream, pub/sub ``<ns>.workflow.<channel or type>``);
-    an id already recorded is neither written nor sent again. False when it was a repeat."""
-    if not record_event(rt.state, event_id, workflow_id, type_, payload):
-        return False
-    rt.events.fan_out(event_id, type_, workflow_id, payload, channel or type_)
-    return True
-
-
 def add_backup(state: StateStore, **values: Any) -> int:
+    """A ``backups`` row (columns as keywords); its id."""
     values.setdefault("created_at", now())
-    with state.tx() as conn:
+    with reading(state) as conn:
         return int(conn.execute(insert(BK).values(**values).returning(BK.c.id)).scalar_one())
 
 
 def update_backup(state: StateStore, backup_id: int, **values: Any) -> None:
-    with state.tx() as conn:
+    with reading(state) as conn:
         conn.execute(update(BK).where(BK.c.id == backup_id).values(**values))
 
 
 def backups(state: StateStore, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The recorded backups, newest first (of one kind if given)."""
     q = select(BK).order_by(BK.c.created_at.desc(), BK.c.id.desc()).limit(limit)
     if kind:
         q = q.where(BK.c.kind == kind)
-    with state.tx() as conn:
+    with reading(state) as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
 
 
 def backup_by_path(state: StateStore, path: str) -> dict[str, Any] | None:
-    with state.tx() as conn:
+    with reading(state) as conn:
         row = conn.execute(select(BK).where(BK.c.path == path)).mappings().first()
     return dict(row) if row else None

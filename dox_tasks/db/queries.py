@@ -1,0 +1,156 @@
+"""The read model: what the CLI, the reports, the exporter and the HTTP API ask the
+results layer, as plain functions of the :class:`StateStore`.
+
+Each call is one transaction and returns plain dicts or dataclasses (never rows tied
+to SQLAlchemy); database errors arrive as DOX's own (:mod:`.guard`). Datetimes are as
+stored: SQLite hands them back naive (in UTC), see :func:`dox_tasks.db.store.aware`.
+The counters are in :mod:`.tally`, the exporter's gauges in :mod:`.gauges`, the
+operations' records (events, backups, the reaper's questions) in :mod:`.records`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import literal, select
+
+from ..errors import UnknownWorkflow
+from .guard import reading
+from .store import StateStore
+from .tables import EV, SR, WS
+
+
+def ping(store: StateStore) -> None:
+    """Raise :class:`~dox_tasks.errors.StateStoreUnavailable` unless the database answers."""
+    with reading(store) as conn:
+        conn.execute(select(literal(1)))
+
+
+def list_workflows(
+    store: StateStore,
+    *,
+    status: str | None = None,
+    rule: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Workflow rows, newest first: created at or after ``since``, in ``status``, of ``rule``."""
+    q = select(WS).order_by(WS.c.created_at.desc()).limit(limit)
+    if since is not None:
+        q = q.where(WS.c.created_at >= since)
+    if status:
+        q = q.where(WS.c.current_state == status)
+    if rule:
+        q = q.where(WS.c.rule_name == rule)
+    with reading(store) as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+@dataclass(frozen=True)
+class WorkflowDetail:
+    """One workflow as one consistent read: its row, every step attempt, its events."""
+
+    workflow: dict[str, Any]
+    #: Attempt rows in the order they were written (every run).
+    steps: list[dict[str, Any]]
+    #: Event rows, oldest first.
+    events: list[dict[str, Any]]
+
+
+def workflow_detail(store: StateStore, workflow_id: str) -> WorkflowDetail:
+    """Raises :class:`~dox_tasks.errors.UnknownWorkflow` for an id no workflow has."""
+    with reading(store) as conn:
+        row = conn.execute(select(WS).where(WS.c.workflow_id == workflow_id)).mappings().first()
+        if row is None:
+            raise UnknownWorkflow(f"no workflow with id {workflow_id}")
+        steps = conn.execute(select(SR).where(SR.c.workflow_id == workflow_id).order_by(SR.c.id)).mappings()
+        events = conn.execute(
+            select(EV).where(EV.c.workflow_id == workflow_id).order_by(EV.c.created_at)
+        ).mappings()
+        return WorkflowDetail(dict(row), [dict(s) for s in steps], [dict(e) for e in events])
+
+
+def ended_since(
+    store: StateStore, since: datetime, status: str, rule: str | None = None
+) -> list[dict[str, Any]]:
+    """Workflows in ``status`` that ended at or after ``since``, oldest first (id, rule,
+    reason, step, finished_at): what a bulk retry works through."""
+    q = (
+        select(WS.c.workflow_id, WS.c.rule_name, WS.c.reason, WS.c.current_step, WS.c.finished_at)
+        .where(WS.c.current_state == status, WS.c.finished_at >= since)
+        .order_by(WS.c.finished_at)
+    )
+    if rule:
+        q = q.where(WS.c.rule_name == rule)
+    with reading(store) as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def list_events(
+    store: StateStore,
+    *,
+    workflow_id: str | None = None,
+    types: Collection[str] | None = None,
+    since: datetime | None = None,
+    limit: int | None = None,
+    newest_first: bool = False,
+) -> list[dict[str, Any]]:
+    """Event rows (id, workflow_id, type, payload, created_at) by creation time."""
+    order = EV.c.created_at.desc() if newest_first else EV.c.created_at
+    q = select(EV).order_by(order)
+    if workflow_id is not None:
+        q = q.where(EV.c.workflow_id == workflow_id)
+    if types is not None:
+        q = q.where(EV.c.type.in_(list(types)))
+    if since is not None:
+        q = q.where(EV.c.created_at >= since)
+    if limit is not None:
+        q = q.limit(limit)
+    with reading(store) as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def latest_workflows_of(store: StateStore, sha256s: Collection[str]) -> dict[str, dict[str, Any]]:
+    """For each document hash, its newest workflow (workflow_id, reason, detail, result);
+    hashes no workflow has are left out."""
+    wanted = sorted(set(sha256s))
+    found: dict[str, dict[str, Any]] = {}
+    with reading(store) as conn:
+        for start in range(0, len(wanted), 500):
+            rows = conn.execute(
+                select(WS.c.sha256, WS.c.workflow_id, WS.c.reason, WS.c.detail, WS.c.result)
+                .where(WS.c.sha256.in_(wanted[start : start + 500]))
+                .order_by(WS.c.created_at)
+            ).mappings()
+            for r in rows:  # oldest first: the newest one stays
+                found[r["sha256"]] = {k: r[k] for k in ("workflow_id", "reason", "detail", "result")}
+    return found
+
+
+@dataclass(frozen=True)
+class ReportFigures:
+    """The rows a performance report is computed from."""
+
+    #: current_state, reason, created_at, finished_at of each workflow created in the period.
+    workflows: list[dict[str, Any]]
+    #: Durations of the successful ``scan`` attempts of those workflows.
+    scan_ms: list[int]
+
+
+def report_figures(store: StateStore, start: datetime, end: datetime, rule_name: str) -> ReportFigures:
+    """Workflows of ``rule_name`` created in [start, end), and their scans' durations."""
+    in_period = (WS.c.created_at >= start, WS.c.created_at < end, WS.c.rule_name == rule_name)
+    with reading(store) as conn:
+        rows = conn.execute(
+            select(WS.c.current_state, WS.c.reason, WS.c.created_at, WS.c.finished_at).where(*in_period)
+        ).mappings()
+        workflows = [dict(r) for r in rows]
+        scans = conn.execute(
+            select(SR.c.duration_ms)
+            .join(WS, WS.c.workflow_id == SR.c.workflow_id)
+            .where(*in_period, SR.c.step == "scan", SR.c.state == "success", SR.c.duration_ms.is_not(None))
+        ).scalars()
+        return ReportFigures(workflows, [int(ms) for ms in scans])
