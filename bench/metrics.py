@@ -104,14 +104,14 @@ def timed(fn) -> float:
 def main() -> None:
     from sqlalchemy import func, select
 
-    from dox_tasks.db.store import EV, StateStore
+    from dox_tasks.db.store import EV, StateStore, open_store
     from dox_tasks.metrics.tally import Cache, tally
 
     sizes = [int(a) for a in sys.argv[1:]] or [10_000, 100_000]
     for n in sizes:
         url = create_database()
         try:
-            state = StateStore(url)
+            state = open_store(url)
             state.migrate()
             fill(state, n)
 

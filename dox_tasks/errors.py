@@ -56,5 +56,12 @@ class StateStoreUnavailable(TransientError):
     """The results database could not be reached; the step is retried later."""
 
 
+class StateStoreError(DoxError):
+    """The results database refused a statement (bad data, a schema not migrated, a
+    constraint): not a connectivity fault, so waiting for the database cannot help. A
+    step delivery treats it like any unexpected fault (recorded, retried, then failed);
+    the CLI prints it. :class:`StateStoreUnavailable` is the connectivity case."""
+
+
 class IntegrityFault(DoxError):
     """Stored bytes do not match their content address; never retried, never stored."""
