@@ -57,10 +57,9 @@ class StateStoreUnavailable(TransientError):
 
 
 class StateStoreError(DoxError):
-    """The results database refused a statement (bad data, a schema not migrated, a
-    constraint): not a connectivity fault, so waiting for the database cannot help. A
-    step delivery treats it like any unexpected fault (recorded, retried, then failed);
-    the CLI prints it. :class:`StateStoreUnavailable` is the connectivity case."""
+    """The results database refused a statement (a schema older than the code, a broken
+    constraint): a fault, not an outage, so it is not waited out like
+    :class:`StateStoreUnavailable`. ``dox_tasks.db`` raises it instead of SQLAlchemy's errors."""
 
 
 class IntegrityFault(DoxError):

@@ -132,9 +132,11 @@ def _end(store: StateStore, wid: str, state: WorkflowState, **kw) -> None:
 
 
 def test_open_store_picks_the_backend_from_the_url(tmp_path):
-    assert isinstance(open_store(f"sqlite:///{tmp_path / 'x.db'}"), SQLiteStateStore)
+    sqlite = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    assert isinstance(sqlite, SQLiteStateStore) and not sqlite.is_postgres
     for url in ("postgresql://nobody@127.0.0.1:1/none", "postgres://nobody@127.0.0.1:1/none"):
-        assert isinstance(open_store(url), PostgresStateStore)  # connects lazily
+        pg = open_store(url)  # connects lazily
+        assert isinstance(pg, PostgresStateStore) and pg.is_postgres
     with pytest.raises(ConfigError, match="mysql"):
         open_store("mysql://nobody@127.0.0.1:1/none")
 

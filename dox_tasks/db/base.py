@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import Connection, Engine, Select, Table, bindparam, or_, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import InterfaceError as SAInterfaceError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..contract import LIVE_STATES, NEEDS_STAGED_INPUT, StepState, WorkflowState
@@ -169,6 +169,8 @@ class StateStore(ABC):
 
     #: How :meth:`reopen` reads the workflow row it changes (PostgreSQL locks it).
     _sel_for_update: ClassVar[Select[Any]] = SEL_WF
+    #: For the read model's few dialect-specific statements (VACUUM, snapshot reads).
+    is_postgres: ClassVar[bool] = False
 
     def __init__(self, url: str, pool_size: int = 2):
         self.url = url
@@ -195,8 +197,8 @@ class StateStore(ABC):
             raise StateStoreUnavailable(f"results database unavailable: {exc.orig}") from exc
         except PoolTimeout as exc:
             raise StateStoreUnavailable(f"no free database connection: {exc}") from exc
-        except DBAPIError as exc:
-            raise StateStoreError(f"results database refused the statement: {exc.orig}") from exc
+        except SQLAlchemyError as exc:
+            raise StateStoreError(f"results database error: {exc}") from exc
 
     def _guard(self, fn: Callable[[], T]) -> T:
         try:

@@ -55,6 +55,7 @@ _NO_CLOSE = StepClose("", 0, StepState.FAILED)
 
 class PostgresStateStore(StateStore):
     _sel_for_update: ClassVar[Select[Any]] = SEL_WF_LOCKED
+    is_postgres: ClassVar[bool] = True
 
     def __init__(self, url: str, pool_size: int = 2):
         super().__init__(url, pool_size)
