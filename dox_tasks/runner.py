@@ -28,7 +28,7 @@ from celery.exceptions import Retry
 
 from . import runtime
 from .contract import OnFailure, Reason, StepState, WorkflowState
-from .db.store import Delivery, StepClose
+from .db.store import StepClose, StepDelivery
 from .definitions.canvas import step_signatures
 from .definitions.loader import Definition
 from .definitions.schema import Step
@@ -200,7 +200,7 @@ def _run(
 ) -> dict[str, Any]:
     workflow_id, digest, run = message
     start = rt.state.begin_step(
-        Delivery(
+        StepDelivery(
             workflow_id,
             step.name,
             task.request.id,

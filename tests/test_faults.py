@@ -17,7 +17,7 @@ from services import expect_of
 from sqlalchemy import text
 
 from dox_tasks.contract import QUEUES
-from dox_tasks.db.store import Delivery, StateStore, StepClose, open_store
+from dox_tasks.db.store import StateStore, StepClose, StepDelivery, open_store
 from dox_tasks.jobs.reaper import inspect_workers, reap
 
 pytestmark = pytest.mark.integration
@@ -203,7 +203,7 @@ def test_message_delivered_too_often_ends_poison(stack, harness_factory):
     # the sixth (> WORKFLOW_RETRY_ATTEMPTS + 2) must fail the workflow instead of looping.
     for _ in range(5):
         assert h.rt.state.begin_step(
-            Delivery(wid, "validate", "t", "gone", expect_of(h, wid), max_deliveries=5)
+            StepDelivery(wid, "validate", "t", "gone", expect_of(h, wid), max_deliveries=5)
         ).run
     with h.rt.state.engine.begin() as c:  # ... long enough ago that none can still be alive
         c.execute(
@@ -232,7 +232,7 @@ def test_redelivered_finished_step_resends_the_rest_of_the_chain(stack, harness_
     wid = h.submit(pdfs.unique(40))  # chain sent; no worker yet
     # What the dead worker got done: validate ran and committed, scan never sent.
     start = h.rt.state.begin_step(
-        Delivery(wid, "validate", "dead", "gone", expect_of(h, wid), max_deliveries=5)
+        StepDelivery(wid, "validate", "dead", "gone", expect_of(h, wid), max_deliveries=5)
     )
     h.rt.state.finish_step(
         wid, StepClose("validate", start.attempt, StepState.SUCCESS, {"pages": 1}), next_step="scan"

@@ -21,12 +21,12 @@ from dox_tasks.contract import StepState, WorkflowState
 from dox_tasks.db.store import (
     WS,
     Conclusion,
-    Delivery,
     NewWorkflow,
     PostgresStateStore,
     SQLiteStateStore,
     StateStore,
     StepClose,
+    StepDelivery,
     StepStart,
     aware,
     open_store,
@@ -99,7 +99,7 @@ def begin(
 ) -> StepStart:
     """One delivery of ``step`` (run 1 of definition d…d unless ``expect`` says otherwise)."""
     return store.begin_step(
-        Delivery(
+        StepDelivery(
             wid,
             step,
             task,

@@ -86,7 +86,7 @@ class NewWorkflow:
 
 
 @dataclass(frozen=True)
-class Delivery:
+class StepDelivery:
     """One delivery of a step message, as :meth:`StateStore.begin_step` counts it.
 
     ``expect`` is the (definition hash, run) the message names. ``hold_s`` is the step's
@@ -211,7 +211,7 @@ class StateStore(ABC):
 
     # -- the transitions each backend writes -----------------------------------------
     @abstractmethod
-    def begin_step(self, delivery: Delivery) -> StepStart:
+    def begin_step(self, delivery: StepDelivery) -> StepStart:
         """Count this delivery and decide whether the step body may run.
 
         Unless the message's ``expect`` (definition hash, run) is the workflow's, the

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from sqlalchemy import DateTime, Select
 
 from ..contract import StepState
-from .base import SEL_WF_LOCKED, Conclusion, Delivery, StateStore, StepClose, StepStart, clip_traceback
+from .base import SEL_WF_LOCKED, Conclusion, StateStore, StepClose, StepDelivery, StepStart, clip_traceback
 from .direct import DirectConnection
 from .tables import WS
 
@@ -73,7 +73,7 @@ class PostgresStateStore(StateStore):
         params = {**values, "metadata": json.dumps(values["metadata"])}
         return self.direct.call(_PG_INSERT_WF, params) is not None
 
-    def begin_step(self, delivery: Delivery) -> StepStart:
+    def begin_step(self, delivery: StepDelivery) -> StepStart:
         d = delivery
         row = self.direct.call(
             _PG_BEGIN,

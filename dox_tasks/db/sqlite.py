@@ -21,9 +21,9 @@ from .base import (
     LIVE,
     SEL_WF,
     Conclusion,
-    Delivery,
     StateStore,
     StepClose,
+    StepDelivery,
     StepStart,
     aware,
     clip_traceback,
@@ -92,7 +92,7 @@ class SQLiteStateStore(StateStore):
             return self._insert_ignore(conn, WS, values)
 
     # -- count a delivery ---------------------------------------------------------------
-    def begin_step(self, delivery: Delivery) -> StepStart:
+    def begin_step(self, delivery: StepDelivery) -> StepStart:
         d = delivery
         with self.tx() as conn:
             found = conn.execute(SEL_WF, {"b_wid": d.workflow_id}).mappings().first()
@@ -114,7 +114,7 @@ class SQLiteStateStore(StateStore):
 
     @staticmethod
     def _count(
-        conn: Connection, d: Delivery, wf: dict[str, Any], previous: Attempts, ts: datetime
+        conn: Connection, d: StepDelivery, wf: dict[str, Any], previous: Attempts, ts: datetime
     ) -> StepStart:
         """Insert this delivery's attempt (``failed`` when it is one delivery too many)."""
         keys = {"b_wid": d.workflow_id, "b_step": d.step}
@@ -216,7 +216,7 @@ def _refuse_message(wf: dict[str, Any], expect: tuple[str, int]) -> StepStart | 
     return None
 
 
-def _refuse_stale(wf: dict[str, Any], d: Delivery, previous: Attempts) -> StepStart | None:
+def _refuse_stale(wf: dict[str, Any], d: StepDelivery, previous: Attempts) -> StepStart | None:
     """A delivery of an earlier run, or of a step the workflow is no longer at."""
     if d.task_id and any(r.task_id == d.task_id and r.run < wf["run"] for r in previous):
         # A delivery of an earlier run (countdown retries keep their task id).

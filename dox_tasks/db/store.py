@@ -27,11 +27,11 @@ from sqlalchemy import make_url
 from ..errors import ConfigError
 from .base import (
     Conclusion,
-    Delivery,
     Event,
     NewWorkflow,
     StateStore,
     StepClose,
+    StepDelivery,
     StepStart,
     aware,
     now,
@@ -45,13 +45,13 @@ from .tables import EV, SR, WD, WS  # noqa: F401
 
 __all__ = [
     "Conclusion",
-    "Delivery",
     "Event",
     "NewWorkflow",
     "PostgresStateStore",
     "SQLiteStateStore",
     "StateStore",
     "StepClose",
+    "StepDelivery",
     "StepStart",
     "aware",
     "now",
