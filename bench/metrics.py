@@ -104,7 +104,7 @@ def timed(fn) -> float:
 def main() -> None:
     from sqlalchemy import func, select
 
-    from dox_tasks.db.store import StateStore
+    from dox_tasks.db.store import StateStore, open_store
     from dox_tasks.db.tables import EV
     from dox_tasks.db.tally import Cache, tally
 
@@ -112,7 +112,7 @@ def main() -> None:
     for n in sizes:
         url = create_database()
         try:
-            state = StateStore(url)
+            state = open_store(url)
             state.migrate()
             fill(state, n)
 

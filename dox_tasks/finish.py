@@ -14,7 +14,7 @@ from typing import Any
 
 from .contract import NEEDS_STAGED_INPUT, DocumentResult, Reason, StepState, WorkflowState
 from .db import records
-from .db.store import StepClose, aware
+from .db.store import Conclusion, StepClose, aware
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -167,14 +167,16 @@ def conclude(
         events.insert(0, (f"{prefix}:workflow.escalated", "workflow.escalated", "escalated"))
     won = rt.state.conclude(
         workflow_id,
-        state,
-        reason=reason_value,
-        detail=detail,
-        duplicate_of=duplicate_of,
-        result=result,
-        events=[(event_id, type_, payload) for event_id, type_, _ in events],
-        close=close,
-        expect_step=expect_step,
+        Conclusion(
+            state,
+            reason=reason_value,
+            detail=detail,
+            duplicate_of=duplicate_of,
+            result=result,
+            events=[(event_id, type_, payload) for event_id, type_, _ in events],
+            close=close,
+            expect_step=expect_step,
+        ),
     )
     if won:
         sha = wf.get("sha256")

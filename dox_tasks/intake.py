@@ -15,6 +15,7 @@ import os
 from typing import Any, BinaryIO
 
 from . import runtime
+from .db.store import NewWorkflow
 from .definitions.canvas import build_chain
 from .errors import SubmissionError
 from .identity import normalise_user
@@ -82,19 +83,21 @@ def submit(
         # a workflow of the same bytes ending now cannot remove the file under this row.
         staged = held.enter_context(rt.storage.staging_held(stream, rt.settings.max_file_size))
         workflow_id, created = rt.state.create_workflow(
-            rule_name=definition.name,
-            definition_hash=definition.digest,
-            definition_version=definition.model.version,
-            first_step=definition.ordered_steps()[0].name,
-            user=user,
-            user_display=user_display,
-            source=source,
-            file_name=file_name,
-            sha256=staged.sha256,
-            size=staged.size,
-            metadata=metadata,
-            idempotency_key=idempotency_key,
-            over_limit=staged.over_limit,
+            NewWorkflow(
+                rule_name=definition.name,
+                definition_hash=definition.digest,
+                definition_version=definition.model.version,
+                first_step=definition.ordered_steps()[0].name,
+                user=user,
+                user_display=user_display,
+                source=source,
+                file_name=file_name,
+                sha256=staged.sha256,
+                size=staged.size,
+                metadata=metadata,
+                idempotency_key=idempotency_key,
+                over_limit=staged.over_limit,
+            )
         )
     if created:
         send(rt, definition.name, workflow_id, definition=definition)

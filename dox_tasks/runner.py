@@ -28,7 +28,7 @@ from celery.exceptions import Retry
 
 from . import runtime
 from .contract import OnFailure, Reason, StepState, WorkflowState
-from .db.store import StepClose
+from .db.store import StepClose, StepDelivery
 from .definitions.canvas import step_signatures
 from .definitions.loader import Definition
 from .definitions.schema import Step
@@ -200,14 +200,16 @@ def _run(
 ) -> dict[str, Any]:
     workflow_id, digest, run = message
     start = rt.state.begin_step(
-        workflow_id,
-        step.name,
-        task.request.id,
-        task.request.hostname,
-        max_deliveries=attempts + 2,
-        hold_s=min(step.timeout or rt.settings.workflow_timeout, rt.settings.workflow_timeout),
-        with_outputs=next_step is None,  # the last step builds the result from them
-        expect=(digest, run),
+        StepDelivery(
+            workflow_id,
+            step.name,
+            task.request.id,
+            task.request.hostname,
+            (digest, run),
+            max_deliveries=attempts + 2,
+            hold_s=min(step.timeout or rt.settings.workflow_timeout, rt.settings.workflow_timeout),
+            with_outputs=next_step is None,  # the last step builds the result from them
+        )
     )
     if start.busy_for:
         # An overlapping delivery is (maybe) still running this step: come back after its
@@ -268,12 +270,10 @@ def _run(
     if outcome.handoff:
         rt.state.finish_step(
             workflow_id,
-            step.name,
-            start.attempt,
-            StepState.SUCCESS,
-            output=outcome.output,
+            StepClose(
+                step.name, start.attempt, StepState.SUCCESS, outcome.output, started_at=start.started_at
+            ),
             next_step=step.name,  # stays at this step until the chord concludes the workflow
-            started_at=start.started_at,
         )
         stop_chain(task)
         if outcome.after is not None:
@@ -303,12 +303,8 @@ def _run(
 
     if not rt.state.finish_step(
         workflow_id,
-        step.name,
-        start.attempt,
-        StepState.SUCCESS,
-        output=outcome.output,
+        StepClose(step.name, start.attempt, StepState.SUCCESS, outcome.output, started_at=start.started_at),
         next_step=next_step,
-        started_at=start.started_at,
     ):
         slog.warning("another delivery of this step finished first; not continuing")
         stop_chain(task)
@@ -345,7 +341,9 @@ def _fault(
     message = f"{type(exc).__name__}: {exc}"
     if retryable and try_no <= attempts:
         countdown = retry_wait(try_no - 1, backoff, delay) * random.uniform(1.0, RETRY_JITTER)
-        rt.state.finish_step(workflow_id, step.name, attempt, StepState.RETRY, error=message, traceback=tb)
+        rt.state.finish_step(
+            workflow_id, StepClose(step.name, attempt, StepState.RETRY, error=message, traceback=tb)
+        )
         slog.warning(
             "attempt %d failed (%s); retry %d/%d in %.1fs",
             try_no,
@@ -382,5 +380,7 @@ def _fault(
             close=close,
         )
     if not won:  # another delivery owns the workflow now; just close this attempt
-        rt.state.finish_step(workflow_id, step.name, attempt, StepState.FAILED, error=message, traceback=tb)
+        rt.state.finish_step(
+            workflow_id, StepClose(step.name, attempt, StepState.FAILED, error=message, traceback=tb)
+        )
     return {"workflow_id": workflow_id, "step": step.name, "failed": reason.value}

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from .db.store import StateStore
+from .db.store import StateStore, open_store
 from .definitions import Definition, load_all
 from .events import EventBus, Fanout, NullFanout, RedisFanout
 from .ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -32,7 +32,7 @@ class Runtime:
 
     @cached_property
     def state(self) -> StateStore:
-        store = StateStore(self.settings.db_url, pool_size=self.settings.db_pool_size)
+        store = open_store(self.settings.db_url, pool_size=self.settings.db_pool_size)
         if self.settings.embedded:
             store.migrate()  # embedded: no separate migrate step; idempotent
         return store

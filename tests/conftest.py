@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 import uuid
@@ -184,6 +185,11 @@ def harness_factory() -> Iterator[Any]:
     yield factory
     for h in made:
         h.stop_workers()
+    # Collect the test's garbage while its services still run: a Celery AsyncResult left
+    # over unsubscribes in __del__, and against a stopped private Redis that retries for
+    # ~20 s in whatever the next test is doing (long enough for its TcpProxy to drop an
+    # idle PostgreSQL connection mid-transaction).
+    gc.collect()
 
 
 @pytest.fixture

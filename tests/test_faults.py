@@ -17,7 +17,7 @@ from services import expect_of
 from sqlalchemy import text
 
 from dox_tasks.contract import QUEUES
-from dox_tasks.db.store import StateStore
+from dox_tasks.db.store import StateStore, StepClose, StepDelivery, open_store
 from dox_tasks.jobs.reaper import inspect_workers, reap
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def test_postgres_unreachable_for_30s_every_workflow_recorded_once(stack, harnes
     proxy = services.TcpProxy(pg_port).start()
     proxied = stack.database_url.replace(f":{pg_port}/", f":{proxy.port}/")
     h = harness_factory(stack.model_copy(update={"database_url": proxied}))
-    direct = StateStore(stack.database_url)
+    direct = open_store(stack.database_url)
     h.rt.settings.rate_limit_per_user_per_day = 0
     ids = [h.submit(pdfs.unique(500 + n)) for n in range(150)]
     h.worker()
@@ -203,7 +203,7 @@ def test_message_delivered_too_often_ends_poison(stack, harness_factory):
     # the sixth (> WORKFLOW_RETRY_ATTEMPTS + 2) must fail the workflow instead of looping.
     for _ in range(5):
         assert h.rt.state.begin_step(
-            wid, "validate", "t", "gone", max_deliveries=5, expect=expect_of(h, wid)
+            StepDelivery(wid, "validate", "t", "gone", expect_of(h, wid), max_deliveries=5)
         ).run
     with h.rt.state.engine.begin() as c:  # ... long enough ago that none can still be alive
         c.execute(
@@ -231,9 +231,11 @@ def test_redelivered_finished_step_resends_the_rest_of_the_chain(stack, harness_
     h = harness_factory(stack)
     wid = h.submit(pdfs.unique(40))  # chain sent; no worker yet
     # What the dead worker got done: validate ran and committed, scan never sent.
-    start = h.rt.state.begin_step(wid, "validate", "dead", "gone", max_deliveries=5, expect=expect_of(h, wid))
+    start = h.rt.state.begin_step(
+        StepDelivery(wid, "validate", "dead", "gone", expect_of(h, wid), max_deliveries=5)
+    )
     h.rt.state.finish_step(
-        wid, "validate", start.attempt, StepState.SUCCESS, output={"pages": 1}, next_step="scan"
+        wid, StepClose("validate", start.attempt, StepState.SUCCESS, {"pages": 1}), next_step="scan"
     )
     assert intake  # the queued validate message stands in for the redelivery
     h.worker()

@@ -154,10 +154,10 @@ def test_counters_survive_retention_and_report_what_is_down(tmp_path, stack, har
     # A database that cannot be read: dox_database_up 0 and no made-up zeros.
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from dox_tasks.db.store import StateStore
+    from dox_tasks.db.store import open_store
 
     broken = h.rt.state
-    h.rt.state = StateStore("postgresql://nobody@127.0.0.1:1/none")
+    h.rt.state = open_store("postgresql://nobody@127.0.0.1:1/none")
     try:
         registry = CollectorRegistry()
         registry.register(DoxCollector(h.rt, h.app))

@@ -13,6 +13,7 @@ import pytest
 from services import RedisServer, expect_of
 
 from dox_tasks.db import records
+from dox_tasks.db.store import StepDelivery
 from dox_tasks.jobs.launch import run_now
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.integration]
@@ -85,7 +86,9 @@ def test_a_step_whose_worker_vanished_is_worker_lost_and_redriven(flushable, pri
     # A worker took the step and died with it (its message is gone with it, say by a
     # Redis restart): the attempt row names a worker that no longer answers.
     start = h.rt.state.begin_step(
-        wid, "validate", "lost-task", "ghost@gone", max_deliveries=5, hold_s=1, expect=expect_of(h, wid)
+        StepDelivery(
+            wid, "validate", "lost-task", "ghost@gone", expect_of(h, wid), max_deliveries=5, hold_s=1
+        )
     )
     assert start.run
     private_redis.flushall()

@@ -162,21 +162,21 @@ def test_quarantine_list_release_purge_and_document_deletion(tmp_path, stack, ha
     assert stored["current_state"] == "success"
     from sqlalchemy import update
 
+    from dox_tasks.db.store import NewWorkflow
     from dox_tasks.db.tables import WS
 
     # A second copy still in flight: deleting now would race its later steps.
     pending, _ = h.rt.state.create_workflow(
-        rule_name="process_document_upload",
-        definition_hash=h.rt.definitions["process_document_upload"].digest,
-        definition_version="1.0.0",
-        first_step="validate",
-        user="u2",
-        source=None,
-        file_name="again.pdf",
-        sha256=stored["sha256"],
-        size=stored["size"],
-        metadata=None,
-        idempotency_key=None,
+        NewWorkflow(
+            rule_name="process_document_upload",
+            definition_hash=h.rt.definitions["process_document_upload"].digest,
+            definition_version="1.0.0",
+            first_step="validate",
+            user="u2",
+            file_name="again.pdf",
+            sha256=stored["sha256"],
+            size=stored["size"],
+        )
     )
     delete = ["documents", "delete", stored["sha256"], "--reason", "GDPR request 17", "--json"]
     refused = dox(delete, env, tmp_path)

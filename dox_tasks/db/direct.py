@@ -2,7 +2,7 @@
 
 Every step delivery makes two or three calls to the results database (count the
 attempt, record the outcome, end the workflow). Each is one PL/pgSQL function
-(migrations 0002, 0004, 0005), so each can run as a single statement in autocommit
+(:mod:`dox_tasks.db.postgres` lists them), so each can run as a single statement in autocommit
 mode: one round trip instead of BEGIN, statement, COMMIT. Going through SQLAlchemy's
 Connection and pool for these cost about 0.3 ms of client CPU per call, more than
 the database work itself (``bench/pipeline.py``, docs/PERFORMANCE.md), so this
@@ -12,9 +12,11 @@ directly.
 The connection counts against ``DOX_DB_POOL_SIZE`` (it is taken from the pool), so
 the connection budget does not change. Calls are serialised by a lock (a threads
 pool shares it). A connection error closes it and raises
-:class:`StateStoreUnavailable`; the next call opens a new one. Because it never goes back
-to the pool, it does here what the pool would: it is replaced after ``RECYCLE_S`` and
-pinged first when it sat idle longer than ``PING_AFTER_IDLE_S``.
+:class:`StateStoreUnavailable`; the next call opens a new one. Any other error the
+database reports becomes :class:`StateStoreError`: no driver exception leaves this
+module. Because it never goes back to the pool, it does here what the pool would: it
+is replaced after ``RECYCLE_S`` and pinged first when it sat idle longer than
+``PING_AFTER_IDLE_S``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from ..errors import StateStoreUnavailable
+from ..errors import StateStoreError, StateStoreUnavailable
 
 #: Connections inherited through fork(). Closing one in the child would end the
 #: parent's session, so they are kept referenced and never touched again.
@@ -63,10 +65,11 @@ class DirectConnection:
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 self._drop()
                 raise StateStoreUnavailable(f"results database unavailable: {exc}".strip()) from exc
-            except psycopg2.Error:
-                if conn.closed:
+            except psycopg2.Error as exc:
+                if conn.closed:  # the statement failed because the connection went away
                     self._drop()
-                raise
+                    raise StateStoreUnavailable(f"results database unavailable: {exc}".strip()) from exc
+                raise StateStoreError(f"results database refused the statement: {exc}".strip()) from exc
 
     def forget(self) -> None:
         """After a fork: leave the parent's connection alone, open a new one when needed."""

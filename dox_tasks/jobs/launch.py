@@ -13,6 +13,7 @@ import getpass
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from ..db.store import NewWorkflow
 from ..errors import SubmissionError
 from ..intake import save_snapshot, send
 from ..runtime import Runtime
@@ -33,18 +34,15 @@ def start_run(rt: Runtime, name: str, slot: str, *, actor: str = "beat") -> Laun
         raise SubmissionError(f"unknown scheduled job {name!r}: known are {', '.join(scheduled)}")
     save_snapshot(rt, definition)
     workflow_id, created = rt.state.create_workflow(
-        rule_name=name,
-        definition_hash=definition.digest,
-        definition_version=definition.model.version,
-        first_step=definition.ordered_steps()[0].name,
-        user=actor,
-        source="beat" if actor == "beat" else "manual",
-        file_name=None,
-        sha256=None,
-        size=None,
-        metadata=None,
-        idempotency_key=None,
-        schedule_slot=slot,
+        NewWorkflow(
+            rule_name=name,
+            definition_hash=definition.digest,
+            definition_version=definition.model.version,
+            first_step=definition.ordered_steps()[0].name,
+            user=actor,
+            source="beat" if actor == "beat" else "manual",
+            schedule_slot=slot,
+        )
     )
     if created:
         send(rt, name, workflow_id, definition=definition)
