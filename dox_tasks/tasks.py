@@ -25,8 +25,12 @@ from typing import Any
 
 from celery import Task
 
+from . import runtime
 from .app import app
 from .definitions.catalog import STEPS, StepKind
+from .errors import DoxError, SubmissionError
+from .intake import submit
+from .jobs.sync.run import finish_sync, run_probe
 from .runner import StepFn, run_step
 
 log = logging.getLogger(__name__)
@@ -59,9 +63,6 @@ step_tasks: dict[str, Task] = {name: _step_task(kind) for name, kind in STEPS.it
 @app.task(name="dox.sync.probe", ignore_result=False)
 def probe_task(workflow_id: str, service: str) -> dict[str, Any]:
     """One health check of the team sync's chord; its answer is recorded in Postgres."""
-    from . import runtime
-    from .jobs.sync.run import run_probe
-
     health = run_probe(runtime.get(), workflow_id, service)
     if health is None:
         log.warning(
@@ -74,9 +75,6 @@ def probe_task(workflow_id: str, service: str) -> dict[str, Any]:
 @app.task(name="dox.sync.collect")
 def collect_task(workflow_id: str) -> bool:
     """The chord body: every check answered; finish the sync."""
-    from . import runtime
-    from .jobs.sync.run import finish_sync
-
     return finish_sync(runtime.get(), workflow_id, deadline_passed=False, only_if_complete=True)
 
 
@@ -96,9 +94,6 @@ def submit_task(
     that (e.g. Redis flushed) leaves no trace in DOX. Pass an idempotency key and
     re-send when in doubt.
     """
-    from .errors import DoxError
-    from .intake import submit
-
     try:
         _check_types(path, user, source, metadata, idempotency_key, workflow)
         workflow_id = submit(
@@ -124,8 +119,6 @@ def _check_types(
     path: Any, user: Any, source: Any, metadata: Any, idempotency_key: Any, workflow: Any
 ) -> None:
     """A broker message's JSON can hold anything: refuse what ``submit`` cannot take."""
-    from .errors import SubmissionError
-
     for name, value, optional in (
         ("path", path, False),
         ("user", user, False),

@@ -258,10 +258,8 @@ def test_a_param_of_the_wrong_type_names_its_line_and_type(tmp_path, params, wor
 
 
 def test_params_of_the_right_type_pass_and_unknown_ones_name_what_the_task_takes(tmp_path):
-    good = GOOD.replace(
-        "    task: dox.validate\n",
-        "    task: dox.validate\n    params: {rate_limit_per_day: 0, max_file_size: 1024, allowed_types: [pdf]}\n",
-    )
+    params = "{rate_limit_per_day: 0, max_file_size: 1024, allowed_types: [pdf]}"
+    good = GOOD.replace("    task: dox.validate\n", f"    task: dox.validate\n    params: {params}\n")
     assert problems_for(tmp_path, good) == []
     (problem,) = problems_for(tmp_path, good.replace("allowed_types: [pdf]", "allowed_types: pdf"))
     assert ":6: steps.0.params.allowed_types: Input should be a valid list" in problem
