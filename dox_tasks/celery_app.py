@@ -25,11 +25,12 @@ from kombu import Queue
 from . import runtime
 from .contract import INTAKE_QUEUE, QUEUES
 from .db.schema import schema_behind
+from .definitions.catalog import STEPS, resolve
+from .definitions.schema import retry_budget
 from .errors import DoxError, StateStoreUnavailable
 from .inbox import pin_root
 from .queue_policy import HOME_QUEUES, GuardedTask, intake_mixing
 from .settings import Settings, load, longest_retry_wait
-from .steps.registry import STEP_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.embedded:
         # kombu's in-memory transport is polled; its 1 s default would add a second per step.
         transport["polling_interval"] = 0.01
-    routes = {name: {"queue": info.queue} for name, info in STEP_TASKS.items()}
+    routes = {name: {"queue": kind.queue} for name, kind in STEPS.items()}
     routes.update({name: {"queue": queue} for name, queue in HOME_QUEUES.items()})
     return {
         "broker_url": settings.broker_url,
@@ -96,9 +97,6 @@ def _default_backend(settings: Settings) -> str | None:
 def check_step_retries(settings: Settings, consumes: set[str] | None = None) -> None:
     """A definition's own `retry:` must also stay below the visibility timeout
     (for the steps this worker runs: those on the queues it ``consumes``)."""
-    from .runner import retry_policy
-    from .steps.registry import resolve
-
     rt = runtime.get()
     for definition in rt.definitions.values():
         for step in definition.model.steps:
@@ -106,7 +104,7 @@ def check_step_retries(settings: Settings, consumes: set[str] | None = None) -> 
             queue = step.queue or (info.queue if info else None)
             if consumes is not None and queue not in consumes:
                 continue
-            attempts, backoff, delay = retry_policy(rt, step)
+            attempts, backoff, delay = retry_budget(step, rt.settings)
             longest = longest_retry_wait(attempts, backoff, delay)
             if longest >= settings.visibility_timeout:
                 raise DoxError(

@@ -1,6 +1,6 @@
 """The one terminal path every workflow takes, whatever ended it.
 
-:func:`conclude` quarantines if asked, builds the per-document result, emits the
+:func:`end_workflow` quarantines if asked, builds the per-document result, emits the
 completion event (record first, then fan-out) and writes the terminal state —
 first writer wins, so a workflow has exactly one terminal state even when two
 deliveries race.
@@ -9,6 +9,7 @@ deliveries race.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -110,6 +111,33 @@ def _from_original(rt: Runtime, original_id: str) -> dict[str, Any]:
     return {k: done[k] for k in _INHERITED if done.get(k) is not None}
 
 
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How one workflow ends and who ends it: everything :func:`end_workflow` writes.
+
+    The answer — ``state``, ``reason``, ``detail``, ``duplicate_of``, whether the bytes go
+    to ``quarantine``, whether to ``escalate`` (a ``workflow.escalated`` event first), and
+    ``extra`` fields for the result (the team sync's summary). The owner — a step's
+    delivery closes its attempt in the same transaction (``close``); anyone else names the
+    step it believes the workflow is at (``expect_step``); the write decides who wins.
+    What the caller already read — the workflow row ``wf`` and the earlier steps'
+    ``outputs`` (the runner reads both when it counts the attempt): nothing is read twice.
+    """
+
+    workflow_id: str
+    state: WorkflowState
+    reason: Reason | None = None
+    detail: str | None = None
+    duplicate_of: str | None = None
+    quarantine: bool = False
+    escalate: bool = False
+    extra: dict[str, Any] | None = None
+    close: StepClose | None = None
+    expect_step: str | None = None
+    wf: dict[str, Any] | None = None
+    outputs: dict[str, dict[str, Any]] | None = None
+
+
 def conclude(
     rt: Runtime,
     workflow_id: str,
@@ -117,15 +145,14 @@ def conclude(
     *,
     reason: Reason | None = None,
     detail: str | None = None,
-    duplicate_of: str | None = None,
-    quarantine: bool = False,
-    escalate: bool = False,
-    close: StepClose | None = None,
     expect_step: str | None = None,
-    extra: dict[str, Any] | None = None,
-    wf: dict[str, Any] | None = None,
-    outputs: dict[str, dict[str, Any]] | None = None,
 ) -> bool:
+    """End a workflow from outside a step's body — an operator's cancel, the reaper, a
+    poison message — if it is still at ``expect_step``: :func:`end_workflow` in short."""
+    return end_workflow(rt, Ending(workflow_id, state, reason=reason, detail=detail, expect_step=expect_step))
+
+
+def end_workflow(rt: Runtime, ending: Ending) -> bool:
     """End a workflow; returns False if this caller no longer owns it (nothing changes then).
 
     The step's last attempt, the terminal state and the completion event row are
@@ -134,65 +161,100 @@ def conclude(
     the earlier outputs it read when its attempt was counted (steps do not change the
     row; whether it still owns the workflow is decided by the write itself).
     """
+    wf = ending.wf
     if wf is None:
-        wf = rt.state.get_workflow(workflow_id)
-        if wf["current_state"] not in ("queued", "running") and close is None:
+        wf = rt.state.get_workflow(ending.workflow_id)
+        if wf["current_state"] not in ("queued", "running") and ending.close is None:
             return False
-    reason_value = reason.value if reason else None
-    outputs = dict(outputs) if outputs is not None else rt.state.step_outputs(workflow_id)
-    if (
-        close is not None
-        and close.output is not None
-        and close.state in (StepState.SUCCESS, StepState.REJECTED)
-    ):
+    result = _result(rt, ending, wf)
+    run = wf.get("run", 1)
+    payload = {**result, "detail": ending.detail, "rule_name": wf["rule_name"], "run": run}
+    # Event ids are unique per run: a retried workflow that ends again gets new rows.
+    events = _events(ending, records.run_prefix(ending.workflow_id, run))
+    won = _commit(rt, ending, result, [(event_id, type_, payload) for event_id, type_, _ in events])
+    if won:
+        _after_commit(rt, ending, wf, payload, events)
+    return won
+
+
+def _result(rt: Runtime, ending: Ending, wf: dict[str, Any]) -> dict[str, Any]:
+    """The workflow's result: the document's answer, or a scheduled job's report."""
+    close = ending.close
+    reason = ending.reason.value if ending.reason else None
+    outputs = (
+        dict(ending.outputs) if ending.outputs is not None else rt.state.step_outputs(ending.workflow_id)
+    )
+    if close is not None and close.output is not None and close.state in _CLOSES_WITH_OUTPUT:
         outputs[close.step] = close.output
     if wf.get("schedule_slot"):
-        result = job_result(wf, outputs, status=state.value, reason=reason_value)
+        result = job_result(wf, outputs, status=ending.state.value, reason=reason)
     else:
         result = build_result(
-            wf, outputs, status=state.value, reason=reason_value, duplicate_of=duplicate_of
+            wf, outputs, status=ending.state.value, reason=reason, duplicate_of=ending.duplicate_of
         ).to_dict()
-    if duplicate_of:
-        result.update(_from_original(rt, duplicate_of))
-    if quarantine:
+    if ending.duplicate_of:
+        result.update(_from_original(rt, ending.duplicate_of))
+    if ending.quarantine:
         result["quarantined"] = True
-    if extra:
-        result.update(extra)
-    payload = {**result, "detail": detail, "rule_name": wf["rule_name"]}
-    # Event ids are unique per run: a retried workflow that ends again gets new rows.
-    prefix = records.run_prefix(workflow_id, wf.get("run", 1))
-    payload["run"] = wf.get("run", 1)
-    events = [(f"{prefix}:workflow.{state.value}", f"workflow.{state.value}", state.value)]
-    if escalate:
+    if ending.extra:
+        result.update(ending.extra)
+    return result
+
+
+#: A closing attempt whose output joins the result (a failed one has none to give).
+_CLOSES_WITH_OUTPUT = (StepState.SUCCESS, StepState.REJECTED)
+
+
+def _events(ending: Ending, prefix: str) -> list[tuple[str, str, str]]:
+    """(event id, type, fan-out channel) of the events that announce this ending."""
+    state = ending.state.value
+    events = [(f"{prefix}:workflow.{state}", f"workflow.{state}", state)]
+    if ending.escalate:
         events.insert(0, (f"{prefix}:workflow.escalated", "workflow.escalated", "escalated"))
-    won = rt.state.conclude(
-        workflow_id,
+    return events
+
+
+def _commit(
+    rt: Runtime, ending: Ending, result: dict[str, Any], events: list[tuple[str, str, dict[str, Any]]]
+) -> bool:
+    """The one terminal write (first writer wins): the only call into the store here."""
+    return rt.state.conclude(
+        ending.workflow_id,
         Conclusion(
-            state,
-            reason=reason_value,
-            detail=detail,
-            duplicate_of=duplicate_of,
+            ending.state,
+            reason=ending.reason.value if ending.reason else None,
+            detail=ending.detail,
+            duplicate_of=ending.duplicate_of,
             result=result,
-            events=[(event_id, type_, payload) for event_id, type_, _ in events],
-            close=close,
-            expect_step=expect_step,
+            events=events,
+            close=ending.close,
+            expect_step=ending.expect_step,
         ),
     )
-    if won:
-        sha = wf.get("sha256")
-        if quarantine and sha:
-            rt.storage.quarantine(sha)  # after the commit: only the owner moves bytes
-        elif sha and state not in NEEDS_STAGED_INPUT:
-            _discard_staged(rt, workflow_id, sha)
-        for event_id, type_, channel in events:
-            rt.events.fan_out(event_id, type_, workflow_id, payload, channel)
-        log.info(
-            "workflow %s ended %s%s",
-            workflow_id,
-            state.value,
-            f" ({reason_value}: {detail})" if reason_value else "",
-        )
-    return won
+
+
+def _after_commit(
+    rt: Runtime,
+    ending: Ending,
+    wf: dict[str, Any],
+    payload: dict[str, Any],
+    events: list[tuple[str, str, str]],
+) -> None:
+    """What only the winner does, after the commit: move or discard the bytes, fan out."""
+    workflow_id, state = ending.workflow_id, ending.state
+    sha = wf.get("sha256")
+    if ending.quarantine and sha:
+        rt.storage.quarantine(sha)  # after the commit: only the owner moves bytes
+    elif sha and state not in NEEDS_STAGED_INPUT:
+        _discard_staged(rt, workflow_id, sha)
+    for event_id, type_, channel in events:
+        rt.events.fan_out(event_id, type_, workflow_id, payload, channel)
+    log.info(
+        "workflow %s ended %s%s",
+        workflow_id,
+        state.value,
+        f" ({ending.reason.value}: {ending.detail})" if ending.reason else "",
+    )
 
 
 def _discard_staged(rt: Runtime, workflow_id: str, sha256: str) -> None:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .contract import INTAKE_QUEUE
-from .steps.registry import STEP_TASKS
+from .definitions.catalog import is_step_task
 
 MAX_ID = 200
 MAX_REPR = 4096
@@ -132,7 +132,7 @@ def _instant(value: Any) -> datetime | None:
 
 def _arguments(task: str, args: list[Any], kwargs: dict[str, Any]) -> str | None:
     """The arguments DOX's own senders write, for the tasks whose shape is fixed."""
-    if task in STEP_TASKS:
+    if is_step_task(task):
         if kwargs or len(args) != 4:
             return "a step message carries exactly (workflow_id, step, definition_hash, run)"
         workflow_id, step, digest, run = args

@@ -34,8 +34,8 @@ from celery import Task
 
 from . import message_shape, runtime
 from .contract import INTAKE_QUEUE, QUEUES
+from .definitions.catalog import is_step_task
 from .message_shape import MAX_ID
-from .steps.registry import STEP_TASKS
 
 log = logging.getLogger("dox.queues")
 
@@ -59,7 +59,7 @@ def refusal(task: str, queue: str | None) -> str | None:
         if task == SUBMIT_TASK:
             return None
         return f"only {SUBMIT_TASK} runs on the {INTAKE_QUEUE!r} queue"
-    if task in STEP_TASKS:
+    if is_step_task(task):
         return None if queue in STEP_QUEUES else f"a step task arrived on the unknown queue {queue!r}"
     home = HOME_QUEUES.get(task)
     if home is None:

@@ -29,7 +29,6 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
-
 SHIPPED_PACKAGE = "dox_tasks.workflow_defs"
 
 
@@ -54,6 +53,7 @@ def stream_key(namespace: str) -> str:
     """The Redis stream every event goes to (declared here so the settings can check it is not
     a broker key)."""
     return f"{namespace}:events"
+
 
 class Settings(BaseSettings):
     """Every knob DOX has. Secrets (passwords inside URLs) are never logged: use :meth:`redacted`."""

@@ -1,5 +1,11 @@
-"""Celery tasks: one thin wrapper per step (built from a table), the sync's chord tasks,
+"""Celery tasks: one thin wrapper per step of the step catalog, the sync's chord tasks,
 and the intake task.
+
+The step tasks are built here, once per :class:`~dox_tasks.definitions.catalog.StepKind`,
+and each one's function is resolved from the catalog's reference: this module sits at
+the top of the layering (it may import every step, the scheduled jobs included), and a
+reference that names nothing fails this import, so a worker never starts with a step a
+definition may name but no task runs.
 
 Step tasks have ``max_retries=None``: DOX counts attempts itself, in the database
 (Celery's ``retry(max_retries=None)`` falls back to the task's own cap, which
@@ -13,63 +19,50 @@ step is ignored and logged.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
 from celery import Task
 
+from . import runtime
 from .app import app
-from .jobs import steps as jobs
-from .jobs.sync.run import start_sync
+from .definitions.catalog import STEPS, StepKind
+from .errors import DoxError, SubmissionError
+from .intake import submit
+from .jobs.sync.run import finish_sync, run_probe
 from .runner import StepFn, run_step
-from .steps.publish import noop, publish
-from .steps.recognize import recognize
-from .steps.registry import STEP_TASKS
-from .steps.scan import scan
-from .steps.store import store
-from .steps.validate import validate
 
 log = logging.getLogger(__name__)
 
-#: Every registered step task (steps/registry.py) and the plain function it runs.
-STEP_FUNCTIONS: dict[str, StepFn] = {
-    "dox.validate": validate,
-    "dox.scan": scan,
-    "dox.store": store,
-    "dox.recognize": recognize,
-    "dox.publish": publish,
-    "dox.noop": noop,
-    "dox.jobs.reap": jobs.reap_stuck_workflows,
-    "dox.jobs.backup_database": jobs.backup_database,
-    "dox.jobs.backup_config": jobs.backup_config,
-    "dox.jobs.backup_documents": jobs.backup_documents,
-    "dox.jobs.maintenance": jobs.maintenance_weekly,
-    "dox.jobs.retention": jobs.retention_cleanup,
-    "dox.jobs.sync": start_sync,
-}
-if set(STEP_FUNCTIONS) != set(STEP_TASKS):  # a definition could name a task no worker runs
-    raise RuntimeError(f"step tasks without a function: {set(STEP_TASKS) ^ set(STEP_FUNCTIONS)}")
+
+def step_function(kind: StepKind) -> StepFn:
+    """The plain function a step's catalog entry names (``"module:function"``)."""
+    module, _, name = kind.function.partition(":")
+    fn = getattr(importlib.import_module(module), name, None)
+    if not callable(fn):
+        raise RuntimeError(f"step {kind.task}: {kind.function} is not a function")
+    return fn
 
 
-def _step_task(name: str, fn: StepFn) -> Task:
+def _step_task(kind: StepKind) -> Task:
+    fn = step_function(kind)
+
     def run(self: Task, workflow_id: str, step: str, definition_hash: str, run: int = 0) -> str:
         # run 0: a message without a run number, which no DOX sender writes (refused).
         return run_step(self, fn, workflow_id, step, definition_hash, run)
 
-    run.__name__ = run.__qualname__ = name.rsplit(".", 1)[-1] + "_task"
-    run.__doc__ = f"Step task {name}: runs {fn.__module__}.{fn.__name__} under the runner."
-    return app.task(bind=True, name=name, max_retries=None)(run)
+    run.__name__ = run.__qualname__ = kind.name + "_task"
+    run.__doc__ = f"Step task {kind.task}: runs {kind.function} under the runner."
+    return app.task(bind=True, name=kind.task, max_retries=None)(run)
 
 
-step_tasks: dict[str, Task] = {name: _step_task(name, fn) for name, fn in STEP_FUNCTIONS.items()}
+step_tasks: dict[str, Task] = {name: _step_task(kind) for name, kind in STEPS.items()}
 
 
 @app.task(name="dox.sync.probe", ignore_result=False)
 def probe_task(workflow_id: str, service: str) -> dict[str, Any]:
     """One health check of the team sync's chord; its answer is recorded in Postgres."""
-    from . import runtime
-    from .jobs.sync.run import run_probe
-
     health = run_probe(runtime.get(), workflow_id, service)
     if health is None:
         log.warning(
@@ -82,9 +75,6 @@ def probe_task(workflow_id: str, service: str) -> dict[str, Any]:
 @app.task(name="dox.sync.collect")
 def collect_task(workflow_id: str) -> bool:
     """The chord body: every check answered; finish the sync."""
-    from . import runtime
-    from .jobs.sync.run import finish_sync
-
     return finish_sync(runtime.get(), workflow_id, deadline_passed=False, only_if_complete=True)
 
 
@@ -104,9 +94,6 @@ def submit_task(
     that (e.g. Redis flushed) leaves no trace in DOX. Pass an idempotency key and
     re-send when in doubt.
     """
-    from .errors import DoxError
-    from .intake import submit
-
     try:
         _check_types(path, user, source, metadata, idempotency_key, workflow)
         workflow_id = submit(
@@ -132,8 +119,6 @@ def _check_types(
     path: Any, user: Any, source: Any, metadata: Any, idempotency_key: Any, workflow: Any
 ) -> None:
     """A broker message's JSON can hold anything: refuse what ``submit`` cannot take."""
-    from .errors import SubmissionError
-
     for name, value, optional in (
         ("path", path, False),
         ("user", user, False),

@@ -239,3 +239,56 @@ def test_worker_refuses_to_start_on_an_older_schema(tmp_path, pg_url):
     assert res.returncode != 0
     assert "refused to start" in res.stderr and "revision 0004" in res.stderr
     assert "dox db upgrade" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ("{max_pages: '5'}", "params.max_pages: Input should be a valid integer"),
+        ("{max_pages: 0}", "greater than 0 (dox.recognize takes max_pages: integer > 0)"),
+        ("{max_pages: null}", "params.max_pages: Input should be a valid integer"),
+        ("{max_pages: true}", "params.max_pages: Input should be a valid integer"),
+    ],
+)
+def test_a_param_of_the_wrong_type_names_its_line_and_type(tmp_path, params, words):
+    text = GOOD.replace("    action: dox.scan\n", f"    action: dox.recognize\n    params: {params}\n")
+    (problem,) = problems_for(tmp_path, text)
+    assert problem.startswith(f"{tmp_path / 'def.yaml'}:9: steps.1.params.max_pages:"), problem
+    assert words in problem
+
+
+def test_params_of_the_right_type_pass_and_unknown_ones_name_what_the_task_takes(tmp_path):
+    params = "{rate_limit_per_day: 0, max_file_size: 1024, allowed_types: [pdf]}"
+    good = GOOD.replace("    task: dox.validate\n", f"    task: dox.validate\n    params: {params}\n")
+    assert problems_for(tmp_path, good) == []
+    (problem,) = problems_for(tmp_path, good.replace("allowed_types: [pdf]", "allowed_types: pdf"))
+    assert ":6: steps.0.params.allowed_types: Input should be a valid list" in problem
+    (problem,) = problems_for(tmp_path, good.replace("max_file_size", "max_pages"))
+    assert problem.endswith(
+        "steps.0.params.max_pages: dox.validate does not understand 'max_pages'"
+        " (it takes: allowed_types, max_file_size, rate_limit_per_day)"
+    )
+
+
+def test_the_step_catalog_is_what_the_worker_runs_and_definitions_may_name():
+    """One declaration per step: the Celery tasks, their routes and the names a definition
+    may use all come from the catalog, and every entry names a function that exists."""
+    from dox_tasks.app import app
+    from dox_tasks.definitions.catalog import STEPS, resolve
+    from dox_tasks.tasks import step_function, step_tasks
+
+    assert set(step_tasks) == set(STEPS)
+    for name, kind in STEPS.items():
+        assert app.tasks[name].name == step_tasks[name].name == name
+        assert app.conf.task_routes[name] == {"queue": kind.queue}
+        fn = step_function(kind)
+        assert f"{fn.__module__}:{fn.__name__}" == kind.function
+        assert all(resolve(alias) is kind for alias in (name, *kind.aliases))
+    assert resolve("virus_scan") is STEPS["dox.scan"] and resolve("dox.virus_scan") is None
+
+
+def test_cli_defs_tasks_lists_aliases_and_typed_params():
+    res = run_dox("defs", "tasks")
+    assert res.returncode == 0, res.stderr
+    assert "also named: recognize, template_recognition" in res.stdout
+    assert "params.max_pages: integer > 0" in res.stdout

@@ -78,8 +78,12 @@ def defs_show(name: str) -> None:
 
 @defs.command("tasks")
 def defs_tasks() -> None:
-    """List the registered task names a definition may use."""
-    from ..steps.registry import STEP_TASKS
+    """List the registered task names a definition may use, their aliases and params."""
+    from ..definitions.catalog import STEPS
 
-    for info in STEP_TASKS.values():
-        click.echo(f"{info.name:<14} queue={info.queue:<12} {info.summary}")
+    for kind in STEPS.values():
+        click.echo(f"{kind.task:<14} queue={kind.queue:<12} {kind.summary}")
+        if kind.aliases:
+            click.echo(f"    also named: {', '.join(kind.aliases)}")
+        for line in kind.param_help():
+            click.echo(f"    params.{line}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from celery import Celery, chain
 from celery.canvas import Signature
 
-from ..steps.registry import resolve
+from .catalog import resolve
 from .loader import Definition
 
 
@@ -44,7 +44,7 @@ def step_signatures(
         args = (workflow_id, step.name, definition.digest, run)
         sigs.append(
             app.signature(
-                info.name,
+                info.task,
                 args=args,
                 # What Celery would compute for every message it sends (logs, Flower's
                 # search); given here once instead of formatted again at each hop.

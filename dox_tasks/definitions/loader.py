@@ -1,6 +1,7 @@
 """Load definitions from YAML and check them, reporting every problem as file:line.
 
-Checks beyond the schema: task names must be registered DOX tasks, every
+Checks beyond the schema: task names must be registered DOX tasks (the step catalog,
+:mod:`dox_tasks.definitions.catalog`) and their ``params`` of the types it declares, every
 ``on_success`` must name a step (or ``complete``), the success path must not
 loop and must reach every step.
 """
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from ..contract import COMPLETE
 from ..errors import DefinitionError
-from ..steps.registry import resolve
+from .catalog import resolve
 from .schema import DefinitionModel, Step
 
 Path_ = tuple[str | int, ...]
@@ -154,13 +155,9 @@ def _graph_problems(model: DefinitionModel, lines: dict[Path_, int], where: str)
             line = _line_of(lines, ("steps", i, "name"))
             problems.append(f"{where}:{line}: steps.{i}.name: step {step.name!r} is defined twice")
         info = resolve(step.task)
-        for key in sorted(set(step.params) - (info.params if info else set(step.params))):
+        for key, why in info.param_problems(step.params) if info else ():
             line = _line_of(lines, ("steps", i, "params", key))
-            known = ", ".join(sorted(info.params)) if info and info.params else "none"
-            problems.append(
-                f"{where}:{line}: steps.{i}.params.{key}: {step.task} does not understand {key!r}"
-                f" (it takes: {known})"
-            )
+            problems.append(f"{where}:{line}: steps.{i}.params.{key}: {why}")
         if info is None:
             key = "task" if ("steps", i, "task") in lines else "action"
             line = _line_of(lines, ("steps", i, key))
@@ -204,6 +201,7 @@ def _graph_problems(model: DefinitionModel, lines: dict[Path_, int], where: str)
 
 #: YAML files in workflow_defs/ that are not workflow definitions.
 NOT_DEFINITIONS = frozenset({"teams.yaml", "teams.yml"})
+
 
 #: The package that carries the shipped definitions, ``teams.yaml`` and ``templates/``:
 #: the top-level ``workflow_defs/`` folder, mapped into the package by pyproject.toml.

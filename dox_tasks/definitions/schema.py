@@ -6,13 +6,16 @@ that would otherwise be silently ignored in production.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..contract import INTAKE_QUEUE, QUEUES, OnFailure
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 
 class Strict(BaseModel):
@@ -86,6 +89,24 @@ class Step(Strict):
         if v not in allowed:
             raise ValueError(f"unknown on_failure target {v!r}: use one of {', '.join(allowed)}")
         return v
+
+
+class RetryBudget(NamedTuple):
+    """A step's retries after its first try, and how the wait before each grows."""
+
+    attempts: int
+    backoff: float
+    delay: float
+
+
+def retry_budget(step: Step, settings: Settings) -> RetryBudget:
+    """The step's own ``retry:`` where it says so, the WORKFLOW_RETRY_* settings elsewhere."""
+    r = step.retry
+    return RetryBudget(
+        r.attempts if r and r.attempts is not None else settings.workflow_retry_attempts,
+        r.backoff if r and r.backoff is not None else settings.workflow_retry_backoff,
+        r.delay if r and r.delay is not None else settings.workflow_retry_delay,
+    )
 
 
 class DefinitionModel(Strict):

@@ -30,10 +30,10 @@ from typing import Any
 from ..contract import Reason, StepState, WorkflowState
 from ..db import records
 from ..db.store import aware
+from ..definitions.catalog import resolve
 from ..finish import conclude
 from ..intake import send
 from ..runtime import Runtime
-from ..steps.registry import resolve
 from . import broker
 
 log = logging.getLogger("dox.reaper")

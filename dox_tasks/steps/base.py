@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ..contract import Reason, WorkflowState
@@ -80,6 +79,9 @@ class StepContext:
     params: dict[str, Any]
     rt: Runtime
     attempt: int = 1
+    #: The earlier steps' outputs when the runner already read them with the attempt
+    #: (the last step does): :attr:`earlier` then makes no second read.
+    outputs: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
     def workflow_id(self) -> str:
@@ -89,10 +91,12 @@ class StepContext:
     def sha256(self) -> str:
         return str(self.workflow["sha256"])
 
-    @cached_property
+    @property
     def earlier(self) -> dict[str, dict[str, Any]]:
-        """Outputs of the steps that already succeeded, by step name."""
-        return self.rt.state.step_outputs(self.workflow_id)
+        """Outputs of the steps that already succeeded, by step name (read once)."""
+        if self.outputs is None:
+            self.outputs = self.rt.state.step_outputs(self.workflow_id)
+        return self.outputs
 
     def from_earlier(self, key: str) -> Any:
         for output in self.earlier.values():

@@ -28,11 +28,11 @@ from typing import Any
 from ...contract import LIVE_STATES, Reason, WorkflowState
 from ...db import records
 from ...db.store import aware
+from ...definitions.catalog import resolve
 from ...errors import UnknownWorkflow
-from ...finish import conclude
+from ...finish import Ending, conclude, end_workflow
 from ...runtime import Runtime
 from ...steps.base import Outcome, StepContext, handoff
-from ...steps.registry import resolve
 from .analyze import analyze, unhealthy_since
 from .banks import MemoryBanks
 from .probe import Health, check
@@ -90,7 +90,7 @@ def run_probe(rt: Runtime, workflow_id: str, service: str) -> Health | None:
     task = resolve(step.task)
     if wf["current_state"] not in LIVE_STATES or wf["current_step"] != CHECK_STEP:
         return None
-    if task is None or task.name != SYNC_TASK:
+    if task is None or task.task != SYNC_TASK:
         return None
     output = rt.state.step_outputs(workflow_id).get(CHECK_STEP, {})
     if "_teams" not in output:
@@ -174,14 +174,16 @@ def finish_sync(
         "unanswered": unanswered,
     }
     state = WorkflowState.SUCCESS if answers else WorkflowState.FAILED
-    won = conclude(
+    won = end_workflow(
         rt,
-        workflow_id,
-        state,
-        reason=None if answers else Reason.TIMEOUT,
-        detail=f"{len(unanswered)} check(s) unanswered at the deadline" if unanswered else None,
-        expect_step=CHECK_STEP,
-        extra=summary,
+        Ending(
+            workflow_id,
+            state,
+            reason=None if answers else Reason.TIMEOUT,
+            detail=f"{len(unanswered)} check(s) unanswered at the deadline" if unanswered else None,
+            expect_step=CHECK_STEP,
+            extra=summary,
+        ),
     )
     if won:
         _write_banks(rt, banks, teams, health, since, views, summary, wf, now)
