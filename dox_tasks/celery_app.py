@@ -29,6 +29,7 @@ from .definitions.catalog import STEPS, resolve
 from .definitions.schema import retry_budget
 from .errors import DoxError, StateStoreUnavailable
 from .inbox import pin_root
+from .logs import install
 from .queue_policy import HOME_QUEUES, GuardedTask, intake_mixing
 from .settings import Settings, load, longest_retry_wait
 
@@ -199,6 +200,5 @@ def _after_fork(**_: Any) -> None:
 @after_setup_task_logger.connect
 def _structured_logs(logger: logging.Logger, **_: Any) -> None:
     """JSON lines with workflow_id/step/task_id (see :mod:`dox_tasks.logs`)."""
-    from .logs import install
 
     install(logger)

@@ -17,13 +17,12 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .audit import record_action
 from .db import queries
 from .db.redaction import redact_document
 from .errors import DoxError, TransientError
-from .jobs.backup import document_copy
-from .operator import record_action
 from .runtime import Runtime
-from .storage import storage_key
+from .storage import document_copy, storage_key
 
 REDACTED = {"redacted": True}
 #: What DOX extracted from (or says about where it keeps) a document's content; a

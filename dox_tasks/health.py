@@ -18,7 +18,10 @@ from typing import Any
 from .contract import INTAKE_QUEUE, QUEUES
 from .db import queries, records
 from .db.store import aware
+from .jobs import broker
+from .jobs.reaper import inspect_workers
 from .jobs.sync import SYNC_JOB
+from .report import build
 from .runtime import Runtime
 
 log = logging.getLogger("dox.health")
@@ -94,9 +97,6 @@ def _clamd(rt: Runtime, h: Health) -> None:
 
 
 def _workers(app: Any, rt: Runtime, h: Health) -> None:
-    from .jobs import broker
-    from .jobs.reaper import inspect_workers
-
     workers = inspect_workers(app, None, set())
     if not workers.alive:  # a broadcast reply can miss a 1 s window: ask once more before "down"
         workers = inspect_workers(app, None, set(), timeout=2.0)
@@ -120,8 +120,6 @@ def _workers(app: Any, rt: Runtime, h: Health) -> None:
 
 
 def _yesterday(rt: Runtime, h: Health, now: datetime) -> None:
-    from .report import build
-
     r = build(rt, "daily", now)
     h.checks["yesterday"] = {
         "date": r["from"][:10],

@@ -15,10 +15,13 @@ import os
 from typing import Any, BinaryIO
 
 from . import runtime
+from .app import app
 from .db.store import NewWorkflow
 from .definitions.canvas import build_chain
 from .errors import SubmissionError
 from .identity import normalise_user
+from .inbox import open_document
+from .intake_switch import refuse_if_paused
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -57,8 +60,6 @@ def submit(
         existing = rt.state.find_by_idempotency_key(user, idempotency_key)
         if existing:
             return existing
-    from .operator import refuse_if_paused
-
     refuse_if_paused(rt)
     definition = rt.definitions.get(workflow)
     if definition is None:
@@ -71,8 +72,6 @@ def submit(
         if isinstance(document, bytes):
             stream: BinaryIO = io.BytesIO(document)
         elif isinstance(document, str | os.PathLike):
-            from .inbox import open_document
-
             # Opened once, confined, and staged from that very handle (never reopened by name).
             opened = open_document(document, rt.settings.inbox_root, required=from_service)
             file_name = file_name or opened.name[-500:]
@@ -125,7 +124,6 @@ def send(
     run: int = 1,
 ) -> None:
     """Publish the workflow's chain (from ``start_at``, default the first step) for ``run``."""
-    from .app import app
 
     if definition is None:
         definition = rt.snapshot(rt.state.get_workflow(workflow_id)["definition_hash"])

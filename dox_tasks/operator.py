@@ -1,94 +1,21 @@
-"""Operator actions: each one a ``workflow_events`` row saying who did what, and why.
+"""Operator actions on workflows: cancel, retry (a new run) and the bulk-retry candidates.
 
-The intake switch lives here too: ``dox intake pause`` records ``intake.paused``,
-``resume`` records ``intake.resumed``, and the latest of the two is the state — in
-Postgres, so a Redis flush cannot silently reopen a paused intake. Submitting
-processes read it at most once a second.
+Each action is recorded as an event row saying who did what, and why
+(:func:`dox_tasks.audit.record_action`). The intake switch is :mod:`dox_tasks.intake_switch`.
 """
 
 from __future__ import annotations
 
-import getpass
-import threading
-import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
+from .audit import actor_or_default, record_action
 from .contract import LIVE_STATES, RETRYABLE_STATES, Reason, StepState, WorkflowState
 from .db import queries
-from .db.store import aware
 from .errors import DoxError, SubmissionError
+from .finish import conclude
+from .intake import send
 from .runtime import Runtime
-
-PAUSED, RESUMED = "intake.paused", "intake.resumed"
-CACHE_S = 1.0
-
-
-def actor_or_default(actor: str | None) -> str:
-    return actor or getpass.getuser()
-
-
-def record_action(
-    rt: Runtime,
-    action: str,
-    actor: str | None,
-    reason: str | None,
-    workflow_id: str | None = None,
-    **extra: Any,
-) -> str:
-    event_id = f"operator:{action}:{uuid.uuid4().hex}"
-    payload = {"action": action, "actor": actor_or_default(actor), "reason": reason, **extra}
-    rt.events.emit(event_id, workflow_id, action, payload)
-    return event_id
-
-
-@dataclass(frozen=True)
-class IntakeState:
-    paused: bool
-    since: str | None = None
-    actor: str | None = None
-    reason: str | None = None
-
-
-def intake_state(rt: Runtime) -> IntakeState:
-    latest = queries.list_events(rt.state, types=(PAUSED, RESUMED), limit=1, newest_first=True)
-    if not latest or latest[0]["type"] == RESUMED:
-        return IntakeState(False)
-    row = latest[0]
-    payload = dict(row["payload"] or {})
-    return IntakeState(
-        True, aware(row["created_at"]).isoformat(), payload.get("actor"), payload.get("reason")
-    )
-
-
-_cache: dict[str, tuple[float, IntakeState]] = {}
-_lock = threading.Lock()
-
-
-def refuse_if_paused(rt: Runtime) -> None:
-    """Raise a clear :class:`SubmissionError` while the intake is paused (cached ≤ 1 s)."""
-    key = rt.settings.db_url
-    with _lock:
-        hit = _cache.get(key)
-    if hit is None or time.monotonic() - hit[0] > CACHE_S:
-        hit = (time.monotonic(), intake_state(rt))
-        with _lock:
-            _cache[key] = hit
-    state = hit[1]
-    if state.paused:
-        why = f": {state.reason}" if state.reason else ""
-        raise SubmissionError(
-            f"intake is paused (since {state.since}, by {state.actor}{why}); nothing was queued."
-            " Work already in flight continues. `dox intake resume` reopens it."
-        )
-
-
-def set_paused(rt: Runtime, paused: bool, actor: str | None, reason: str | None) -> IntakeState:
-    record_action(rt, PAUSED if paused else RESUMED, actor, reason)
-    with _lock:
-        _cache.pop(rt.settings.db_url, None)
-    return intake_state(rt)
 
 
 def cancel(rt: Runtime, app: Any, workflow_id: str, actor: str | None, reason: str | None) -> dict[str, Any]:
@@ -98,8 +25,6 @@ def cancel(rt: Runtime, app: Any, workflow_id: str, actor: str | None, reason: s
     finishes at the same moment either wins (the workflow ended anyway) or finds the
     workflow cancelled and stops; steps not yet started see ``cancelled`` and do nothing.
     """
-    from .finish import conclude
-
     who = actor_or_default(actor)
     detail = f"cancelled by {who}" + (f": {reason}" if reason else "")
     for _ in range(3):  # the workflow may move to its next step while we look
@@ -164,8 +89,6 @@ def retry(
     its ``workflow.retry`` event commit together; then the chain is sent, and if the
     broker refuses it the workflow stays queued for the reaper to re-send.
     """
-    from .intake import send
-
     wf = rt.state.get_workflow(workflow_id)
     state = wf["current_state"]
     if state not in RETRYABLE:

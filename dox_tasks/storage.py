@@ -77,6 +77,11 @@ def storage_key(sha256: str) -> str:
     return f"sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
 
+def document_copy(folder: Path, sha256: str) -> Path:
+    """Where the documents backup in ``folder`` keeps a document: the store's own layout."""
+    return folder / storage_key(sha256)
+
+
 def _check_hex(sha256: str) -> None:
     # A key is joined onto a path: accept only a real SHA-256 so nothing escapes the root.
     if len(sha256) != 64 or not set(sha256) <= _HEX:

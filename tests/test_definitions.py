@@ -244,10 +244,10 @@ def test_worker_refuses_to_start_on_an_older_schema(tmp_path, pg_url):
 @pytest.mark.parametrize(
     ("params", "words"),
     [
-        ("{max_pages: '5'}", "params.max_pages: Input should be a valid integer"),
+        ("{max_pages: five}", "params.max_pages: Input should be a valid integer"),
         ("{max_pages: 0}", "greater than 0 (dox.recognize takes max_pages: integer > 0)"),
         ("{max_pages: null}", "params.max_pages: Input should be a valid integer"),
-        ("{max_pages: true}", "params.max_pages: Input should be a valid integer"),
+        ("{max_pages: [5]}", "params.max_pages: Input should be a valid integer"),
     ],
 )
 def test_a_param_of_the_wrong_type_names_its_line_and_type(tmp_path, params, words):
@@ -261,6 +261,8 @@ def test_params_of_the_right_type_pass_and_unknown_ones_name_what_the_task_takes
     params = "{rate_limit_per_day: 0, max_file_size: 1024, allowed_types: [pdf]}"
     good = GOOD.replace("    task: dox.validate\n", f"    task: dox.validate\n    params: {params}\n")
     assert problems_for(tmp_path, good) == []
+    # A quoted number was always read with int(): still accepted.
+    assert problems_for(tmp_path, good.replace("max_file_size: 1024", "max_file_size: '1024'")) == []
     (problem,) = problems_for(tmp_path, good.replace("allowed_types: [pdf]", "allowed_types: pdf"))
     assert ":6: steps.0.params.allowed_types: Input should be a valid list" in problem
     (problem,) = problems_for(tmp_path, good.replace("max_file_size", "max_pages"))

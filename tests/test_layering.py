@@ -307,3 +307,61 @@ def test_an_upward_import_is_found_and_a_downward_one_is_not(tmp_path: Path) -> 
     graph = import_graph(root, "pkg")
     assert upward(graph, TOY_LAYERS) == ["db.read (low) imports jobs.steps (high), a higher layer"]
     assert unplaced(graph, TOY_LAYERS) == ["loose"]
+
+
+# -- imports inside functions -------------------------------------------------------------
+
+#: The only imports that must wait until a function runs, and why:
+#: prometheus_client picks its value storage when first imported, so nothing may import it
+#: (or DOX's metrics modules, which do) before `dox worker` has set the multi-process folder;
+#: beat_schedule is the top-level module that imports DOX's jobs, loaded when Beat asks.
+LAZY_ALLOWED = ("prometheus_client", "metrics.http", "metrics.exporter", ".http", "beat_schedule")
+
+
+def function_level_imports(root: Path) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if "migrations" in path.relative_to(root).parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        seen: set[int] = set()
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import | ast.ImportFrom) and node.lineno not in seen:
+                    seen.add(node.lineno)
+                    name = (
+                        "." * node.level + (node.module or "")
+                        if isinstance(node, ast.ImportFrom)
+                        else node.names[0].name
+                    )
+                    if not name.lstrip(".").startswith(LAZY_ALLOWED) and name not in LAZY_ALLOWED:
+                        found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_imports_inside_functions_only_where_they_must_wait() -> None:
+    assert function_level_imports(PACKAGE) == [], "import these at the top of the module"
+
+
+def test_a_needless_function_level_import_is_found(tmp_path: Path) -> None:
+    root = plant(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "def f():\n    from .b import x\n    return x\n",
+            "m.py": "def g():\n    from prometheus_client import Histogram\n    return Histogram\n",
+        },
+    )
+    assert function_level_imports(root) == ["a.py:2: from .b import x"]
+
+
+def test_the_cli_does_not_import_prometheus_client() -> None:
+    """`dox worker` sets the multi-process folder before prometheus_client is first imported."""
+    import subprocess
+    import sys
+
+    code = "import sys, dox_tasks.cli; print('prometheus_client' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr

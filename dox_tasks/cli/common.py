@@ -15,6 +15,8 @@ from typing import Any
 import click
 from rich.console import Console
 
+from .. import runtime as _runtime
+from ..db.store import aware
 from ..errors import DoxError
 from ..terminal import safe
 
@@ -32,14 +34,12 @@ reason_option = click.option("--reason", default=None, help="why (kept with the 
 
 def runtime() -> Any:
     """The process's runtime, built on first use (so ``dox --help`` connects to nothing)."""
-    from .. import runtime as _runtime
 
     return _runtime.get()
 
 
 def iso(ts: Any) -> str | None:
     """A database timestamp as ISO 8601 UTC with a Z (None stays None)."""
-    from ..db.store import aware
 
     return aware(ts).isoformat().replace("+00:00", "Z") if ts else None
 

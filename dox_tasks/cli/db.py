@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..settings import redact_url
 from .common import runtime
 
 
@@ -17,6 +18,5 @@ def db_upgrade() -> None:
     """Create or migrate the tables (alembic upgrade head)."""
     rt = runtime()
     rt.state.migrate()
-    from ..settings import redact_url
 
     click.echo(f"database at {redact_url(rt.settings.db_url)} is up to date")

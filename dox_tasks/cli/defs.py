@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from ..errors import DoxError
+from ..app import app
+from ..definitions import validate_path
+from ..definitions.canvas import build_chain
+from ..definitions.catalog import STEPS
+from ..errors import DefinitionError, DoxError
+from ..jobs.sync.teams import load_teams
+from ..settings import load
+from ..templates import load_templates, template_warnings
 from .common import runtime
 
 
@@ -20,10 +27,6 @@ def defs() -> None:
 @click.argument("path", required=False)
 def defs_validate(path: str | None) -> None:
     """Check definitions (and the teams file); print each problem and exit 1 if any."""
-    from ..definitions import validate_path
-    from ..errors import DefinitionError
-    from ..jobs.sync.teams import load_teams
-    from ..settings import load
 
     settings = load()
     target = Path(path) if path else settings.definitions
@@ -39,8 +42,6 @@ def defs_validate(path: str | None) -> None:
             problems.extend(exc.problems)
     templates = target / "templates"  # the folder the runtime loads them from
     if templates.is_dir():
-        from ..templates import load_templates, template_warnings
-
         try:
             click.echo(f"ok  templates: {len(load_templates(templates))} in {templates}")
         except DefinitionError as exc:
@@ -58,8 +59,6 @@ def defs_validate(path: str | None) -> None:
 @click.argument("name")
 def defs_show(name: str) -> None:
     """Print the Celery canvas a definition compiles to."""
-    from ..app import app
-    from ..definitions.canvas import build_chain
 
     rt = runtime()
     d = rt.definitions.get(name)
@@ -79,7 +78,6 @@ def defs_show(name: str) -> None:
 @defs.command("tasks")
 def defs_tasks() -> None:
     """List the registered task names a definition may use, their aliases and params."""
-    from ..definitions.catalog import STEPS
 
     for kind in STEPS.values():
         click.echo(f"{kind.task:<14} queue={kind.queue:<12} {kind.summary}")

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..documents import delete, purge, quarantined, release
 from ..terminal import safe
 from ..terminal import table as _table
 from .common import actor_option, out, parse_duration, reason_option, runtime
@@ -20,8 +21,6 @@ def quarantine() -> None:
 @quarantine.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def quarantine_list(as_json: bool) -> None:
-    from ..documents import quarantined
-
     items = quarantined(runtime())
     if as_json:
         for item in items:
@@ -40,7 +39,6 @@ def quarantine_list(as_json: bool) -> None:
 @reason_option
 def quarantine_release(sha256: str, actor: str | None, reason: str | None) -> None:
     """Move a quarantined document into the store (its workflow's record is unchanged)."""
-    from ..documents import release
 
     click.echo(f"released to {release(runtime(), sha256, actor, reason)}")
 
@@ -50,8 +48,6 @@ def quarantine_release(sha256: str, actor: str | None, reason: str | None) -> No
 @actor_option
 @reason_option
 def quarantine_purge(older_than: str, actor: str | None, reason: str | None) -> None:
-    from ..documents import purge
-
     gone = purge(runtime(), parse_duration(older_than), actor, reason)
     click.echo(f"purged {len(gone)} quarantined document(s) older than {older_than}")
 
@@ -73,7 +69,6 @@ def documents_delete(sha256: str, actor: str | None, reason: str | None, as_json
     stream entries redacted or deleted, and the copies DOX cannot edit. Exit 1 when a
     part failed (Redis down, say): running it again finishes the job.
     """
-    from ..documents import delete
 
     r = delete(runtime(), sha256, actor, reason)
     if as_json:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 import click
 
+from ..intake_switch import intake_state, set_paused
 from ..terminal import safe
 from .common import actor_option, out, reason_option, runtime
 
@@ -17,8 +19,6 @@ def intake() -> None:
 
 
 def _print_intake(state: Any, as_json: bool) -> None:
-    from dataclasses import asdict
-
     if as_json:
         click.echo(json.dumps(asdict(state), sort_keys=True))
     elif state.paused:
@@ -35,8 +35,6 @@ def _print_intake(state: Any, as_json: bool) -> None:
 @reason_option
 @click.option("--json", "as_json", is_flag=True)
 def intake_pause(actor: str | None, reason: str | None, as_json: bool) -> None:
-    from ..operator import set_paused
-
     _print_intake(set_paused(runtime(), True, actor, reason), as_json)
 
 
@@ -45,14 +43,10 @@ def intake_pause(actor: str | None, reason: str | None, as_json: bool) -> None:
 @reason_option
 @click.option("--json", "as_json", is_flag=True)
 def intake_resume(actor: str | None, reason: str | None, as_json: bool) -> None:
-    from ..operator import set_paused
-
     _print_intake(set_paused(runtime(), False, actor, reason), as_json)
 
 
 @intake.command("status")
 @click.option("--json", "as_json", is_flag=True)
 def intake_status(as_json: bool) -> None:
-    from ..operator import intake_state
-
     _print_intake(intake_state(runtime()), as_json)

@@ -10,7 +10,13 @@ from typing import Any
 
 import click
 
+from ..app import app
+from ..audit import record_action
 from ..db import records
+from ..embedded import wait_for
+from ..jobs import backup as bk
+from ..jobs.launch import run_now
+from ..jobs.sync import SYNC_JOB
 from ..terminal import safe, styled, table
 from .common import actor_option, iso, out, reason_option, runtime
 
@@ -72,7 +78,6 @@ def schedule_cmd(as_json: bool) -> None:
 @click.pass_context
 def beat(ctx: click.Context) -> None:
     """Start Celery Beat with DOX's scheduler (run two for availability: one sends)."""
-    from ..app import app
 
     if "--help" not in ctx.args and runtime().redis is None:
         raise click.UsageError(
@@ -83,9 +88,6 @@ def beat(ctx: click.Context) -> None:
 
 
 def _start(name: str, actor: str | None, wait: bool, timeout: float, as_json: bool) -> dict[str, Any]:
-    from ..embedded import wait_for
-    from ..jobs.launch import run_now
-
     rt = runtime()
     if rt.settings.embedded:
         raise click.UsageError("jobs run on the workers: set DOX_BROKER_URL (and start `dox worker`)")
@@ -138,7 +140,6 @@ def sync() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def sync_run(actor: str | None, wait: bool, timeout: float, as_json: bool) -> None:
     """Run the sync now (recorded with slot manual:<time>; the 09:00 slot stays free)."""
-    from ..jobs.sync import SYNC_JOB
 
     result = _start(SYNC_JOB, actor, wait, timeout, as_json)
     if wait and not as_json:
@@ -220,7 +221,6 @@ def backup_list(kind: str | None, limit: int, as_json: bool) -> None:
 @click.option("--restore", "full", is_flag=True, help="also restore into a scratch database and compare")
 def backup_verify(file: Path, full: bool) -> None:
     """Check an archive: checksum and read-back (and a scratch restore with --restore)."""
-    from ..jobs import backup as bk
 
     rt = runtime()
     bk.verify_readback(file, rt.settings.db_url)
@@ -237,8 +237,6 @@ def backup_verify(file: Path, full: bool) -> None:
 @reason_option
 def backup_restore(file: Path, into: str, actor: str | None, reason: str | None) -> None:
     """Restore a database archive into a new database (never over an existing one)."""
-    from ..jobs import backup as bk
-    from ..operator import record_action
 
     rt = runtime()
     counts = bk.restore(file, rt.settings.db_url, into)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import sys
 from typing import Any
 
 import click
 
+from ..app import app
 from ..errors import ConfigError
+from ..health import gather
+from ..report import build
+from ..settings import basic_auth_from_env
 from ..terminal import safe, styled, table
 from .common import out, runtime
 
@@ -26,10 +32,6 @@ def flower(ctx: click.Context) -> None:
     History persists in $DOX_STATE_DIR/flower.db across restarts. Listens on 127.0.0.1
     unless given --address (or FLOWER_ADDRESS); compose passes --address=0.0.0.0.
     """
-    import os
-
-    from ..app import app
-    from ..settings import basic_auth_from_env
 
     args = list(ctx.args)
     unsafe = "--unsafe-no-auth" in args
@@ -73,8 +75,6 @@ def flower_basic_auth(user: str, password: str) -> str:
 @click.option("--json", "as_json", is_flag=True)
 def health_cmd(as_json: bool) -> None:
     """The morning checklist. Exit 2: Redis/Postgres down or no worker; 1: degraded; 0: ok."""
-    from ..app import app
-    from ..health import gather
 
     report = gather(runtime(), app).to_dict()
     if as_json:
@@ -146,7 +146,6 @@ def metrics_serve(port: int, address: str | None, unsafe_no_auth: bool) -> None:
     """
     from prometheus_client import CollectorRegistry
 
-    from ..app import app
     from ..metrics.exporter import DoxCollector
     from ..metrics.http import credentials, make_server_for
 
@@ -166,7 +165,6 @@ def metrics_show() -> None:
     """Print one scrape's worth of the exporter's metrics (no server)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from ..app import app
     from ..metrics.exporter import DoxCollector
 
     registry = CollectorRegistry()
@@ -181,15 +179,12 @@ def metrics_show() -> None:
 )
 def report_cmd(kind: str, fmt: str) -> None:
     """Yesterday (daily) or the last 7 days (weekly) against the runbook's targets."""
-    from ..report import build
 
     r = build(runtime(), kind)
     if fmt == "json":
         click.echo(json.dumps(r, sort_keys=True))
         return
     if fmt == "csv":
-        import csv
-
         writer = csv.writer(sys.stdout)
         writer.writerow(["metric", "value"])
         for key, value in r.items():

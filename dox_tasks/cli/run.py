@@ -12,7 +12,12 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..app import app
 from ..contract import LIVE_STATES, WorkflowState
+from ..embedded import local_worker as start_local
+from ..embedded import wait_for
+from ..finish import build_result
+from ..intake import submit
 from ..terminal import safe, styled, table
 from .common import COLOURS, err, out, runtime
 
@@ -46,8 +51,6 @@ def _collect(paths: tuple[str, ...]) -> list[Path]:
 
 
 def _result(row: dict[str, Any], given: str | None = None) -> dict[str, Any]:
-    from ..finish import build_result
-
     if row.get("result") and row["current_state"] not in LIVE_STATES:
         result = dict(row["result"])
     else:  # still live (or timed out): say so from the row, never Celery's PENDING
@@ -106,10 +109,6 @@ def run(paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | N
 
     Exit 0 when every document ended success, duplicate or rejected; 1 otherwise.
     """
-    from ..app import app
-    from ..embedded import local_worker as start_local
-    from ..embedded import wait_for
-    from ..intake import submit
 
     files = _collect(paths)
     rt = runtime()
@@ -170,8 +169,6 @@ def submit_cmd(
     as_json: bool,
 ) -> None:
     """Queue files for the workers (needs DOX_BROKER_URL); prints workflow ids."""
-    from ..embedded import wait_for
-    from ..intake import submit
 
     rt = runtime()
     if rt.settings.embedded:

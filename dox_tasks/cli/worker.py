@@ -6,7 +6,9 @@ import os
 from typing import Any
 
 import click
+from celery.signals import worker_process_init, worker_ready
 
+from ..app import app
 from ..metrics import worker as worker_metrics
 from .common import runtime
 
@@ -18,7 +20,6 @@ from .common import runtime
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Start a Celery worker (extra arguments go to `celery worker`, e.g. -Q scan -c 4)."""
-    from ..app import app
 
     argv = ["worker", "--loglevel=INFO", *ctx.args]
     port = os.environ.get(worker_metrics.PORT_ENV)
@@ -33,7 +34,6 @@ def _serve_worker_metrics(port: int) -> None:
     The port is bound now, so a taken port stops the worker before it takes work;
     serving starts once the pool has forked (``worker_ready``).
     """
-    from celery.signals import worker_process_init, worker_ready
 
     worker_metrics.prepare()  # before prometheus_client is imported (it picks its storage then)
     from ..metrics.http import credentials, serve_in_background

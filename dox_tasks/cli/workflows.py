@@ -9,11 +9,12 @@ from typing import Any
 
 import click
 
+from ..app import app
 from ..contract import WorkflowState
 from ..db import queries
 from ..db.store import aware
 from ..errors import DoxError
-from ..operator import RETRYABLE, retry, retryable_since
+from ..operator import RETRYABLE, cancel, retry, retryable_since
 from ..terminal import safe, styled
 from ..terminal import table as _table
 from .common import COLOURS, actor_option, iso, out, parse_duration, reason_option, runtime
@@ -203,8 +204,6 @@ def retry_cmd(
 @click.option("--json", "as_json", is_flag=True)
 def cancel_cmd(workflow_id: str, actor: str | None, reason: str | None, as_json: bool) -> None:
     """Cancel a queued or running workflow; its remaining steps do nothing."""
-    from ..app import app
-    from ..operator import cancel
 
     result = cancel(runtime(), app, workflow_id, actor, reason)
     click.echo(

@@ -7,6 +7,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -88,8 +90,6 @@ def migrate(engine: Engine) -> None:
 
 def pending_migration(engine: Engine) -> str | None:
     """None when the schema is at the newest revision, else "<current> (newest <head>)"."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
     with engine.connect() as conn:

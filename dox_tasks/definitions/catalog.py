@@ -24,11 +24,13 @@ the worker there, not at a step's first delivery.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-StrictInt = Annotated[int, Field(strict=True)]
+#: Integers in Pydantic's lax mode: ``5`` and a quoted ``'5'`` (a YAML accident that the
+#: steps' ``int()`` always accepted) pass; ``five``, ``null``, a list or ``5.5`` do not.
+Int = int
 
 
 class Params(BaseModel):
@@ -38,7 +40,7 @@ class Params(BaseModel):
     definition holds, with its own default from the settings when a key is unset. So the
     fields have no defaults here — every key may be left out (a ``missing`` error is not
     a problem), but one that is given must be of its type and within its bounds: an
-    explicit ``null`` is a type error, as is a string where a number belongs.
+    explicit ``null`` is a type error, as is a word where a number belongs.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -49,17 +51,17 @@ class NoParams(Params):
 
 
 class ValidateParams(Params):
-    rate_limit_per_day: StrictInt = Field(
+    rate_limit_per_day: Int = Field(
         ge=0, description="documents per user per UTC day, 0: no limit (RATE_LIMIT_PER_USER_PER_DAY)"
     )
-    max_file_size: StrictInt = Field(gt=0, description="bytes (MAX_FILE_SIZE_MB)")
+    max_file_size: Int = Field(gt=0, description="bytes (MAX_FILE_SIZE_MB)")
     allowed_types: list[str] = Field(
         min_length=1, description="file types by magic bytes, e.g. [pdf, png] (DOX_ALLOWED_TYPES)"
     )
 
 
 class RecognizeParams(Params):
-    max_pages: StrictInt = Field(gt=0, description="pages read for text (DOX_RECOGNIZE_MAX_PAGES)")
+    max_pages: Int = Field(gt=0, description="pages read for text (DOX_RECOGNIZE_MAX_PAGES)")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..db import backup_sql
 from ..db.backup_sql import Target
 from ..errors import DoxError
-from ..storage import ContentStore, make_dirs, storage_key
+from ..storage import ContentStore, document_copy, make_dirs
 
 TOOL_TIMEOUT_S = 3600
 
@@ -222,11 +222,6 @@ def archive_config(definitions: Path, memory_banks: Path, folder: Path, now: dat
     os.replace(tmp, path)
     digest = _write_checksum(path)
     return Archive("config", path, digest, path.stat().st_size)
-
-
-def document_copy(folder: Path, sha256: str) -> Path:
-    """Where the documents backup in ``folder`` keeps a document: the store's own layout."""
-    return folder / storage_key(sha256)
 
 
 def copy_new_documents(store: ContentStore, folder: Path) -> dict[str, int]:

@@ -35,6 +35,7 @@ from ..finish import conclude
 from ..intake import send
 from ..runtime import Runtime
 from . import broker
+from .sync.run import finish_sync
 
 log = logging.getLogger("dox.reaper")
 
@@ -155,8 +156,6 @@ def act(rt: Runtime, wf: dict[str, Any], cause: Cause, detail: str) -> Finding:
     if cause is Cause.NO_CONSUMER:
         action = "left"
     elif cause is Cause.CHORD_WAITING:
-        from .sync.run import finish_sync
-
         finish_sync(rt, wid, deadline_passed=True)
         action = "finished"
     elif (redrives := records.count_redrives(rt.state, wid, wf["run"])) >= rt.settings.reaper_max_redrives:

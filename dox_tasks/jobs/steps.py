@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
+from celery import current_task
+
+from ..app import app
 from ..db import records
 from ..db.store import aware
 from ..runtime import Runtime
@@ -23,10 +26,6 @@ RESTORE_CHECK_EVERY = timedelta(days=7)
 
 
 def reap_stuck_workflows(ctx: StepContext) -> Outcome:
-    from celery import current_task
-
-    from ..app import app
-
     me = current_task.request.hostname if current_task else None
     workers = inspect_workers(app, me, set(app.amqp.queues.consume_from or app.amqp.queues))
     findings = reap(ctx.rt, app, datetime.now(UTC), workers, exclude=ctx.workflow_id)

@@ -22,6 +22,8 @@ from prometheus_client.registry import Collector
 from ..contract import LIVE_STATES, QUEUES, WorkflowState
 from ..db.gauges import MetricsReading, metrics_reading
 from ..db.tally import TERMINAL_EVENTS, Cache, Totals, combine, le_label, series_key
+from ..jobs.broker import depths
+from ..jobs.reaper import inspect_workers
 from ..jobs.sync import SYNC_JOB
 from ..runtime import Runtime
 from . import names
@@ -163,9 +165,6 @@ class DoxCollector(Collector):
         yield g
 
     def _read_broker(self) -> tuple[dict[str, int], Any]:
-        from ..jobs.broker import depths
-        from ..jobs.reaper import inspect_workers
-
         if self.rt.redis is None:
             raise RuntimeError("no Redis broker configured (embedded mode)")
         depth = depths(self.rt.redis, self.rt.settings.broker_key_prefix or "", list(QUEUES))

@@ -8,7 +8,7 @@ event whatever step ended it.
 
 from __future__ import annotations
 
-from .base import Outcome, StepContext, complete
+from .base import Outcome, StepContext, complete, ok
 
 
 def publish(ctx: StepContext) -> Outcome:
@@ -17,6 +17,5 @@ def publish(ctx: StepContext) -> Outcome:
 
 def noop(ctx: StepContext) -> Outcome:
     """A step that does nothing: measures what orchestration itself costs."""
-    from .base import ok
 
     return ok()

@@ -25,6 +25,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from celery import chord
+
+from ...app import app
 from ...contract import LIVE_STATES, Reason, WorkflowState
 from ...db import records
 from ...db.store import aware
@@ -54,9 +57,6 @@ def start_sync(ctx: StepContext) -> Outcome:
     deadline = time.time() + teams.sync_deadline_s
 
     def send() -> None:
-        from celery import chord
-
-        from ...app import app
 
         # A probe message names only the workflow and the service: what to fetch, how long
         # to wait and until when come from this step's recorded output (see run_probe).
