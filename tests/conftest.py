@@ -15,8 +15,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import services  # noqa: E402
+import stores  # noqa: E402
 
 from dox_tasks import runtime  # noqa: E402
+from dox_tasks.db.store import StateStore  # noqa: E402
 from dox_tasks.settings import Settings  # noqa: E402
 
 
@@ -198,3 +200,15 @@ def dox(stack: Settings, harness_factory: Any) -> Harness:
     h = harness_factory(stack)
     h.worker()
     return h
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: Any, tmp_path: Any) -> Iterator[StateStore]:
+    """The same test on SQLite (embedded) and PostgreSQL (production)."""
+    if request.param == "sqlite":
+        s = stores.open_store(f"sqlite:///{tmp_path / 'dox.db'}")
+        s.migrate()
+        yield s
+        s.close()
+        return
+    yield from stores.fresh_pg_store()

@@ -1,6 +1,6 @@
 """The package's shape: every module in one layer, imports only sideways or down, no circles.
 
-The layers are docs/ARCHITECTURE.md §2's picture, declared once here and checked against
+The layers are docs/ARCHITECTURE.md §5.1's picture, declared once here and checked against
 the import graph of ``dox_tasks``. Imports inside functions count (a lazy import is still a
 dependency: it only hides a circle until the function runs); imports under
 ``if TYPE_CHECKING:`` do not (they never run). The checks are functions of a source tree,

@@ -11,49 +11,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import services
 from sqlalchemy import select, update
+from stores import new_workflow
 
 from dox_tasks.db import queries, records
 from dox_tasks.db.redaction import redact_document
-from dox_tasks.db.store import StateStore
+from dox_tasks.db.store import StateStore, open_store
 from dox_tasks.db.tables import EV, WS
 from dox_tasks.documents import CONTENT_STEPS, REDACTED, redact_extracted
 from dox_tasks.errors import DocumentInUse, StateStoreError, StateStoreUnavailable, UnknownWorkflow
 
 SHA = "a" * 64
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = StateStore(f"sqlite:///{tmp_path / 'dox.db'}")
-        s.migrate()
-        yield s
-        s.close()
-        return
-    url = services.create_database()
-    s = StateStore(url)
-    s.migrate()
-    yield s
-    s.close()
-    services.drop_database(url)
-
-
-def new_workflow(store: StateStore, sha: str = SHA) -> str:
-    store.save_definition("d" * 64, "wf", "1", {})
-    wid, _ = store.create_workflow(
-        rule_name="wf",
-        definition_hash="d" * 64,
-        definition_version="1",
-        first_step="one",
-        user="u",
-        source=None,
-        file_name="f.pdf",
-        sha256=sha,
-        size=3,
-        metadata=None,
-        idempotency_key=None,
-    )
-    return wid
 
 
 def end(store: StateStore, wid: str, state: str = "success", **values) -> None:
@@ -103,7 +70,7 @@ def test_the_liveness_check_is_inside_the_redactions_transaction(tmp_path):
     """A workflow that goes live while the deletion waits for its row is seen live: the
     check reads the row under the lock the redaction holds to its commit."""
     url = services.create_database()
-    store = StateStore(url)
+    store = open_store(url)
     try:
         store.migrate()
         wid = new_workflow(store)
@@ -132,13 +99,13 @@ def test_the_liveness_check_is_inside_the_redactions_transaction(tmp_path):
 
 
 def test_database_errors_arrive_as_doxs_own(pg_url):
-    down = StateStore("postgresql://nobody@127.0.0.1:1/none")
+    down = open_store("postgresql://nobody@127.0.0.1:1/none")
     with pytest.raises(StateStoreUnavailable):
         queries.list_workflows(down)
     with pytest.raises(StateStoreUnavailable):
         queries.ping(down)
     down.close()
-    unmigrated = StateStore(pg_url)  # reachable, but no tables: a refusal, not an outage
+    unmigrated = open_store(pg_url)  # reachable, but no tables: a refusal, not an outage
     try:
         with pytest.raises(StateStoreError, match="workflow_states"):
             queries.list_workflows(unmigrated)

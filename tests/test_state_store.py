@@ -14,8 +14,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import services
 from sqlalchemy import update
+from stores import fresh_pg_store, new_workflow
 
 from dox_tasks.contract import StepState, WorkflowState
 from dox_tasks.db.store import (
@@ -33,56 +33,8 @@ from dox_tasks.db.store import (
 )
 from dox_tasks.errors import ConfigError, StateStoreError, StepStillRunning, UnknownWorkflow
 
-
-def _pg_store():
-    url = services.create_database()
-    s = open_store(url)
-    s.migrate()
-    yield s
-    s.close()
-    services.drop_database(url)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path / 'dox.db'}")
-        s.migrate()
-        yield s
-        s.close()
-        return
-    yield from _pg_store()
-
-
 RUN1 = ("d" * 64, 1)  # what a step message of run 1 names: (definition hash, run)
 RUN2 = ("d" * 64, 2)
-
-
-def new_workflow(
-    store: StateStore,
-    sha: str | None = "a" * 64,
-    user: str = "u",
-    key: str | None = None,
-    **kw: Any,
-) -> str:
-    store.save_definition("d" * 64, "wf", "1", {})
-    wid, _ = store.create_workflow(
-        NewWorkflow(
-            rule_name=kw.pop("rule_name", "wf"),
-            definition_hash="d" * 64,
-            definition_version="1",
-            first_step="one",
-            user=user,
-            source=None,
-            file_name="f.pdf",
-            sha256=sha,
-            size=3,
-            metadata=None,
-            idempotency_key=key,
-            **kw,
-        )
-    )
-    return wid
 
 
 def begin(
@@ -593,7 +545,7 @@ def test_an_infected_verdict_is_remembered_by_digest(store):
 
 @pytest.fixture
 def pg_store():
-    yield from _pg_store()
+    yield from fresh_pg_store()
 
 
 def _terminate(store: PostgresStateStore) -> None:
