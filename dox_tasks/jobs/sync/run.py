@@ -186,24 +186,23 @@ def finish_sync(
         ),
     )
     if won:
-        _write_banks(rt, banks, teams, health, since, views, summary, wf, now)
+        stamp, wid = now.isoformat(), wf["workflow_id"]
+        _write_service_banks(banks, teams, health, since, stamp, wid)
+        _write_team_banks(banks, teams, views, stamp, wid)
+        _write_supervisor(banks, health, views, summary, wf.get("schedule_slot"), (stamp, wid))
         _publish(rt, workflow_id, views, summary)
     return bool(won)
 
 
-def _write_banks(
-    rt: Runtime,
+def _write_service_banks(
     banks: MemoryBanks,
     teams: TeamsFile,
     health: dict[str, Health],
     since: dict[str, datetime | None],
-    views: dict[str, Any],
-    summary: dict[str, Any],
-    wf: dict[str, Any],
-    now: datetime,
+    stamp: str,
+    wid: str,
 ) -> None:
-    stamp = now.isoformat()
-    wid = wf["workflow_id"]
+    """One ``SERVICE_<name>`` bank per service: its latest check and since when it is unwell."""
     for s in teams.services:
         h = health[s.name]
         began = since[s.name]
@@ -224,6 +223,12 @@ def _write_banks(
                 "last_sync": wid,
             },
         )
+
+
+def _write_team_banks(
+    banks: MemoryBanks, teams: TeamsFile, views: dict[str, Any], stamp: str, wid: str
+) -> None:
+    """One ``TEAM_<name>`` bank per team: its status and who blocks it."""
     for t in teams.teams:
         v = views[t.name]
         banks.read(f"TEAM_{t.name}", TEAM_SCHEMA)  # a corrupt bank is kept aside before the rewrite
@@ -242,10 +247,23 @@ def _write_banks(
                 "last_sync": wid,
             },
         )
+
+
+def _write_supervisor(
+    banks: MemoryBanks,
+    health: dict[str, Health],
+    views: dict[str, Any],
+    summary: dict[str, Any],
+    slot: str | None,
+    written: tuple[str, str],
+) -> None:
+    """``SUPERVISOR``: this sync's totals on top of the history of earlier ones.
+    ``written`` is (when, by which workflow)."""
+    stamp, wid = written
     counts = {st: sum(h.status == st for h in health.values()) for st in ("up", "degraded", "down")}
     entry = {
         "workflow_id": wid,
-        "slot": wf.get("schedule_slot"),
+        "slot": slot,
         "finished_at": stamp,
         "duration_s": summary["duration_s"],
         "deadline_passed": summary["deadline_passed"],
