@@ -9,7 +9,8 @@ round notes DOX's CPU ms per workflow (``dox_noop``: the five queues with no-op 
 bodies, i.e. DOX's own bookkeeping and Celery) and the calibration loop of the same
 round. The figure compared is their quotient, so the VM's drift between runs (2× within
 minutes here) cancels out: per run the median over its rounds, per commit the median
-over its runs.
+over its runs; which commit runs first alternates from pair to pair. As a check, the
+same is printed with the Celery-layout peer of the same round as the divisor.
 """
 
 from __future__ import annotations
@@ -23,28 +24,34 @@ from pathlib import Path
 
 ROUND_CAL = re.compile(r"^# round (\d+): calibration loop (\d+) CPU ms")
 ROUND_DOX = re.compile(r"^# round (\d+): dox_noop [\d.]+ workflows/s, ([\d.]+) CPU ms/workflow")
+ROUND_LAYOUT = re.compile(r"^# round (\d+): celery_layout [\d.]+ workflows/s, ([\d.]+) CPU ms/workflow")
 
 
 def say(name: str, value: object) -> None:
     print(f"{name}: {value}", flush=True)
 
 
-def relative_cost(output: str) -> float:
-    """Median over the run's rounds of DOX's CPU ms per workflow / calibration CPU ms."""
-    cal: dict[int, float] = {}
-    dox: dict[int, float] = {}
+def relative_cost(output: str) -> tuple[float, float]:
+    """Medians over the run's rounds of DOX's CPU ms per workflow divided by (1) the
+    calibration loop's CPU ms and (2) the Celery-layout peer's CPU ms per workflow, each
+    measured in the same round (the second is a check on the first: the peer does the
+    same Celery work on the same services moments earlier)."""
+    found: dict[re.Pattern[str], dict[int, float]] = {ROUND_CAL: {}, ROUND_DOX: {}, ROUND_LAYOUT: {}}
     for line in output.splitlines():
-        if m := ROUND_CAL.match(line):
-            cal[int(m.group(1))] = float(m.group(2))
-        elif m := ROUND_DOX.match(line):
-            dox[int(m.group(1))] = float(m.group(2))
-    rounds = sorted(set(cal) & set(dox))
+        for pattern, values in found.items():
+            if m := pattern.match(line):
+                values[int(m.group(1))] = float(m.group(2))
+    cal, dox, layout = found[ROUND_CAL], found[ROUND_DOX], found[ROUND_LAYOUT]
+    rounds = sorted(set(cal) & set(dox) & set(layout))
     if not rounds:
         raise SystemExit("no round figures in the benchmark's output:\n" + output[-3000:])
-    return statistics.median(dox[r] / cal[r] for r in rounds)
+    return (
+        statistics.median(dox[r] / cal[r] for r in rounds),
+        statistics.median(dox[r] / layout[r] for r in rounds),
+    )
 
 
-def run_once(checkout: Path, extra: list[str]) -> float:
+def run_once(checkout: Path, extra: list[str]) -> tuple[float, float]:
     python = checkout / ".venv" / "bin" / "python"
     cmd = [str(python), str(checkout / "bench" / "pipeline.py"), "--big-mib", "0", *extra]
     done = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, timeout=3600)
