@@ -56,6 +56,7 @@ def run_once(checkout: Path, extra: list[str]) -> tuple[float, float]:
     cmd = [str(python), str(checkout / "bench" / "pipeline.py"), "--big-mib", "0", *extra]
     done = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True, timeout=3600)
     output = done.stdout + done.stderr
+    print(output, file=sys.stderr, flush=True)  # the whole run, for the record
     if done.returncode != 0:
         raise SystemExit(f"{checkout}: the benchmark failed ({done.returncode}):\n{output[-3000:]}")
     return relative_cost(output)
@@ -71,21 +72,26 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of pipeline.py's latency run")
     args = parser.parse_args()
     extra = ["-n", str(args.n), "--rounds", str(args.rounds), "--seconds", str(args.seconds)]
-    costs: dict[str, list[float]] = {"old": [], "new": []}
+    costs: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+    order = [("old", args.old), ("new", args.new)]
     for pair in range(args.pairs):
-        for label, checkout in (("old", args.old), ("new", args.new)):
+        # Which goes first alternates, so a drift within a pair does not favour one side.
+        for label, checkout in order if pair % 2 == 0 else order[::-1]:
             cost = run_once(checkout.resolve(), extra)
             costs[label].append(cost)
             print(
-                f"# pair {pair + 1} {label}: {cost:.4f} DOX CPU ms per workflow per calibration CPU ms",
+                f"# pair {pair + 1} {label}: {cost[0]:.4f} DOX CPU ms/workflow per calibration CPU ms,"
+                f" {cost[1]:.3f}x the Celery layout's",
                 file=sys.stderr,
                 flush=True,
             )
-    for label in ("old", "new"):
-        say(f"{label}_dox_cpu_per_calibration_runs", " ".join(f"{c:.4f}" for c in costs[label]))
-        say(f"{label}_dox_cpu_per_calibration", f"{statistics.median(costs[label]):.4f}")
-    ratio = statistics.median(costs["new"]) / statistics.median(costs["old"])
-    say("new_vs_old_cpu_ratio", f"{ratio:.3f}")
+    for k, figure in enumerate(("cpu_per_calibration", "cpu_vs_celery_layout")):
+        for label in ("old", "new"):
+            runs = [c[k] for c in costs[label]]
+            say(f"{label}_dox_{figure}_runs", " ".join(f"{c:.4f}" for c in runs))
+            say(f"{label}_dox_{figure}", f"{statistics.median(runs):.4f}")
+        ratio = statistics.median(c[k] for c in costs["new"]) / statistics.median(c[k] for c in costs["old"])
+        say(f"new_vs_old_{figure}", f"{ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from stores import fresh_pg_store, new_workflow
 
 from dox_tasks.contract import StepState, WorkflowState
 from dox_tasks.db.store import (
-    WS,
     Conclusion,
     NewWorkflow,
     PostgresStateStore,
@@ -31,6 +30,7 @@ from dox_tasks.db.store import (
     aware,
     open_store,
 )
+from dox_tasks.db.tables import WS
 from dox_tasks.errors import ConfigError, StateStoreError, StepStillRunning, UnknownWorkflow
 
 RUN1 = ("d" * 64, 1)  # what a step message of run 1 names: (definition hash, run)
@@ -203,7 +203,7 @@ def test_a_running_attempt_past_the_time_limit_is_lost_not_waited_for(store):
 
 
 def _age_attempts(store: StateStore, wid: str, seconds: int) -> None:
-    from dox_tasks.db.store import SR
+    from dox_tasks.db.tables import SR
 
     rows = store.step_rows(wid)
     with store.tx() as conn:

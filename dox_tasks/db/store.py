@@ -40,9 +40,6 @@ from .engine import normalize_url
 from .postgres import PostgresStateStore
 from .sqlite import SQLiteStateStore
 
-# Re-exported for the modules that still read tables through here (the read model takes them).
-from .tables import EV, SR, WD, WS  # noqa: F401
-
 __all__ = [
     "Conclusion",
     "Event",
