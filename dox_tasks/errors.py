@@ -29,6 +29,11 @@ class SubmissionError(DoxError):
     """The caller's submission is refused before any workflow exists (e.g. path outside the inbox)."""
 
 
+class ApiKeyError(DoxError):
+    """An API key operation is refused (bad name, scope or prefix; no such key; a revoked key
+    rotated). Verifying a presented key never raises: it returns a refusal value."""
+
+
 class UnknownWorkflow(DoxError):
     """No workflow has that id."""
 

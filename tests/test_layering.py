@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "db",
             "db.",
+            "apikeys",
             "storage",
             "scanner",
             "events",

@@ -14,7 +14,7 @@ import logging
 
 import click
 
-from . import db, defs, documents, intake, jobs, monitoring, run, worker, workflows
+from . import apikeys, db, defs, documents, intake, jobs, monitoring, run, worker, workflows
 from .common import run_group
 
 
@@ -47,6 +47,7 @@ COMMANDS: tuple[click.Command, ...] = (
     monitoring.metrics,
     monitoring.report_cmd,
     db.db,
+    apikeys.apikeys,
     worker.worker,
 )
 

@@ -155,3 +155,24 @@ class MetricTotal(Base):
     metric: Mapped[str] = mapped_column(String(100), primary_key=True)
     labels: Mapped[str] = mapped_column(String(500), primary_key=True)
     value: Mapped[float] = mapped_column(Float)
+
+
+class ApiKeyRow(Base):
+    """One API key (migration 0009): the public prefix and the SHA-256 of the secret, never
+    the secret. ``usage_count``/``last_used`` are added to in batches (db.apikeys.record_use)."""
+
+    __tablename__ = "api_keys"
+
+    api_key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    #: The key's user in normal form (dox_tasks.identity), and as it was written.
+    user_id: Mapped[str] = mapped_column(String(200))
+    user_display: Mapped[str] = mapped_column(String(200))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    usage_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    replaced_by: Mapped[str | None] = mapped_column(String(32))

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .models import (
+    ApiKeyRow,
     BackupRow,
     Base,
     MetricTotal,
@@ -29,6 +30,7 @@ EV = cast(Table, WorkflowEvent.__table__)
 WD = cast(Table, WorkflowDefinition.__table__)
 BK = cast(Table, BackupRow.__table__)
 MT = cast(Table, MetricTotal.__table__)
+AK = cast(Table, ApiKeyRow.__table__)
 
 #: Every DOX table's name, in declaration order: what a backup counts and dumps,
 #: what maintenance vacuums, what the layering test looks for in strings.

@@ -1,0 +1,233 @@
+"""API keys: what one is, how it is made, and how a presented one is checked.
+
+A key is ``dox_<prefix>_<secret>``: the prefix is 12 lowercase hex characters, public
+(logs, ``dox apikeys list``, the ``api_keys`` row), the secret 256 random bits in
+URL-safe base64. Only the SHA-256 of the secret is stored: with 256 random bits a fast
+hash cannot be searched, and every request can afford it. The full key is shown once,
+when it is made. :func:`verify` never raises for what a caller sends: it returns a
+:class:`KeyIdentity` or a :class:`KeyRefusal` with a reason code, so the API can answer
+401 and log the reason without a try block around every request. A malformed key is
+refused before any database read. The table itself is :mod:`dox_tasks.db.apikeys`'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from .db import apikeys as table
+from .db.store import StateStore, aware
+from .db.store import now as db_now
+from .errors import ApiKeyError, SubmissionError
+from .identity import normalise_user
+from .invisible import hidden
+
+#: What a key may do: submit documents, read its own user's workflows, read everyone's
+#: (and the global metrics), operate (retry, cancel, pause intake, sync).
+SCOPES: tuple[str, ...] = ("submit", "read", "read_all", "operate")
+MAX_NAME_LENGTH = 100
+#: Longer than any key: refused unread, so a huge header costs nothing.
+MAX_KEY_LENGTH = 200
+PREFIX_HEX = 12
+_KEY = re.compile(r"dox_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_PREFIX = re.compile(r"[0-9a-f]{12}")
+
+Reason = Literal["malformed", "unknown", "revoked", "expired", "wrong_secret"]
+
+
+@dataclass(frozen=True)
+class KeyIdentity:
+    """Who a verified key acts as, and what it may do."""
+
+    prefix: str
+    name: str
+    user: str
+    user_display: str
+    scopes: tuple[str, ...]
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+@dataclass(frozen=True)
+class KeyRefusal:
+    """Why a presented key is not accepted: a reason code and a sentence (no secret in either).
+    ``prefix`` is the key's public prefix when it had one, for the log line."""
+
+    reason: Reason
+    message: str
+    prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    """A new key: ``key`` is the full key, shown once; ``record`` is its row without the hash."""
+
+    key: str
+    record: dict[str, Any]
+
+
+class _HasState(Protocol):
+    @property
+    def state(self) -> StateStore: ...
+
+
+def _store(target: StateStore | _HasState) -> StateStore:
+    return target if isinstance(target, StateStore) else target.state
+
+
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def public(row: dict[str, Any]) -> dict[str, Any]:
+    """A key's row as it may be shown: everything but the secret's hash."""
+    return {k: v for k, v in row.items() if k != "secret_hash"}
+
+
+def parse_scopes(scopes: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"submit,read"`` or a list → the scopes in :data:`SCOPES` order; a sentence for a bad one."""
+    given = scopes.split(",") if isinstance(scopes, str) else list(scopes)
+    names = {s.strip() for s in given if s.strip()}
+    if not names:
+        raise ApiKeyError(f"give at least one scope; the scopes are {', '.join(SCOPES)}")
+    unknown = sorted(names - set(SCOPES))
+    if unknown:
+        raise ApiKeyError(f"unknown scope {unknown[0]!r}; the scopes are {', '.join(SCOPES)}")
+    return tuple(s for s in SCOPES if s in names)
+
+
+def check_name(name: str) -> str:
+    """A key's name: non-empty, at most 100 characters, nothing a reader cannot see."""
+    for position, char in enumerate(name, 1):
+        what = hidden(char)
+        if what:
+            raise ApiKeyError(f"key name refused: character {position} is {what} (U+{ord(char):04X})")
+    if not name.strip():
+        raise ApiKeyError("a key needs a non-empty name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ApiKeyError(f"a key name has at most {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def check_prefix(prefix: str) -> str:
+    if not _PREFIX.fullmatch(prefix):
+        raise ApiKeyError(
+            f"{prefix[:40]!r} is not a key prefix:"
+            f" give the {PREFIX_HEX} hex characters `dox apikeys list` shows"
+        )
+    return prefix
+
+
+def _new_key() -> tuple[str, str, str]:
+    """(full key, prefix, secret hash)."""
+    prefix, secret = secrets.token_hex(PREFIX_HEX // 2), secrets.token_urlsafe(32)
+    return f"dox_{prefix}_{secret}", prefix, secret_hash(secret)
+
+
+def create(
+    target: StateStore | _HasState,
+    name: str,
+    user: str,
+    scopes: str | list[str] | tuple[str, ...],
+    expires: timedelta | None = None,
+    now: datetime | None = None,
+) -> CreatedKey:
+    """Make and store a key for ``user`` (any spelling: stored in normal form and as written)."""
+    name = check_name(name)
+    try:
+        normal = normalise_user(user)
+    except SubmissionError as exc:
+        raise ApiKeyError(str(exc)) from exc
+    granted = parse_scopes(scopes)
+    if expires is not None and expires <= timedelta(0):
+        raise ApiKeyError("a key's lifetime must be positive, e.g. 90d")
+    when = aware(now) if now else db_now()
+    key, prefix, digest = _new_key()
+    row = {
+        "api_key": prefix,
+        "name": name,
+        "user_id": normal,
+        "user_display": user,
+        "scopes": list(granted),
+        "secret_hash": digest,
+        "created_at": when,
+        "expires_at": when + expires if expires else None,
+        "usage_count": 0,
+    }
+    table.insert_key(_store(target), row)
+    return CreatedKey(key, public(row))
+
+
+def list_keys(target: StateStore | _HasState) -> list[dict[str, Any]]:
+    return [public(r) for r in table.list_keys(_store(target))]
+
+
+def revoke(target: StateStore | _HasState, prefix: str, now: datetime | None = None) -> dict[str, Any]:
+    """Revoke at once (a key revoked before stays revoked at its first time); its row after."""
+    row = table.revoke_key(_store(target), check_prefix(prefix), aware(now) if now else db_now())
+    if row is None:
+        raise ApiKeyError(f"no API key with prefix {prefix}")
+    return public(row)
+
+
+def rotate(
+    target: StateStore | _HasState,
+    prefix: str,
+    grace: timedelta = timedelta(hours=24),
+    now: datetime | None = None,
+) -> tuple[CreatedKey, dict[str, Any]]:
+    """A new key with the old one's name, user and scopes (and lifetime), working at once;
+    the old key keeps working until min(its expiry, now + ``grace``). Returns the new key
+    and the old key's row after."""
+    store = _store(target)
+    check_prefix(prefix)
+    if grace < timedelta(0):
+        raise ApiKeyError("the grace period cannot be negative")
+    when = aware(now) if now else db_now()
+    old = table.get_key(store, prefix)
+    if old is None:
+        raise ApiKeyError(f"no API key with prefix {prefix}")
+    if old["expires_at"] is not None and aware(old["expires_at"]) <= when:
+        raise ApiKeyError(f"API key {prefix} has expired; create a new one")
+    key, new_prefix, digest = _new_key()
+    lifetime = aware(old["expires_at"]) - aware(old["created_at"]) if old["expires_at"] else None
+    new_row = {
+        "api_key": new_prefix,
+        "secret_hash": digest,
+        "created_at": when,
+        "expires_at": when + lifetime if lifetime else None,
+    }
+    after = table.rotate_key(store, prefix, new_row, when, grace)
+    if after is None:
+        raise ApiKeyError(f"no API key with prefix {prefix}")
+    made = table.get_key(store, new_prefix)
+    assert made is not None
+    return CreatedKey(key, public(made)), public(after)
+
+
+def verify(store: StateStore, presented: object, now: datetime | None = None) -> KeyIdentity | KeyRefusal:
+    """The identity of a presented key, or why it is refused. Never raises for what a caller sends
+    (a database outage still raises, as everywhere). Shape first, so junk costs no database read."""
+    if not isinstance(presented, str) or len(presented) > MAX_KEY_LENGTH or not presented.isascii():
+        return KeyRefusal("malformed", "the API key is not in the form dox_<prefix>_<secret>")
+    match = _KEY.fullmatch(presented)
+    if not match:
+        return KeyRefusal("malformed", "the API key is not in the form dox_<prefix>_<secret>")
+    prefix, secret = match.groups()
+    row = table.get_key(store, prefix)
+    if row is None:
+        return KeyRefusal("unknown", f"no API key with prefix {prefix}", prefix)
+    if not hmac.compare_digest(row["secret_hash"], secret_hash(secret)):
+        return KeyRefusal("wrong_secret", f"the secret of API key {prefix} does not match", prefix)
+    when = aware(now) if now else db_now()
+    if row["revoked_at"] is not None:
+        return KeyRefusal("revoked", f"API key {prefix} was revoked", prefix)
+    if row["expires_at"] is not None and aware(row["expires_at"]) <= when:
+        return KeyRefusal("expired", f"API key {prefix} has expired", prefix)
+    return KeyIdentity(prefix, row["name"], row["user_id"], row["user_display"], tuple(row["scopes"]))
