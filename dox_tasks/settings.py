@@ -9,12 +9,13 @@ under ``$DOX_HOME`` and no servers at all.
 from __future__ import annotations
 
 import importlib.resources
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qsl, urlencode, urlparse
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .contract import QUEUES
@@ -150,6 +151,23 @@ class Settings(BaseSettings):
         False,
         validation_alias=_env("DOX_STORAGE_GROUP_ACCESS"),
         description="Stored files 0440 and folders 0750 (a shared-storage group) instead of 0400/0700.",
+    )
+    # -- the HTTP API (`dox api serve`) ------------------------------------------------
+    api_host: str = Field("127.0.0.1", validation_alias=_env("DOX_API_HOST"))
+    api_port: int = Field(5000, validation_alias=_env("DOX_API_PORT"), gt=0, lt=65536)
+    api_key: SecretStr | None = Field(
+        None,
+        validation_alias=_env("API_KEY"),
+        description="The seed's operator key: every scope, as DOX_API_KEY_USER. Never logged.",
+    )
+    api_key_user: str = Field("api", validation_alias=_env("DOX_API_KEY_USER"), min_length=1)
+    require_auth: bool = Field(
+        True,
+        validation_alias=_env("REQUIRE_AUTH"),
+        description="false (no key asked) is refused unless the API listens on a loopback address.",
+    )
+    api_docs: bool = Field(
+        True, validation_alias=_env("DOX_API_DOCS"), description="off hides /api/v1/docs and the OpenAPI."
     )
 
     @field_validator("allowed_types", mode="before")
@@ -299,6 +317,16 @@ def retry_wait(retry_index: int, backoff: float, delay: float) -> float:
 def longest_retry_wait(attempts: int, backoff: float, delay: float) -> float:
     """The longest any of ``attempts`` retries can wait, jitter included."""
     return retry_wait(attempts - 1, backoff, delay) * RETRY_JITTER if attempts else 0.0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (a name other than localhost counts as not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def basic_auth_from_env(user_env: str, password_env: str, why: str, unsafe: bool) -> tuple[str, str] | None:

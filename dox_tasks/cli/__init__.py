@@ -14,7 +14,7 @@ import logging
 
 import click
 
-from . import apikeys, db, defs, documents, intake, jobs, monitoring, run, worker, workflows
+from . import api, apikeys, db, defs, documents, intake, jobs, monitoring, run, worker, workflows
 from .common import run_group
 
 
@@ -48,6 +48,7 @@ COMMANDS: tuple[click.Command, ...] = (
     monitoring.report_cmd,
     db.db,
     apikeys.apikeys,
+    api.api,
     worker.worker,
 )
 

@@ -1,0 +1,62 @@
+"""The FastAPI application: routes, the key check, problem documents, the OpenAPI document.
+
+Built by :func:`create_app` from one :class:`~dox_tasks.settings.Settings` (uvicorn calls it as
+a factory in every worker process), so a test can build one against its own database. The
+OpenAPI 3.1 document is ``/api/v1/openapi.json`` with its page at ``/api/v1/docs``;
+``DOX_API_DOCS=off`` serves neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ..errors import ConfigError
+from ..runtime import Runtime
+from ..settings import Settings, is_loopback, load
+from . import probes, problems, workflows
+from .auth import Authenticator, UsageCounter
+
+OPENAPI_URL = "/api/v1/openapi.json"
+DOCS_URL = "/api/v1/docs"
+
+
+def check_auth_setting(settings: Settings, host: str) -> None:
+    """REQUIRE_AUTH=false is for a machine nobody else can reach: refused on any other address."""
+    if not settings.require_auth and not is_loopback(host):
+        raise ConfigError(
+            f"REQUIRE_AUTH=false lets anyone call the API: refused on {host};"
+            " listen on 127.0.0.1 or require API keys"
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load()
+    rt = Runtime(settings)
+    usage = UsageCounter(rt.state)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        usage.flush()
+        rt.close()
+
+    docs = settings.api_docs
+    app = FastAPI(
+        title="DOX",
+        summary="Document workflows: submit, follow and fetch results.",
+        version="1",
+        openapi_url=OPENAPI_URL if docs else None,
+        docs_url=DOCS_URL if docs else None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    app.state.usage = usage
+    app.state.authenticate = Authenticator(settings, rt.state, usage)
+    problems.install(app)
+    app.include_router(probes.router)
+    app.include_router(workflows.router)
+    return app

@@ -1,0 +1,202 @@
+"""The HTTP API as a client sees it: a real `dox api serve` process against PostgreSQL and Redis.
+
+Health and readiness (and readiness against a database that is down), the key check
+(every refusal, scopes, another user's workflow), problem documents for every error, the
+OpenAPI document, and `dox api serve`'s refusals to start.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import services
+from services import clean_env, dox, free_port
+from stores import new_workflow
+
+from dox_tasks import apikeys
+from dox_tasks.db.store import now, open_store
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+OPERATOR_KEY = "operator-key-for-tests-0123456789"
+PROBLEM_FIELDS = {"type", "title", "status", "detail"}
+
+
+class Server:
+    """`dox api serve` on a free port, stopped at the end of the test."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path):
+        self.port = free_port()
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dox_tasks.cli", "api", "serve", "--port", str(self.port)],
+            env=env,
+            cwd=cwd,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {log.read_text()}")
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"server did not answer /health: {log.read_text()}")
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str, Any]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, r.headers["content-type"], json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers["content-type"], json.loads(e.read())
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.log.read_text()
+
+
+def _env(tmp_path: Path, database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    return clean_env(
+        tmp_path,
+        DOX_BROKER_URL=redis_url,
+        DOX_DATABASE_URL=database_url,
+        DOX_NAMESPACE=f"api{time.monotonic_ns()}",
+        API_KEY=OPERATOR_KEY,
+        **extra,
+    )
+
+
+def _problem(answer: tuple[int, str, Any], status: int) -> dict[str, Any]:
+    code, ctype, body = answer
+    assert code == status, body
+    assert ctype == "application/problem+json", ctype
+    assert PROBLEM_FIELDS <= set(body) and body["status"] == status, body
+    assert "Traceback" not in json.dumps(body)
+    return dict(body)
+
+
+@pytest.fixture
+def api(tmp_path: Path, pg_url: str, redis_url: str):  # type: ignore[no-untyped-def]
+    env = _env(tmp_path, pg_url, redis_url)
+    upgraded = dox(["db", "upgrade"], env, tmp_path)
+    assert upgraded.returncode == 0, upgraded.stderr
+    server = Server(env, tmp_path, tmp_path / "api.log")
+    store = open_store(pg_url)
+    yield server, store
+    store.close()
+    server.stop()
+
+
+def test_health_ready_and_openapi(api):
+    server, _ = api
+    assert server.get("/health")[:2] == (200, "application/json")
+    assert server.get("/health")[2] == {"status": "ok"}
+    code, _, body = server.get("/ready")
+    assert code == 200 and body["checks"] == {"database": "ok", "redis": "ok"}, body
+    code, _, doc = server.get("/api/v1/openapi.json")
+    assert code == 200 and doc["openapi"].startswith("3.1")
+    assert "/api/v1/workflows/{workflow_id}" in doc["paths"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/api/v1/docs", timeout=10) as r:
+        assert r.status == 200 and "text/html" in r.headers["content-type"]
+    _problem(server.get("/api/v1/nothing-here"), 404)
+
+
+def test_auth_matrix(api):
+    server, store = api
+    mine = new_workflow(store, user="alice")
+    theirs = new_workflow(store, sha="b" * 64, user="bob")
+    reader = apikeys.create(store, "reader", "Alice", "read").key
+    reader_all = apikeys.create(store, "all", "carol", "read,read_all").key
+    submitter = apikeys.create(store, "submit", "alice", "submit").key
+    revoked = apikeys.create(store, "gone", "alice", "read")
+    apikeys.revoke(store, revoked.record["api_key"])
+    expired = apikeys.create(store, "old", "alice", "read", timedelta(days=1), now=now() - timedelta(days=2))
+    path = f"/api/v1/workflows/{mine}"
+
+    def bearer(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    assert _problem(server.get(path), 401)["type"].endswith("unauthorized")
+    _problem(server.get(path, bearer("not-a-key")), 401)
+    _problem(server.get(path, {"Authorization": f"Basic {reader}"}), 401)
+    prefix, secret = reader.split("_")[1], reader.split("_", 2)[2]
+    unknown = f"dox_{'0' * 12}_{secret}"
+    _problem(server.get(path, bearer(unknown)), 401)
+    _problem(server.get(path, bearer(revoked.key)), 401)
+    _problem(server.get(path, bearer(expired.key)), 401)
+    assert "read" in _problem(server.get(path, bearer(submitter)), 403)["detail"]
+
+    code, ctype, body = server.get(path, bearer(reader))
+    assert (code, ctype) == (200, "application/json"), body
+    assert body["workflow_id"] == mine and body["user"] == "alice" and body["status"] == "queued"
+    assert body["file"] == "f.pdf" and isinstance(body["steps"], list) and isinstance(body["events"], list)
+    assert body["created_at"].endswith("Z")
+    assert server.get(path, {"X-API-Key": reader})[0] == 200
+    assert _problem(server.get(f"/api/v1/workflows/{theirs}", bearer(reader)), 404)["detail"]
+    _problem(server.get("/api/v1/workflows/no-such-id", bearer(reader)), 404)
+    assert server.get(f"/api/v1/workflows/{theirs}", bearer(reader_all))[2]["user"] == "bob"
+    assert server.get(f"/api/v1/workflows/{theirs}", bearer(OPERATOR_KEY))[0] == 200
+    assert server.get(f"/api/v1/workflows/{theirs}", {"X-API-Key": OPERATOR_KEY})[0] == 200
+
+    log = server.stop()
+    for reason in ("missing", "malformed", "unknown", "revoked", "expired"):
+        assert f"reason={reason}" in log, log
+    assert f"prefix={prefix}" not in log  # a valid key is not logged
+    for secret_text in (secret, OPERATOR_KEY, revoked.key.split("_", 2)[2]):
+        assert secret_text not in log
+    used = {k["api_key"]: k["usage_count"] for k in apikeys.list_keys(store)}
+    assert used[prefix] == 4, used  # counted in memory, written at shutdown at the latest
+
+
+def test_ready_503_when_the_database_is_down(tmp_path, redis_url):
+    down = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    server = Server(_env(tmp_path, down, redis_url), tmp_path, tmp_path / "api.log")
+    try:
+        body = _problem(server.get("/ready"), 503)
+        assert "database" in body["detail"] and body["checks"]["redis"] == "ok"
+        assert "127.0.0.1" not in json.dumps(body) and "nothing" not in json.dumps(body)
+        # A key check that needs the database is 503 too, not a traceback.
+        key = f"dox_{'0' * 12}_{'A' * 43}"
+        _problem(server.get("/api/v1/workflows/x", {"Authorization": f"Bearer {key}"}), 503)
+    finally:
+        server.stop()
+
+
+def test_docs_off(tmp_path, redis_url):
+    env = _env(tmp_path, services.PG_ADMIN_URL, redis_url, DOX_API_DOCS="off")
+    server = Server(env, tmp_path, tmp_path / "api.log")
+    try:
+        _problem(server.get("/api/v1/openapi.json"), 404)
+        _problem(server.get("/api/v1/docs"), 404)
+    finally:
+        server.stop()
+
+
+def test_serve_refusals(tmp_path, redis_url):
+    result = dox(["api", "serve"], clean_env(tmp_path, DOX_BROKER_URL=redis_url), tmp_path)
+    assert result.returncode != 0
+    assert "DOX_DATABASE_URL" in result.stderr and "dox run" in result.stderr
+    assert "Traceback" not in result.stderr
+    env = _env(tmp_path, services.PG_ADMIN_URL, redis_url, REQUIRE_AUTH="false")
+    result = dox(["api", "serve", "--host", "0.0.0.0", "--port", str(free_port())], env, tmp_path)
+    assert result.returncode != 0 and "REQUIRE_AUTH" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
