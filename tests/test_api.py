@@ -89,7 +89,7 @@ def _problem(answer: tuple[int, str, Any], status: int) -> dict[str, Any]:
     code, ctype, body = answer
     assert code == status, body
     assert ctype == "application/problem+json", ctype
-    assert PROBLEM_FIELDS <= set(body) and body["status"] == status, body
+    assert set(body) >= PROBLEM_FIELDS and body["status"] == status, body
     assert "Traceback" not in json.dumps(body)
     return dict(body)
 
