@@ -181,12 +181,16 @@ def test_ready_503_when_the_database_is_down(tmp_path, redis_url):
         server.stop()
 
 
-def test_docs_off(tmp_path, redis_url):
-    env = _env(tmp_path, services.PG_ADMIN_URL, redis_url, DOX_API_DOCS="off")
+def test_docs_off_and_no_auth_on_loopback(tmp_path, pg_url, redis_url):
+    env = _env(tmp_path, pg_url, redis_url, DOX_API_DOCS="off", REQUIRE_AUTH="false")
+    assert dox(["db", "upgrade"], env, tmp_path).returncode == 0
     server = Server(env, tmp_path, tmp_path / "api.log")
     try:
         _problem(server.get("/api/v1/openapi.json"), 404)
         _problem(server.get("/api/v1/docs"), 404)
+        # No key asked: the unknown id is 404, not 401; a bad key is still refused.
+        _problem(server.get("/api/v1/workflows/no-such-id"), 404)
+        _problem(server.get("/api/v1/workflows/no-such-id", {"X-API-Key": "junk"}), 401)
     finally:
         server.stop()
 
