@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,13 @@ from services import clean_env, dox, free_port
 from stores import new_workflow
 
 from dox_tasks import apikeys
+from dox_tasks.api.app import create_app
 from dox_tasks.db.store import now, open_store
+from dox_tasks.settings import Settings
+
+with warnings.catch_warnings():  # starlette asks for httpx2, which is not released for this pin
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -204,3 +211,22 @@ def test_serve_refusals(tmp_path, redis_url):
     result = dox(["api", "serve", "--host", "0.0.0.0", "--port", str(free_port())], env, tmp_path)
     assert result.returncode != 0 and "REQUIRE_AUTH" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unexpected_errors_are_generic_problems(tmp_path, redis_url):
+    """In process (a real server has no route that fails): a 500 says nothing of the exception."""
+    settings = Settings().model_copy(
+        update={"broker_url": redis_url, "database_url": services.PG_ADMIN_URL, "home": tmp_path}
+    )
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("password=hunter2 at db.internal:5432")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/boom")
+        body = _problem((answer.status_code, answer.headers["content-type"], answer.json()), 500)
+        assert "hunter2" not in answer.text and "db.internal" not in answer.text, body
+        answer = client.post("/health")
+        _problem((answer.status_code, answer.headers["content-type"], answer.json()), 405)
