@@ -296,11 +296,13 @@ class Settings(BaseSettings):
                 )
 
     def redacted(self) -> dict[str, object]:
-        """Settings safe to print: passwords inside URLs are masked."""
+        """Settings safe to print: passwords inside URLs and secrets (API_KEY) are masked."""
         out: dict[str, object] = {}
         for name, value in self.model_dump().items():
             if isinstance(value, str) and "://" in value:
                 value = redact_url(value)
+            elif isinstance(value, SecretStr):
+                value = "***"
             out[name] = value
         return out
 
