@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dox_tasks.errors import ConfigError
-from dox_tasks.settings import Settings, parse_clamd_url
+from dox_tasks.settings import Settings, is_loopback, parse_clamd_url
 
 
 def test_defaults_are_the_seed_values(monkeypatch):
@@ -51,6 +51,24 @@ def test_clamd_urls():
     assert parse_clamd_url("unix:///run/clamd.ctl") == ("unix", "/run/clamd.ctl")
     with pytest.raises(ConfigError, match="tcp://host:port"):
         parse_clamd_url("clamd:3310")
+
+
+def test_api_settings(monkeypatch):
+    names = ("DOX_API_HOST", "DOX_API_PORT", "API_KEY", "DOX_API_KEY_USER", "REQUIRE_AUTH", "DOX_API_DOCS")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    s = Settings()
+    assert (s.api_host, s.api_port, s.api_key, s.api_key_user) == ("127.0.0.1", 5000, None, "api")
+    assert s.require_auth and s.api_docs
+    monkeypatch.setenv("API_KEY", "hunter2-operator")
+    monkeypatch.setenv("REQUIRE_AUTH", "false")
+    monkeypatch.setenv("DOX_API_DOCS", "off")
+    s = Settings()
+    assert s.api_key is not None and s.api_key.get_secret_value() == "hunter2-operator"
+    assert not s.require_auth and not s.api_docs
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.redacted())
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.5", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "api.example", ""))
 
 
 def test_redacted_hides_passwords():
