@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Engine, Select, Table, bindparam, or_, select, update
-from sqlalchemy.exc import InterfaceError as SAInterfaceError
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy import Connection, Engine, Select, bindparam, or_, select, update
 
 from ..contract import LIVE_STATES, NEEDS_STAGED_INPUT, StepState, WorkflowState
-from ..errors import DoxError, StateStoreError, StateStoreUnavailable, StepStillRunning, UnknownWorkflow
+from ..errors import DoxError, StepStillRunning, UnknownWorkflow
 from .engine import make_engine, migrate
+from .guard import translated
 from .tables import EV, SR, WD, WS, insert_ignore
 
 LIVE = [s.value for s in LIVE_STATES]
@@ -43,7 +41,6 @@ _SEL_STEPS = select(SR).where(SR.c.workflow_id == bindparam("b_wid")).order_by(S
 
 #: An event row to write with a transition: (event id, type, payload).
 Event = tuple[str, str, dict[str, Any]]
-T = TypeVar("T")
 
 
 def now() -> datetime:
@@ -178,7 +175,8 @@ class StateStore(ABC):
 
     # -- plumbing -------------------------------------------------------------------
     def migrate(self) -> None:
-        self._guard(lambda: migrate(self.engine))
+        with translated():
+            migrate(self.engine)
 
     def dispose(self) -> None:
         """Drop pooled connections (after a fork, each worker child opens its own)."""
@@ -190,24 +188,8 @@ class StateStore(ABC):
     @contextmanager
     def tx(self) -> Iterator[Connection]:
         """One transaction; database errors leave it as DOX's own exceptions."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except (OperationalError, SAInterfaceError) as exc:
-            raise StateStoreUnavailable(f"results database unavailable: {exc.orig}") from exc
-        except PoolTimeout as exc:
-            raise StateStoreUnavailable(f"no free database connection: {exc}") from exc
-        except SQLAlchemyError as exc:
-            raise StateStoreError(f"results database error: {exc}") from exc
-
-    def _guard(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except (OperationalError, SAInterfaceError) as exc:
-            raise StateStoreUnavailable(f"results database unavailable: {exc.orig}") from exc
-
-    def _insert_ignore(self, conn: Connection, table: Table, values: dict[str, Any]) -> bool:
-        return insert_ignore(conn, table, values)
+        with translated(), self.engine.begin() as conn:
+            yield conn
 
     # -- the transitions each backend writes -----------------------------------------
     @abstractmethod
@@ -246,7 +228,7 @@ class StateStore(ABC):
     # -- definitions ----------------------------------------------------------------
     def save_definition(self, digest: str, name: str, version: str, body: dict[str, Any]) -> None:
         with self.tx() as conn:
-            self._insert_ignore(
+            insert_ignore(
                 conn,
                 WD,
                 dict(definition_hash=digest, name=name, version=version, body=body, created_at=now()),
@@ -420,7 +402,7 @@ class StateStore(ABC):
                     updated_at=ts,
                 )
             )
-            self._insert_ignore(
+            insert_ignore(
                 conn,
                 EV,
                 dict(

@@ -29,7 +29,7 @@ from .base import (
     clip_traceback,
     now,
 )
-from .tables import EV, SR, WS
+from .tables import EV, SR, WS, insert_ignore
 
 _SEL_STARTED_ATTEMPTS = select(SR.c.attempt, SR.c.run, SR.c.state, SR.c.started_at, SR.c.task_id).where(
     SR.c.workflow_id == bindparam("b_wid"), SR.c.step == bindparam("b_step")
@@ -89,7 +89,7 @@ class SQLiteStateStore(StateStore):
 
     def _insert_workflow(self, values: dict[str, Any]) -> bool:
         with self.tx() as conn:
-            return self._insert_ignore(conn, WS, values)
+            return insert_ignore(conn, WS, values)
 
     # -- count a delivery ---------------------------------------------------------------
     def begin_step(self, delivery: StepDelivery) -> StepStart:
@@ -189,7 +189,7 @@ class SQLiteStateStore(StateStore):
                 conn.execute(_CLOSE_ATTEMPT, _close_params(workflow_id, close, state, ts, close.started_at))
             if won:
                 for event_id, type_, payload in end.events:
-                    self._insert_ignore(
+                    insert_ignore(
                         conn,
                         EV,
                         dict(
