@@ -37,7 +37,15 @@ PREFIX_HEX = 12
 _KEY = re.compile(r"dox_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _PREFIX = re.compile(r"[0-9a-f]{12}")
 
+#: A scope that includes another: reading everyone's workflows includes reading one's own.
+IMPLIES: dict[str, tuple[str, ...]] = {"read_all": ("read",)}
+
 Reason = Literal["malformed", "unknown", "revoked", "expired", "wrong_secret"]
+
+
+def grants(scopes: tuple[str, ...], scope: str) -> bool:
+    """Whether ``scopes`` allow ``scope``, directly or through a scope that implies it."""
+    return scope in scopes or any(scope in IMPLIES.get(s, ()) for s in scopes)
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ class KeyIdentity:
     scopes: tuple[str, ...]
 
     def allows(self, scope: str) -> bool:
-        return scope in self.scopes
+        return grants(self.scopes, scope)
 
 
 @dataclass(frozen=True)

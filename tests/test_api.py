@@ -87,8 +87,7 @@ def _env(tmp_path: Path, database_url: str, redis_url: str, **extra: str) -> dic
         DOX_BROKER_URL=redis_url,
         DOX_DATABASE_URL=database_url,
         DOX_NAMESPACE=f"api{time.monotonic_ns()}",
-        API_KEY=OPERATOR_KEY,
-        **extra,
+        **{"API_KEY": OPERATOR_KEY, **extra},
     )
 
 
@@ -133,6 +132,7 @@ def test_auth_matrix(api):
     theirs = new_workflow(store, sha="b" * 64, user="bob")
     reader = apikeys.create(store, "reader", "Alice", "read").key
     reader_all = apikeys.create(store, "all", "carol", "read,read_all").key
+    only_all = apikeys.create(store, "only-all", "dave", "read_all").key  # read_all includes read
     submitter = apikeys.create(store, "submit", "alice", "submit").key
     revoked = apikeys.create(store, "gone", "alice", "read")
     apikeys.revoke(store, revoked.record["api_key"])
@@ -161,17 +161,43 @@ def test_auth_matrix(api):
     assert _problem(server.get(f"/api/v1/workflows/{theirs}", bearer(reader)), 404)["detail"]
     _problem(server.get("/api/v1/workflows/no-such-id", bearer(reader)), 404)
     assert server.get(f"/api/v1/workflows/{theirs}", bearer(reader_all))[2]["user"] == "bob"
+    assert server.get(f"/api/v1/workflows/{theirs}", bearer(only_all))[2]["user"] == "bob"
+    # Ids no workflow can have are 404 without a query: a NUL broke the query (a 500 and a
+    # traceback in the log), an escape sequence must not reach the log raw.
+    for odd in ("wf%00", "%1b%5b2J%1b%5b32mFAKE", "x" * 5000):
+        _problem(server.get(f"/api/v1/workflows/{odd}", bearer(reader)), 404)
+    # No redirect to the slash-less path (its Location would come from the Host header).
+    _problem(server.get(f"{path}/", {**bearer(reader), "Host": "evil.example"}), 404)
     assert server.get(f"/api/v1/workflows/{theirs}", bearer(OPERATOR_KEY))[0] == 200
     assert server.get(f"/api/v1/workflows/{theirs}", {"X-API-Key": OPERATOR_KEY})[0] == 200
 
     log = server.stop()
+    assert "Traceback" not in log and "\x1b" not in log, log
     for reason in ("missing", "malformed", "unknown", "revoked", "expired"):
         assert f"reason={reason}" in log, log
     assert f"prefix={prefix}" not in log  # a valid key is not logged
     for secret_text in (secret, OPERATOR_KEY, revoked.key.split("_", 2)[2]):
         assert secret_text not in log
     used = {k["api_key"]: k["usage_count"] for k in apikeys.list_keys(store)}
-    assert used[prefix] == 4, used  # counted in memory, written at shutdown at the latest
+    # 4 reads, 3 odd ids (the slashed path matches no route: no key is checked); counted in
+    # memory, written at shutdown at the latest.
+    assert used[prefix] == 7, used
+
+
+def test_usage_is_written_while_the_server_idles(api):
+    """Counted in memory, written by the server's own timer: no later request is needed."""
+    server, store = api
+    wid = new_workflow(store, user="alice")
+    made = apikeys.create(store, "reader", "alice", "read")
+    assert server.get(f"/api/v1/workflows/{wid}", {"X-API-Key": made.key})[0] == 200
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        row = next(k for k in apikeys.list_keys(store) if k["api_key"] == made.record["api_key"])
+        if row["usage_count"] == 1:
+            assert row["last_used"] is not None
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"usage not written while the server idled: {row}")
 
 
 def test_ready_503_when_the_database_is_down(tmp_path, redis_url):
@@ -184,8 +210,11 @@ def test_ready_503_when_the_database_is_down(tmp_path, redis_url):
         # A key check that needs the database is 503 too, not a traceback.
         key = f"dox_{'0' * 12}_{'A' * 43}"
         _problem(server.get("/api/v1/workflows/x", {"Authorization": f"Bearer {key}"}), 503)
+        # The logged path is escaped: no terminal sequence from a caller reaches the log.
+        _problem(server.get("/api/v1/workflows/%1b%5b2Jx", {"Authorization": f"Bearer {key}"}), 503)
     finally:
-        server.stop()
+        log = server.stop()
+    assert "\x1b" not in log and "\\x1b" in log, log
 
 
 def test_docs_off_and_no_auth_on_loopback(tmp_path, pg_url, redis_url):
@@ -198,6 +227,10 @@ def test_docs_off_and_no_auth_on_loopback(tmp_path, pg_url, redis_url):
         # No key asked: the unknown id is 404, not 401; a bad key is still refused.
         _problem(server.get("/api/v1/workflows/no-such-id"), 404)
         _problem(server.get("/api/v1/workflows/no-such-id", {"X-API-Key": "junk"}), 401)
+        # Without keys only requests addressed to this machine are served: a page on another
+        # name that resolves to 127.0.0.1 (DNS rebinding) is not.
+        _problem(server.get("/api/v1/workflows/no-such-id", {"Host": "rebind.example"}), 401)
+        _problem(server.get("/api/v1/workflows/no-such-id", {"Host": f"localhost:{server.port}"}), 404)
     finally:
         server.stop()
 
@@ -211,6 +244,11 @@ def test_serve_refusals(tmp_path, redis_url):
     result = dox(["api", "serve", "--host", "0.0.0.0", "--port", str(free_port())], env, tmp_path)
     assert result.returncode != 0 and "REQUIRE_AUTH" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+    for weak in ("x", " " * 40, "é" * 40, " " + "k" * 40):  # guessable, or never sendable as sent
+        env = _env(tmp_path, services.PG_ADMIN_URL, redis_url, API_KEY=weak)
+        result = dox(["api", "serve", "--port", str(free_port())], env, tmp_path)
+        assert result.returncode != 0 and "API_KEY must be" in result.stderr, result.stderr
+        assert len(weak.strip()) < 2 or weak.strip() not in result.stderr  # never echoed
 
 
 def test_unexpected_errors_are_generic_problems(tmp_path, redis_url):

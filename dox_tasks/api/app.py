@@ -8,6 +8,7 @@ OpenAPI 3.1 document is ``/api/v1/openapi.json`` with its page at ``/api/v1/docs
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,12 +24,25 @@ OPENAPI_URL = "/api/v1/openapi.json"
 DOCS_URL = "/api/v1/docs"
 
 
+#: The seed's API_KEY acts with every scope: it must be a real secret.
+MIN_OPERATOR_KEY = 32
+
+
 def check_auth_setting(settings: Settings, host: str) -> None:
-    """REQUIRE_AUTH=false is for a machine nobody else can reach: refused on any other address."""
+    """REQUIRE_AUTH=false is for a machine nobody else can reach: refused on any other address.
+    API_KEY, when set, must be a key a client can send and nobody can guess."""
     if not settings.require_auth and not is_loopback(host):
         raise ConfigError(
             f"REQUIRE_AUTH=false lets anyone call the API: refused on {host};"
             " listen on 127.0.0.1 or require API keys"
+        )
+    key = settings.api_key.get_secret_value() if settings.api_key else ""
+    if key and (
+        len(key) < MIN_OPERATOR_KEY or not key.isascii() or key != key.strip() or not key.isprintable()
+    ):
+        raise ConfigError(
+            f"API_KEY must be at least {MIN_OPERATOR_KEY} printable ASCII characters without surrounding"
+            " spaces (it acts with every scope); e.g. `openssl rand -hex 32`"
         )
 
 
@@ -39,7 +53,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def flush_regularly() -> None:  # an idle server still writes what it counted
+            while True:
+                await asyncio.sleep(usage.every_s)
+                await asyncio.to_thread(usage.flush)
+
+        flusher = asyncio.create_task(flush_regularly())
         yield
+        flusher.cancel()
         usage.flush()
         rt.close()
 
@@ -51,6 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=OPENAPI_URL if docs else None,
         docs_url=DOCS_URL if docs else None,
         redoc_url=None,
+        # No redirect to the same path with a slash added or removed: its Location would be
+        # built from the request's Host header, before any key is checked.
+        redirect_slashes=False,
         lifespan=lifespan,
     )
     app.state.runtime = rt

@@ -4,8 +4,8 @@ Keys are checked by :func:`dox_tasks.apikeys.verify`; the seed's ``API_KEY`` is 
 operator key with every scope, acting as ``DOX_API_KEY_USER`` (compared in constant time).
 A refusal is 401 with one log line naming the reason code and the key's public prefix, never
 the secret; a key without the scope an endpoint needs is 403. Uses are counted in memory and
-written with :func:`dox_tasks.db.apikeys.record_use` at most every :data:`FLUSH_EVERY_S`
-seconds, so a request costs no database write.
+written with :func:`dox_tasks.db.apikeys.record_use` every :data:`FLUSH_EVERY_S` seconds by a
+background task, so a request costs no database write.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from fastapi import Request
 
@@ -25,7 +25,7 @@ from ..db import apikeys as table
 from ..db.store import StateStore
 from ..db.store import now as db_now
 from ..identity import normalise_user
-from ..settings import Settings
+from ..settings import Settings, is_loopback
 from .problems import Problem
 
 log = logging.getLogger("dox.api.auth")
@@ -43,30 +43,26 @@ class Caller:
     prefix: str | None
 
     def allows(self, scope: str) -> bool:
-        return scope in self.scopes
+        return apikeys.grants(self.scopes, scope)
 
 
 class UsageCounter:
-    """Key uses since the last flush; one ``record_use`` transaction per flush."""
+    """Key uses since the last flush; one ``record_use`` transaction per flush. The app
+    flushes every ``every_s`` seconds in the background and once more at shutdown."""
 
     def __init__(self, store: StateStore, every_s: float = FLUSH_EVERY_S):
         self.store, self.every_s = store, every_s
         self._counts: dict[str, tuple[int, datetime]] = {}
         self._lock = threading.Lock()
-        self._last = time.monotonic()
 
     def hit(self, prefix: str, when: datetime) -> None:
         with self._lock:
             uses, last = self._counts.get(prefix, (0, when))
             self._counts[prefix] = (uses + 1, max(last, when))
-            due = time.monotonic() - self._last >= self.every_s
-        if due:
-            self.flush()
 
     def flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, {}
-            self._last = time.monotonic()
         if not counts:
             return
         try:
@@ -77,6 +73,14 @@ class UsageCounter:
                 for prefix, (uses, last) in counts.items():
                     more, later = self._counts.get(prefix, (0, last))
                     self._counts[prefix] = (uses + more, max(last, later))
+
+
+def _addressed_to_loopback(request: Request) -> bool:
+    """Whether the request names this machine in its Host header. Without keys
+    (REQUIRE_AUTH=false, loopback only) a web page could still reach the API through a name
+    that resolves to 127.0.0.1 (DNS rebinding): its requests carry that name, not localhost."""
+    host = urlsplit("//" + request.headers.get("host", "")).hostname
+    return host is not None and is_loopback(host)
 
 
 def presented_key(request: Request) -> str | None:
@@ -103,7 +107,7 @@ class Authenticator:
     def __call__(self, request: Request) -> Caller:
         key = presented_key(request)
         if key is None:
-            if not self.require:
+            if not self.require and _addressed_to_loopback(request):
                 return self._operator
             raise self._refuse("missing", None, "an API key is required: send Authorization: Bearer KEY")
         if self._operator_key and hmac.compare_digest(key.encode("utf-8", "replace"), self._operator_key):

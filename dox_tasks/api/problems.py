@@ -79,14 +79,14 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("%s %s: a service is unavailable (%s)", request.method, request.url.path, type(exc).__name__)
+    log.warning("%s %r: a service is unavailable (%s)", request.method, request.url.path, type(exc).__name__)
     return response(
         503, "a service DOX needs is unavailable; try again shortly", "unavailable", {"Retry-After": "5"}
     )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.error("unexpected error on %s %r", request.method, request.url.path, exc_info=exc)
     return response(500, "an unexpected error occurred; the server log has the details", "internal-error")
 
 

@@ -34,6 +34,11 @@ def _safe(value: Any) -> Any:
     return value
 
 
+def _could_be_an_id(text: str) -> bool:
+    """Workflow ids are UUIDs: at most 36 printable ASCII characters."""
+    return len(text) <= 36 and text.isascii() and text.isprintable()
+
+
 def _result(row: dict[str, Any]) -> dict[str, Any]:
     """The result object: the stored one of a finished workflow, else what the row knows so far."""
     known = DocumentResult(
@@ -57,7 +62,9 @@ def get_workflow(
 ) -> dict[str, Any]:
     """The workflow's result object fields, ``rule_name``, ``step``, ``detail``, times, its step
     attempts and its events. Scope ``read`` (own user's) or ``read_all``."""
-    missing = Problem(404, "not-found", f"no workflow with id {workflow_id[:80]}")
+    missing = Problem(404, "not-found", f"no workflow with id {workflow_id[:80]!r}")
+    if not _could_be_an_id(workflow_id):  # answered without a query: NUL and the like break it
+        raise missing
     try:
         detail = queries.workflow_detail(request.app.state.runtime.state, workflow_id)
     except UnknownWorkflow:
