@@ -8,18 +8,16 @@ OpenAPI document, and `dox api serve`'s refusals to start.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import warnings
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import services
+from apiserver import OPERATOR_KEY, Server, api_env, bearer, problem
 from services import clean_env, dox, free_port
 from stores import new_workflow
 
@@ -34,75 +32,10 @@ with warnings.catch_warnings():  # starlette asks for httpx2, which is not relea
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
-OPERATOR_KEY = "operator-key-for-tests-0123456789"
-PROBLEM_FIELDS = {"type", "title", "status", "detail"}
-
-
-class Server:
-    """`dox api serve` on a free port, stopped at the end of the test."""
-
-    def __init__(self, env: dict[str, str], cwd: Path, log: Path):
-        self.port = free_port()
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dox_tasks.cli", "api", "serve", "--port", str(self.port)],
-            env=env,
-            cwd=cwd,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {log.read_text()}")
-            try:
-                if self.get("/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server did not answer /health: {log.read_text()}")
-
-    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str, Any]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as r:
-                return r.status, r.headers["content-type"], json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers["content-type"], json.loads(e.read())
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return self.log.read_text()
-
-
-def _env(tmp_path: Path, database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
-    return clean_env(
-        tmp_path,
-        DOX_BROKER_URL=redis_url,
-        DOX_DATABASE_URL=database_url,
-        DOX_NAMESPACE=f"api{time.monotonic_ns()}",
-        **{"API_KEY": OPERATOR_KEY, **extra},
-    )
-
-
-def _problem(answer: tuple[int, str, Any], status: int) -> dict[str, Any]:
-    code, ctype, body = answer
-    assert code == status, body
-    assert ctype == "application/problem+json", ctype
-    assert set(body) >= PROBLEM_FIELDS and body["status"] == status, body
-    assert "Traceback" not in json.dumps(body)
-    return dict(body)
-
 
 @pytest.fixture
 def api(tmp_path: Path, pg_url: str, redis_url: str):  # type: ignore[no-untyped-def]
-    env = _env(tmp_path, pg_url, redis_url)
+    env = api_env(tmp_path, pg_url, redis_url)
     upgraded = dox(["db", "upgrade"], env, tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
     server = Server(env, tmp_path, tmp_path / "api.log")
@@ -123,7 +56,7 @@ def test_health_ready_and_openapi(api):
     assert "/api/v1/workflows/{workflow_id}" in doc["paths"]
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/api/v1/docs", timeout=10) as r:
         assert r.status == 200 and "text/html" in r.headers["content-type"]
-    _problem(server.get("/api/v1/nothing-here"), 404)
+    problem(server.get("/api/v1/nothing-here"), 404)
 
 
 def test_auth_matrix(api):
@@ -139,18 +72,15 @@ def test_auth_matrix(api):
     expired = apikeys.create(store, "old", "alice", "read", timedelta(days=1), now=now() - timedelta(days=2))
     path = f"/api/v1/workflows/{mine}"
 
-    def bearer(key: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}"}
-
-    assert _problem(server.get(path), 401)["type"].endswith("unauthorized")
-    _problem(server.get(path, bearer("not-a-key")), 401)
-    _problem(server.get(path, {"Authorization": f"Basic {reader}"}), 401)
+    assert problem(server.get(path), 401)["type"].endswith("unauthorized")
+    problem(server.get(path, bearer("not-a-key")), 401)
+    problem(server.get(path, {"Authorization": f"Basic {reader}"}), 401)
     prefix, secret = reader.split("_")[1], reader.split("_", 2)[2]
     unknown = f"dox_{'0' * 12}_{secret}"
-    _problem(server.get(path, bearer(unknown)), 401)
-    _problem(server.get(path, bearer(revoked.key)), 401)
-    _problem(server.get(path, bearer(expired.key)), 401)
-    assert "read" in _problem(server.get(path, bearer(submitter)), 403)["detail"]
+    problem(server.get(path, bearer(unknown)), 401)
+    problem(server.get(path, bearer(revoked.key)), 401)
+    problem(server.get(path, bearer(expired.key)), 401)
+    assert "read" in problem(server.get(path, bearer(submitter)), 403)["detail"]
 
     code, ctype, body = server.get(path, bearer(reader))
     assert (code, ctype) == (200, "application/json"), body
@@ -158,16 +88,16 @@ def test_auth_matrix(api):
     assert body["file"] == "f.pdf" and isinstance(body["steps"], list) and isinstance(body["events"], list)
     assert body["created_at"].endswith("Z")
     assert server.get(path, {"X-API-Key": reader})[0] == 200
-    assert _problem(server.get(f"/api/v1/workflows/{theirs}", bearer(reader)), 404)["detail"]
-    _problem(server.get("/api/v1/workflows/no-such-id", bearer(reader)), 404)
+    assert problem(server.get(f"/api/v1/workflows/{theirs}", bearer(reader)), 404)["detail"]
+    problem(server.get("/api/v1/workflows/no-such-id", bearer(reader)), 404)
     assert server.get(f"/api/v1/workflows/{theirs}", bearer(reader_all))[2]["user"] == "bob"
     assert server.get(f"/api/v1/workflows/{theirs}", bearer(only_all))[2]["user"] == "bob"
     # Ids no workflow can have are 404 without a query: a NUL broke the query (a 500 and a
     # traceback in the log), an escape sequence must not reach the log raw.
     for odd in ("wf%00", "%1b%5b2J%1b%5b32mFAKE", "x" * 5000):
-        _problem(server.get(f"/api/v1/workflows/{odd}", bearer(reader)), 404)
+        problem(server.get(f"/api/v1/workflows/{odd}", bearer(reader)), 404)
     # No redirect to the slash-less path (its Location would come from the Host header).
-    _problem(server.get(f"{path}/", {**bearer(reader), "Host": "evil.example"}), 404)
+    problem(server.get(f"{path}/", {**bearer(reader), "Host": "evil.example"}), 404)
     assert server.get(f"/api/v1/workflows/{theirs}", bearer(OPERATOR_KEY))[0] == 200
     assert server.get(f"/api/v1/workflows/{theirs}", {"X-API-Key": OPERATOR_KEY})[0] == 200
 
@@ -202,35 +132,35 @@ def test_usage_is_written_while_the_server_idles(api):
 
 def test_ready_503_when_the_database_is_down(tmp_path, redis_url):
     down = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
-    server = Server(_env(tmp_path, down, redis_url), tmp_path, tmp_path / "api.log")
+    server = Server(api_env(tmp_path, down, redis_url), tmp_path, tmp_path / "api.log")
     try:
-        body = _problem(server.get("/ready"), 503)
+        body = problem(server.get("/ready"), 503)
         assert "database" in body["detail"] and body["checks"]["redis"] == "ok"
         assert "127.0.0.1" not in json.dumps(body) and "nothing" not in json.dumps(body)
         # A key check that needs the database is 503 too, not a traceback.
         key = f"dox_{'0' * 12}_{'A' * 43}"
-        _problem(server.get("/api/v1/workflows/x", {"Authorization": f"Bearer {key}"}), 503)
+        problem(server.get("/api/v1/workflows/x", {"Authorization": f"Bearer {key}"}), 503)
         # The logged path is escaped: no terminal sequence from a caller reaches the log.
-        _problem(server.get("/api/v1/workflows/%1b%5b2Jx", {"Authorization": f"Bearer {key}"}), 503)
+        problem(server.get("/api/v1/workflows/%1b%5b2Jx", {"Authorization": f"Bearer {key}"}), 503)
     finally:
         log = server.stop()
     assert "\x1b" not in log and "\\x1b" in log, log
 
 
 def test_docs_off_and_no_auth_on_loopback(tmp_path, pg_url, redis_url):
-    env = _env(tmp_path, pg_url, redis_url, DOX_API_DOCS="off", REQUIRE_AUTH="false")
+    env = api_env(tmp_path, pg_url, redis_url, DOX_API_DOCS="off", REQUIRE_AUTH="false")
     assert dox(["db", "upgrade"], env, tmp_path).returncode == 0
     server = Server(env, tmp_path, tmp_path / "api.log")
     try:
-        _problem(server.get("/api/v1/openapi.json"), 404)
-        _problem(server.get("/api/v1/docs"), 404)
+        problem(server.get("/api/v1/openapi.json"), 404)
+        problem(server.get("/api/v1/docs"), 404)
         # No key asked: the unknown id is 404, not 401; a bad key is still refused.
-        _problem(server.get("/api/v1/workflows/no-such-id"), 404)
-        _problem(server.get("/api/v1/workflows/no-such-id", {"X-API-Key": "junk"}), 401)
+        problem(server.get("/api/v1/workflows/no-such-id"), 404)
+        problem(server.get("/api/v1/workflows/no-such-id", {"X-API-Key": "junk"}), 401)
         # Without keys only requests addressed to this machine are served: a page on another
         # name that resolves to 127.0.0.1 (DNS rebinding) is not.
-        _problem(server.get("/api/v1/workflows/no-such-id", {"Host": "rebind.example"}), 401)
-        _problem(server.get("/api/v1/workflows/no-such-id", {"Host": f"localhost:{server.port}"}), 404)
+        problem(server.get("/api/v1/workflows/no-such-id", {"Host": "rebind.example"}), 401)
+        problem(server.get("/api/v1/workflows/no-such-id", {"Host": f"localhost:{server.port}"}), 404)
     finally:
         server.stop()
 
@@ -240,12 +170,12 @@ def test_serve_refusals(tmp_path, redis_url):
     assert result.returncode != 0
     assert "DOX_DATABASE_URL" in result.stderr and "dox run" in result.stderr
     assert "Traceback" not in result.stderr
-    env = _env(tmp_path, services.PG_ADMIN_URL, redis_url, REQUIRE_AUTH="false")
+    env = api_env(tmp_path, services.PG_ADMIN_URL, redis_url, REQUIRE_AUTH="false")
     result = dox(["api", "serve", "--host", "0.0.0.0", "--port", str(free_port())], env, tmp_path)
     assert result.returncode != 0 and "REQUIRE_AUTH" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     for weak in ("x", " " * 40, "é" * 40, " " + "k" * 40):  # guessable, or never sendable as sent
-        env = _env(tmp_path, services.PG_ADMIN_URL, redis_url, API_KEY=weak)
+        env = api_env(tmp_path, services.PG_ADMIN_URL, redis_url, API_KEY=weak)
         result = dox(["api", "serve", "--port", str(free_port())], env, tmp_path)
         assert result.returncode != 0 and "API_KEY must be" in result.stderr, result.stderr
         assert len(weak.strip()) < 2 or weak.strip() not in result.stderr  # never echoed
@@ -264,7 +194,7 @@ def test_unexpected_errors_are_generic_problems(tmp_path, redis_url):
 
     with TestClient(app, raise_server_exceptions=False) as client:
         answer = client.get("/boom")
-        body = _problem((answer.status_code, answer.headers["content-type"], answer.json()), 500)
+        body = problem((answer.status_code, answer.headers["content-type"], answer.json()), 500)
         assert "hunter2" not in answer.text and "db.internal" not in answer.text, body
         answer = client.post("/health")
-        _problem((answer.status_code, answer.headers["content-type"], answer.json()), 405)
+        problem((answer.status_code, answer.headers["content-type"], answer.json()), 405)
