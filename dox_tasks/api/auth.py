@@ -36,11 +36,13 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 @dataclass(frozen=True)
 class Caller:
-    """A verified caller: the user it acts as, its scopes, its key's prefix (None: API_KEY)."""
+    """A verified caller: the user it acts as, its scopes, its key's prefix (None: API_KEY)
+    and the name operator actions record as their actor (the key's name, else the user)."""
 
     user: str
     scopes: tuple[str, ...]
     prefix: str | None
+    name: str
 
     def allows(self, scope: str) -> bool:
         return apikeys.grants(self.scopes, scope)
@@ -98,7 +100,8 @@ class Authenticator:
     def __init__(self, settings: Settings, store: StateStore, usage: UsageCounter):
         self.store, self.usage, self.require = store, usage, settings.require_auth
         self._operator_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
-        self._operator = Caller(normalise_user(settings.api_key_user), apikeys.SCOPES, None)
+        operator = normalise_user(settings.api_key_user)
+        self._operator = Caller(operator, apikeys.SCOPES, None, operator)
 
     def _refuse(self, reason: str, prefix: str | None, detail: str) -> Problem:
         log.warning("API key refused: reason=%s prefix=%s", reason, prefix or "-")
@@ -116,7 +119,7 @@ class Authenticator:
         if isinstance(found, apikeys.KeyRefusal):
             raise self._refuse(found.reason, found.prefix, "the API key is not valid")
         self.usage.hit(found.prefix, db_now())
-        return Caller(found.user, found.scopes, found.prefix)
+        return Caller(found.user, found.scopes, found.prefix, found.name)
 
 
 def needs(scope: str) -> Callable[[Request], Caller]:
