@@ -169,6 +169,11 @@ class Settings(BaseSettings):
     api_docs: bool = Field(
         True, validation_alias=_env("DOX_API_DOCS"), description="off hides /api/v1/docs and the OpenAPI."
     )
+    api_url: str | None = Field(
+        None,
+        validation_alias=_env("DOX_API_URL"),
+        description="Where `dox health` finds the API (its /ready), e.g. http://api:5000; unset: unchecked.",
+    )
 
     @field_validator("allowed_types", mode="before")
     @classmethod
