@@ -34,6 +34,7 @@ def test_core_services_are_there():
         "beat-standby",
         "flower",
         "exporter",
+        "api",
         "prometheus",
         "grafana",
     } <= set(COMPOSE["services"])
@@ -96,6 +97,21 @@ def test_no_secret_on_any_command_line():
     redis = COMPOSE["services"]["redis"]
     assert redis["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
     assert "redis-cli ping" in json.dumps(redis["healthcheck"]["test"])
+
+
+def test_the_api_is_the_seeds_orchestrator_and_validation_service():
+    """The team sync probes DOX's own API under the seed's names, on the port it serves."""
+    from urllib.parse import urlsplit
+
+    api = COMPOSE["services"]["api"]
+    port = api["command"][api["command"].index("--port") + 1]
+    assert api["ports"] == [f"{port}:{port}"] and "/health" in json.dumps(api["healthcheck"]["test"])
+    assert "--host" in api["command"] and api["environment"]["API_KEY"] == "${API_KEY:-}"
+    assert "REQUIRE_AUTH" not in api["environment"]  # keys are required (the default)
+    teams = yaml.safe_load((ROOT / "workflow_defs" / "teams.yaml").read_text())
+    ours = {s["name"]: urlsplit(s["health_url"]) for s in teams["services"]}
+    for alias in api["networks"]["default"]["aliases"]:
+        assert (ours[alias].hostname, str(ours[alias].port), ours[alias].path) == (alias, port, "/health")
 
 
 def test_metrics_and_flower_listen_on_all_addresses_only_inside_compose():
@@ -216,7 +232,7 @@ def test_every_dox_command_in_compose_runs(service, command, pg_url, tmp_path):
     args = [
         c.replace("${WORKFLOW_CONCURRENCY:-10}", "2").replace("${SCAN_CONCURRENCY:-4}", "2") for c in command
     ]
-    if args[0] in ("worker", "beat", "flower") or args[:2] == ["metrics", "serve"]:
+    if args[0] in ("worker", "beat", "flower") or args[:2] in (["metrics", "serve"], ["api", "serve"]):
         args = [*args, "--help"]  # these run forever; check their arguments parse
     res = subprocess.run(
         [sys.executable, "-m", "dox_tasks.cli", *args],
