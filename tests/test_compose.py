@@ -254,3 +254,36 @@ def test_intake_has_a_worker_of_its_own_and_redis_knows_the_upstream_user():
         if isinstance(cmd, list) and cmd[:1] == ["worker"]:
             assert intake_mixing(set(cmd[cmd.index("-Q") + 1].split(","))) is None, name
     assert "DOX_UPSTREAM_REDIS_PASSWORD" in COMPOSE["services"]["redis"]["environment"]
+
+
+def _dockerfile_commands() -> list[str]:
+    """The Dockerfile's RUN commands, continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    return [line.split(None, 1)[1] for line in text.splitlines() if line.startswith("RUN ")]
+
+
+def test_every_volume_the_image_mounts_is_created_and_owned_by_its_user():
+    """A named volume new to Docker copies the owner of the image's folder at its mount point:
+    a folder the image lacks becomes root's, and the workers (uid 10001) cannot write it."""
+    text = (ROOT / "Dockerfile").read_text()
+    user = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")][-1]
+    made: set[str] = set()
+    owned: set[str] = set()
+    for command in _dockerfile_commands():
+        for part in command.split("&&"):
+            words = shlex.split(part)
+            if words[:2] == ["mkdir", "-p"]:
+                made.update(words[2:])
+            elif words[:1] == ["chown"]:
+                assert words[1].split(":")[0] == user, part
+                owned.update(words[2:])
+    targets = {
+        mount.split(":")[1]
+        for svc in COMPOSE["services"].values()
+        if svc.get("image") == "dox:latest"
+        for mount in svc.get("volumes", [])
+        if not mount.startswith((".", "/"))  # named volumes, not bind mounts
+    }
+    assert targets >= {"/data/store", "/data/state", "/data/inbox", "/backups"}, targets
+    assert targets <= made, sorted(targets - made)
+    assert targets <= owned, sorted(targets - owned)
