@@ -137,3 +137,18 @@ def test_the_worker_refuses_to_start_when_the_stream_is_a_queue(tmp_path):
     )
     assert done.returncode != 0
     assert "refused to start" in done.stderr and "the event stream ('dox:events')" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("url", ["mysql://dox:secret@db/dox", "not a url at all", "postgresql+asyncpg://x/y"])
+def test_an_unsupported_database_url_is_one_sentence_exit_2(url, tmp_path):
+    from services import clean_env, dox
+
+    result = dox(
+        ["status", "00000000-0000-0000-0000-000000000000"],
+        clean_env(tmp_path, DOX_DATABASE_URL=url),
+        tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "DOX_DATABASE_URL must be postgresql://" in result.stderr and "sqlite:///" in result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert "secret" not in result.stderr
