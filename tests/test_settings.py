@@ -152,3 +152,18 @@ def test_an_unsupported_database_url_is_one_sentence_exit_2(url, tmp_path):
     assert "DOX_DATABASE_URL must be postgresql://" in result.stderr and "sqlite:///" in result.stderr
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr
     assert "secret" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DOX_API_PORT", "hunter2"), ("REQUIRE_AUTH", "hunter2"), ("MAX_FILE_SIZE_MB", "hunter2")],
+)
+def test_a_setting_that_does_not_parse_is_one_line_exit_2(name, value, tmp_path):
+    """Settings are read when dox_tasks is imported: the CLI says which variable, never its value."""
+    from services import clean_env, dox
+
+    result = dox(["status", "x"], clean_env(tmp_path, **{name: value}), tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"dox: invalid setting: {name}: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert value not in result.stderr
