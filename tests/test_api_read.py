@@ -163,14 +163,14 @@ def test_list_pages_filters_and_scopes(api):
         return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
 
     for cursor in (
-        "garbage!",
+        "garbage",
         forged(["not a time", alice[0]]),
         forged([now.isoformat(), 7]),
         forged([now.replace(tzinfo=None).isoformat(), alice[0]]),
         forged([now.isoformat(), "\x00"]),
         forged({"a": 1}),
         forged(["9999-12-31T23:59:59-23:00", "x"]),
-        base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+        base64.urlsafe_b64encode(b"\xff\xfe").decode().rstrip("="),
     ):
         body = problem(server.get(f"/api/v1/workflows?cursor={cursor}", bearer(reader)), 400)
         assert "cursor" in body["detail"]

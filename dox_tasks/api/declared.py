@@ -26,7 +26,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 _WHY = {
-    400: "a parameter DOX cannot use (the detail names it)",
+    400: "a parameter DOX cannot use, or a body that is not JSON (the detail says which)",
     401: "no valid API key",
     403: "the key lacks the scope",
     404: "no such workflow, or not the key's user's",

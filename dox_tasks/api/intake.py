@@ -41,13 +41,13 @@ def get_intake(request: Request, caller: Caller = Depends(needs("operate"))) -> 
     return _answer(intake_state(request.app.state.runtime))
 
 
-@router.post("/intake/pause", responses=problems())
+@router.post("/intake/pause", responses=problems(400))
 def pause_intake(body: WithReason, request: Request, caller: Caller = Depends(needs("operate"))) -> Intake:
     """Stop new submissions (``dox intake pause``); a reason is required."""
     return _answer(set_paused(request.app.state.runtime, True, caller.name, body.reason))
 
 
-@router.post("/intake/resume", responses=problems())
+@router.post("/intake/resume", responses=problems(400))
 def resume_intake(
     request: Request,
     caller: Caller = Depends(needs("operate")),

@@ -58,7 +58,7 @@ def _checked(workflow_id: str) -> None:
 
 
 @router.post(
-    "/workflows/{workflow_id}/retry", tags=["operate"], status_code=202, responses=problems(404, 409)
+    "/workflows/{workflow_id}/retry", tags=["operate"], status_code=202, responses=problems(400, 404, 409)
 )
 def retry_workflow(
     workflow_id: str,
@@ -80,7 +80,7 @@ def retry_workflow(
     return Retried(**result)
 
 
-@router.post("/workflows/{workflow_id}/cancel", tags=["operate"], responses=problems(404, 409))
+@router.post("/workflows/{workflow_id}/cancel", tags=["operate"], responses=problems(400, 404, 409))
 def cancel_workflow(
     workflow_id: str, body: WithReason, request: Request, caller: Caller = Depends(needs("operate"))
 ) -> Cancelled:

@@ -96,7 +96,15 @@ def list_workflows(
         Query(max_length=64, description="created at or after: a duration back (30m, 24h, 7d) or ISO 8601"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="rows per page")] = 50,
-    cursor_: Annotated[str | None, Query(alias="cursor", max_length=cursor.MAX_LENGTH)] = None,
+    cursor_: Annotated[
+        str | None,
+        Query(
+            alias="cursor",
+            max_length=cursor.MAX_LENGTH,
+            pattern="^[A-Za-z0-9_-]+$",
+            description="a previous page's next_cursor, as given (anything else is 400)",
+        ),
+    ] = None,
 ) -> WorkflowList:
     """Workflows newest first, one page at a time. Scope ``read``: the key's user's own;
     ``read_all``: everyone's."""
