@@ -392,6 +392,12 @@ def _sync_services_health_and_intake(h: Any, server: Server) -> None:
     assert body["checked_at"] == _z(row["finished_at"])
     assert body["services"] == row["result"]["services"]
     assert body["services"]["ledger"]["status"] == "up" and body["services"]["gone"]["status"] == "down"
+    # A sync cancelled since checked nothing: the findings stay the last finished sync's.
+    cancelled = new_workflow(
+        store, sha=None, user="ops", rule_name="sync_team_coordination", schedule_slot="manual:x"
+    )
+    _set(store, cancelled, current_state="cancelled", finished_at=datetime.now(UTC))
+    assert server.get(health, bearer(watcher))[2] == body
     # The runbook's sync-completion check: the newest successful runs, then the sync's id.
     listed = server.get("/api/v1/workflows?status=success&limit=5", bearer(OPERATOR_KEY))[2]["workflows"]
     assert [i["workflow_id"] for i in listed if i["rule_name"] == "sync_team_coordination"] == [wid]

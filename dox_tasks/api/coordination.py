@@ -3,7 +3,8 @@
 
 A sync started here is a manual run, as ``dox sync run``: its own ``manual:<time>`` slot,
 so the 09:00 slot stays free, with the key's name as who started it. The services' health
-is the newest *ended* sync's record in ``workflow_states.result`` (per service: status,
+is the newest finished sync's record (``success``, or ``failed`` with every service
+``down``; a cancelled sync checked nothing) in ``workflow_states.result`` (per service: status,
 latency, cause), read through :func:`dox_tasks.db.queries.last_finished_run`.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
+from ..contract import WorkflowState
 from ..db import queries
 from ..db.store import aware
 from ..errors import SubmissionError
@@ -26,6 +28,8 @@ from .declared import problems
 from .problems import Problem
 
 log = logging.getLogger("dox.api")
+#: The endings of a sync that checked the services (a cancelled one found nothing).
+CHECKED = (WorkflowState.SUCCESS.value, WorkflowState.FAILED.value)
 router = APIRouter(prefix="/api/v1", tags=["operate"])
 
 
@@ -84,7 +88,7 @@ def _service(found: Any) -> ServiceHealth:
 @router.get("/services/health", responses=problems())
 def services_health(request: Request, caller: Caller = Depends(needs("read_all"))) -> ServicesHealth:
     """Each service's status, latency and cause as the last ended sync found them."""
-    run = queries.last_finished_run(request.app.state.runtime.state, SYNC_JOB)
+    run = queries.last_finished_run(request.app.state.runtime.state, SYNC_JOB, CHECKED)
     if run is None:
         return ServicesHealth(workflow_id=None, status=None, checked_at=None, services={})
     services = (run.get("result") or {}).get("services") or {}

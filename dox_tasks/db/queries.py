@@ -219,8 +219,11 @@ def newest_run(rule_name: str, states: Collection[str]) -> Select[Any]:
     )
 
 
-def last_finished_run(store: StateStore, rule_name: str) -> dict[str, Any] | None:
-    """The newest run of ``rule_name`` that ended (in any terminal state), or None."""
+def last_finished_run(
+    store: StateStore, rule_name: str, states: Collection[str] | None = None
+) -> dict[str, Any] | None:
+    """The newest run of ``rule_name`` that ended in one of ``states`` (default: any), or None."""
+    wanted = [s.value for s in TERMINAL_STATES] if states is None else list(states)
     with reading(store) as conn:
-        row = conn.execute(newest_run(rule_name, [s.value for s in TERMINAL_STATES])).mappings().first()
+        row = conn.execute(newest_run(rule_name, wanted)).mappings().first()
     return None if row is None else dict(row)
