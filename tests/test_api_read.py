@@ -80,11 +80,9 @@ def _pages(server: Server, query: str, key: str) -> tuple[list[dict[str, Any]], 
 
 @pytest.fixture
 def api(tmp_path: Path, pg_url: str, redis_url: str):  # type: ignore[no-untyped-def]
-    env = api_env(tmp_path, pg_url, redis_url)
-    upgraded = services.dox(["db", "upgrade"], env, tmp_path)
-    assert upgraded.returncode == 0, upgraded.stderr
-    server = Server(env, tmp_path, tmp_path / "api.log")
     store = open_store(pg_url)
+    store.migrate()  # in this process: `dox db upgrade` is what test_api runs
+    server = Server(api_env(tmp_path, pg_url, redis_url), tmp_path, tmp_path / "api.log")
     yield server, store
     store.close()
     assert "Traceback" not in server.stop()
@@ -430,3 +428,24 @@ def _sync_services_health_and_intake(h: Any, server: Server) -> None:
     assert code == 200 and resumed == {"paused": False, "since": None, "actor": None, "reason": None}
     [event] = _events(store, "intake.resumed")
     assert event["payload"]["actor"] == "night-ops" and event["payload"]["reason"] is None
+
+
+def test_list_workflows_pages_by_keyset_on_both_backends(store):
+    """The read model under the API and the CLI: a user filter, and pages that neither repeat
+    nor skip a row — ties on created_at included — on SQLite as on PostgreSQL."""
+    now = datetime.now(UTC)
+    ids = [new_workflow(store, user="alice" if i % 3 else "bob") for i in range(8)]
+    for i, wid in enumerate(ids):
+        _set(store, wid, created_at=now - timedelta(seconds=i // 2))  # pairs share a time
+    expected = sorted(ids, key=lambda w: (now - timedelta(seconds=ids.index(w) // 2), w), reverse=True)
+    seen: list[str] = []
+    after = None
+    while True:
+        page = queries.list_workflows(store, limit=3, after=after)
+        seen += [r["workflow_id"] for r in page]
+        if len(page) < 3:
+            break
+        after = queries.Position.of(page[-1])
+    assert seen == expected
+    bobs = queries.list_workflows(store, user="bob", limit=100)
+    assert [r["workflow_id"] for r in bobs] == [w for w in expected if ids.index(w) % 3 == 0]
