@@ -449,3 +449,13 @@ def test_list_workflows_pages_by_keyset_on_both_backends(store):
     assert seen == expected
     bobs = queries.list_workflows(store, user="bob", limit=100)
     assert [r["workflow_id"] for r in bobs] == [w for w in expected if ids.index(w) % 3 == 0]
+
+
+def test_a_stored_definition_that_no_longer_fits_is_a_refusal():
+    """A retry of a workflow whose snapshot an older DOX stored: a sentence (409 from the API,
+    exit 2 from the CLI), not an internal error (Schemathesis found the 500)."""
+    from dox_tasks.definitions.loader import Definition
+    from dox_tasks.errors import DefinitionError
+
+    with pytest.raises(DefinitionError, match="stored definition d: steps: required key is missing"):
+        Definition.from_snapshot({"name": "x", "trigger": {"type": "api_request"}}, "stored definition d")

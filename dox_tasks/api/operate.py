@@ -49,7 +49,7 @@ class Cancelled(BaseModel):
 def _refused(workflow_id: str, exc: Exception) -> Problem:
     if isinstance(exc, UnknownWorkflow):
         return Problem(404, "not-found", f"no workflow with id {workflow_id[:80]!r}")
-    return Problem(409, "conflict", str(exc))
+    return Problem(409, "conflict", "; ".join(str(exc).splitlines()))
 
 
 def _checked(workflow_id: str) -> None:
