@@ -26,12 +26,22 @@ def period(kind: str, now: datetime) -> tuple[datetime, datetime]:
     return end - timedelta(days=1 if kind == "daily" else 7), end
 
 
-def _pct(values: list[float], q: int) -> float | None:
+def percentile(values: list[float], q: int) -> float | None:
+    """The ``q``-th percentile (inclusive method), rounded to ms; None without values."""
     if not values:
         return None
     if len(values) == 1:
         return round(values[0], 3)
     return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 3)
+
+
+def wall_times(rows: list[dict[str, Any]]) -> list[float]:
+    """Created → finished, in seconds, of the rows that finished."""
+    return [
+        (aware(r["finished_at"]) - aware(r["created_at"])).total_seconds()
+        for r in rows
+        if r["finished_at"] is not None
+    ]
 
 
 def build(rt: Runtime, kind: str, now: datetime | None = None) -> dict[str, Any]:
@@ -41,15 +51,11 @@ def build(rt: Runtime, kind: str, now: datetime | None = None) -> dict[str, Any]
     states = Counter(r["current_state"] for r in rows)
     reasons_failed = Counter(r["reason"] for r in rows if r["current_state"] == "failed" and r["reason"])
     reasons_rejected = Counter(r["reason"] for r in rows if r["current_state"] == "rejected" and r["reason"])
-    durations = [
-        (aware(r["finished_at"]) - aware(r["created_at"])).total_seconds()
-        for r in rows
-        if r["finished_at"] is not None
-    ]
+    durations = wall_times(rows)
     scan_s = [ms / 1000 for ms in figures.scan_ms]
     judged = states["success"] + states["failed"]
     rate = round(states["success"] / judged, 4) if judged else None
-    p50, p95, scan95 = _pct(durations, 50), _pct(durations, 95), _pct(scan_s, 95)
+    p50, p95, scan95 = percentile(durations, 50), percentile(durations, 95), percentile(scan_s, 95)
     return {
         "report": kind,
         "from": start.isoformat(),

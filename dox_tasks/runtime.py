@@ -89,7 +89,7 @@ class Runtime:
                 body = self.state.load_definition(digest)
                 if body is None:
                     raise KeyError(f"no stored definition with hash {digest}")
-                self._snapshots[digest] = Definition.from_snapshot(body)
+                self._snapshots[digest] = Definition.from_snapshot(body, f"stored definition {digest[:12]}")
         return self._snapshots[digest]
 
     def after_fork(self) -> None:

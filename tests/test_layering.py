@@ -23,7 +23,20 @@ PACKAGE = ROOT / "dox_tasks"
 #: Bottom to top. A module belongs to the first layer with a matching entry: an entry is a
 #: module name or a package prefix ending in ".". A module may import its own layer or lower.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("contract", "settings", "errors", "logs", "identity", "invisible", "terminal", "regexcheck")),
+    (
+        "base",
+        (
+            "contract",
+            "settings",
+            "errors",
+            "logs",
+            "identity",
+            "invisible",
+            "terminal",
+            "regexcheck",
+            "timespec",
+        ),
+    ),
     (
         "services",
         (

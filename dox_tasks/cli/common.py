@@ -7,15 +7,15 @@ CLI has no import circle; :mod:`dox_tasks.cli` only registers what they define.
 from __future__ import annotations
 
 import os
-import re
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import click
 from rich.console import Console
 
 from .. import runtime as _runtime
+from .. import timespec
 from ..db.store import aware
 from ..errors import DoxError
 from ..terminal import safe
@@ -24,9 +24,6 @@ out = Console(emoji=False)  # ":cross_mark:" in a file name stays text
 err = Console(stderr=True, emoji=False)
 
 COLOURS = {"success": "green", "duplicate": "cyan", "rejected": "yellow", "failed": "red"}
-
-DURATION = re.compile(r"^(\d+)([smhd])$")
-UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 actor_option = click.option("--actor", default=None, help="who (default: the OS user)")
 reason_option = click.option("--reason", default=None, help="why (kept with the action)")
@@ -46,10 +43,18 @@ def iso(ts: Any) -> str | None:
 
 def parse_duration(text: str) -> timedelta:
     """``30m``, ``24h``, ``7d`` → a timedelta (a clear error for anything else)."""
-    m = DURATION.match(text.strip())
-    if not m:
-        raise click.BadParameter(f"{text!r}: use a number and a unit, e.g. 30m, 24h, 7d")
-    return timedelta(**{UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        return timespec.parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def parse_since(text: str) -> datetime:
+    """``--since``: a duration back from now, or an ISO 8601 time (as the API's ``?since=``)."""
+    try:
+        return timespec.parse_since(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def run_group(group: click.Group) -> None:

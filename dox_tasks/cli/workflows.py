@@ -17,7 +17,7 @@ from ..errors import DoxError
 from ..operator import RETRYABLE, cancel, retry, retryable_since
 from ..terminal import safe, styled
 from ..terminal import table as _table
-from .common import COLOURS, actor_option, iso, out, parse_duration, reason_option, runtime
+from .common import COLOURS, actor_option, iso, out, parse_duration, parse_since, reason_option, runtime
 
 
 def _row(r: dict[str, Any]) -> dict[str, Any]:
@@ -48,12 +48,12 @@ def workflows() -> None:
 @workflows.command("list")
 @click.option("--status", type=click.Choice([s.value for s in WorkflowState]), default=None)
 @click.option("--rule", default=None, help="definition name, e.g. process_document_upload")
-@click.option("--since", default="24h", show_default=True, help="e.g. 30m, 24h, 7d")
+@click.option("--since", default="24h", show_default=True, help="e.g. 30m, 24h, 7d, or 2026-12-07T09:00Z")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True, help="one object per line")
 def list_cmd(status: str | None, rule: str | None, since: str, limit: int, as_json: bool) -> None:
     """Newest first."""
-    cutoff = datetime.now(UTC) - parse_duration(since)
+    cutoff = parse_since(since)
     found = queries.list_workflows(runtime().state, status=status, rule=rule, since=cutoff, limit=limit)
     rows = [_row(r) for r in found]
     if as_json:

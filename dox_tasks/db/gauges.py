@@ -14,6 +14,7 @@ from sqlalchemy import Connection, func, select
 
 from ..contract import LIVE_STATES, Reason
 from .guard import reading
+from .queries import newest_run
 from .store import StateStore, aware
 from .tables import BK, WS
 from .tally import Cache, Totals
@@ -59,13 +60,8 @@ def _backups(conn: Connection) -> dict[str, float]:
 
 
 def _sync(conn: Connection, sync_rule: str) -> tuple[float, int]:
-    row = conn.execute(
-        select(WS.c.finished_at, WS.c.result)
-        .where(WS.c.rule_name == sync_rule, WS.c.current_state == "success")
-        .order_by(WS.c.finished_at.desc())
-        .limit(1)
-    ).first()
-    if row is None or row.finished_at is None:
+    row = conn.execute(newest_run(sync_rule, ["success"])).first()
+    if row is None:
         return 0.0, 0
     services: dict[str, Any] = (row.result or {}).get("services") or {}
     down = sum(1 for s in services.values() if isinstance(s, dict) and s.get("status") == "down")

@@ -82,6 +82,8 @@ class WorkflowStateRow(Base):
         Index("ix_workflow_states_state_created", "current_state", "created_at"),
         Index("ix_workflow_states_rule_name", "rule_name", "created_at"),
         Index("ix_workflow_states_sha256", "sha256", "current_state"),
+        #: The list's order and keyset (migration 0010).
+        Index("ix_workflow_states_created", "created_at", "workflow_id"),
     )
 
 

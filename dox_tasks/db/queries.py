@@ -12,21 +12,39 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import literal, select
+from sqlalchemy import Connection, Select, literal, select, tuple_
 
+from ..contract import TERMINAL_STATES
 from ..errors import UnknownWorkflow
 from .guard import reading
-from .store import StateStore
+from .store import StateStore, aware
 from .tables import EV, SR, WS
+from .tally import Totals, tally
 
 
 def ping(store: StateStore) -> None:
     """Raise :class:`~dox_tasks.errors.StateStoreUnavailable` unless the database answers."""
     with reading(store) as conn:
         conn.execute(select(literal(1)))
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a page of :func:`list_workflows` ended: its last row's creation time and id.
+
+    The list is ordered by (created_at, workflow_id), newest first, so the next page is
+    every row strictly before this pair — rows written meanwhile neither repeat nor
+    shift what is left (a keyset, not an offset)."""
+
+    created_at: datetime
+    workflow_id: str
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Position:
+        return cls(aware(row["created_at"]), row["workflow_id"])
 
 
 def list_workflows(
@@ -36,15 +54,22 @@ def list_workflows(
     rule: str | None = None,
     since: datetime | None = None,
     limit: int = 50,
+    user: str | None = None,
+    after: Position | None = None,
 ) -> list[dict[str, Any]]:
-    """Workflow rows, newest first: created at or after ``since``, in ``status``, of ``rule``."""
-    q = select(WS).order_by(WS.c.created_at.desc()).limit(limit)
+    """Workflow rows, newest first: created at or after ``since``, in ``status``, of ``rule``,
+    of ``user`` (normal form), and after ``after`` (the previous page's :class:`Position`)."""
+    q = select(WS).order_by(WS.c.created_at.desc(), WS.c.workflow_id.desc()).limit(limit)
     if since is not None:
         q = q.where(WS.c.created_at >= since)
     if status:
         q = q.where(WS.c.current_state == status)
     if rule:
         q = q.where(WS.c.rule_name == rule)
+    if user is not None:
+        q = q.where(WS.c.user_id == user)
+    if after is not None:
+        q = q.where(tuple_(WS.c.created_at, WS.c.workflow_id) < tuple_(after.created_at, after.workflow_id))
     with reading(store) as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
 
@@ -140,17 +165,65 @@ class ReportFigures:
     scan_ms: list[int]
 
 
-def report_figures(store: StateStore, start: datetime, end: datetime, rule_name: str) -> ReportFigures:
-    """Workflows of ``rule_name`` created in [start, end), and their scans' durations."""
-    in_period = (WS.c.created_at >= start, WS.c.created_at < end, WS.c.rule_name == rule_name)
+def report_figures(store: StateStore, start: datetime, end: datetime, rule_name: str | None) -> ReportFigures:
+    """Workflows of ``rule_name`` (None: every document rule, no scheduled job) created in
+    [start, end), and their scans' durations."""
     with reading(store) as conn:
-        rows = conn.execute(
-            select(WS.c.current_state, WS.c.reason, WS.c.created_at, WS.c.finished_at).where(*in_period)
-        ).mappings()
-        workflows = [dict(r) for r in rows]
-        scans = conn.execute(
-            select(SR.c.duration_ms)
-            .join(WS, WS.c.workflow_id == SR.c.workflow_id)
-            .where(*in_period, SR.c.step == "scan", SR.c.state == "success", SR.c.duration_ms.is_not(None))
-        ).scalars()
-        return ReportFigures(workflows, [int(ms) for ms in scans])
+        return _report_figures(conn, start, end, rule_name)
+
+
+def _report_figures(conn: Connection, start: datetime, end: datetime, rule_name: str | None) -> ReportFigures:
+    rule = WS.c.schedule_slot.is_(None) if rule_name is None else WS.c.rule_name == rule_name
+    in_period = (WS.c.created_at >= start, WS.c.created_at < end, rule)
+    rows = conn.execute(
+        select(WS.c.current_state, WS.c.reason, WS.c.created_at, WS.c.finished_at).where(*in_period)
+    ).mappings()
+    workflows = [dict(r) for r in rows]
+    scans = conn.execute(
+        select(SR.c.duration_ms)
+        .join(WS, WS.c.workflow_id == SR.c.workflow_id)
+        .where(*in_period, SR.c.step == "scan", SR.c.state == "success", SR.c.duration_ms.is_not(None))
+    ).scalars()
+    return ReportFigures(workflows, [int(ms) for ms in scans])
+
+
+@dataclass(frozen=True)
+class RecentFigures:
+    """What ``GET /api/v1/metrics`` is computed from, read in one snapshot."""
+
+    #: Counter series (:mod:`.tally`) of the runs that ended in the short window.
+    ended: Totals
+    #: Document workflows created in the long window, and their scans' durations.
+    figures: ReportFigures
+
+
+def recent_figures(store: StateStore, now: datetime, short: timedelta, long: timedelta) -> RecentFigures:
+    """The runs that ended in the last ``short`` (the exporter's counters, windowed) and the
+    document workflows created in the last ``long`` (what :mod:`dox_tasks.report` reads)."""
+    with reading(store, snapshot=True) as conn:
+        return RecentFigures(tally(conn, since=now - short), _report_figures(conn, now - long, now, None))
+
+
+def newest_run(rule_name: str, states: Collection[str]) -> Select[Any]:
+    """The newest ended run of a scheduled job in one of ``states`` (the exporter's last
+    successful sync, the API's last sync): a statement, run inside the caller's transaction."""
+    return (
+        select(WS)
+        .where(
+            WS.c.rule_name == rule_name,
+            WS.c.current_state.in_(list(states)),
+            WS.c.finished_at.is_not(None),
+        )
+        .order_by(WS.c.finished_at.desc())
+        .limit(1)
+    )
+
+
+def last_finished_run(
+    store: StateStore, rule_name: str, states: Collection[str] | None = None
+) -> dict[str, Any] | None:
+    """The newest run of ``rule_name`` that ended in one of ``states`` (default: any), or None."""
+    wanted = [s.value for s in TERMINAL_STATES] if states is None else list(states)
+    with reading(store) as conn:
+        row = conn.execute(newest_run(rule_name, wanted)).mappings().first()
+    return None if row is None else dict(row)

@@ -67,7 +67,14 @@ class Definition:
 
     @classmethod
     def from_snapshot(cls, body: dict[str, Any], source: str = "<snapshot>") -> Definition:
-        return cls(DefinitionModel.model_validate(body), source)
+        """A stored snapshot; one that no longer fits the schema (stored by an older DOX) is a
+        :class:`DefinitionError` naming each problem, so a retry is refused with a sentence."""
+        try:
+            return cls(DefinitionModel.model_validate(body), source)
+        except ValidationError as exc:
+            raise DefinitionError(
+                [f"{source}: {'.'.join(map(str, e['loc'])) or '(top)'}: {_explain(e)}" for e in exc.errors()]
+            ) from None
 
 
 def next_step_name(model: DefinitionModel, step: Step) -> str | None:

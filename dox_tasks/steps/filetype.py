@@ -34,6 +34,19 @@ EXTENSIONS: dict[str, str] = {
     ".txt": "text",
 }
 
+#: The media type a detected type is served as (``GET /api/v1/workflows/{id}/document``).
+MEDIA_TYPES: dict[str, str] = {
+    "pdf": "application/pdf",
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "gif": "image/gif",
+    "tiff": "image/tiff",
+    "zip": "application/zip",
+    "gzip": "application/gzip",
+    "text": "text/plain",
+}
+UNKNOWN_MEDIA_TYPE = "application/octet-stream"
+
 
 def sniff(head: bytes) -> str:
     """The type of a document from its first bytes (``unknown`` if none matches)."""
