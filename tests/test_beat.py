@@ -136,6 +136,7 @@ def test_redis_flush_and_beat_restart_fire_nothing_twice_and_nothing_out_of_poli
     # done_once already ran for its latest slot (say, before an earlier outage).
     done_slot = two_hours_ago.replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
     from dox_tasks import runtime
+    from dox_tasks.db import records
     from dox_tasks.jobs.launch import start_run
     from dox_tasks.settings import Settings
 
@@ -151,6 +152,8 @@ def test_redis_flush_and_beat_restart_fire_nothing_twice_and_nothing_out_of_poli
         )
     )
     assert start_run(rt, "done_once", done_slot).created
+    # Not a fresh install: a Beat ran here before these slots (so missed ones are caught up).
+    records.record_beat_start(rt.state, "an earlier beat", datetime.now(UTC) - timedelta(hours=3))
     runtime.configure(Settings())
 
     first = spawn_dox(["beat"], env, tmp_path / "beat1.log")
@@ -175,6 +178,34 @@ def test_redis_flush_and_beat_restart_fire_nothing_twice_and_nothing_out_of_poli
     log2 = (tmp_path / "beat2.log").read_text().splitlines()
     assert not [line for line in log2 if "missed_once" in line and "started" in line]
     assert [line for line in log2 if "missed_skip" in line and "past its deadline" in line]
+
+
+def test_the_first_beat_ever_started_fires_nothing_as_catch_up(tmp_path, pg_url, private_redis):
+    """A fresh install: jobs whose latest slot passed before Beat first started wait for
+    their next slot (README: "runs once on restart" is about every later restart)."""
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    daily = f"{hour_ago.minute} {hour_ago.hour} * * *"
+    defs = write_defs(
+        tmp_path / "defs", {"missed_once": (daily, "once"), "every_10s": ("* * * * * */10", "skip")}
+    )
+    env = beat_env(tmp_path, pg_url, private_redis.url, defs, DOX_BEAT_LOCK_TTL="3")
+    migrate(env, tmp_path)
+    for n, log in enumerate(("beat1.log", "beat2.log")):  # the first start, then a restart
+        beat = spawn_dox(["beat"], env, tmp_path / log)
+        logged = tmp_path / log
+
+        def seen(n: int = n, logged: Path = logged) -> bool:  # the on-time run and the refusal
+            told = logged.exists() and "job missed_once slot" in logged.read_text()
+            return told and sum(r == "every_10s" for r, _ in runs(pg_url)) > n
+
+        try:
+            wait_for(seen, 25, "an on-time run and the missed job's log line")
+        finally:
+            kill_group(beat)
+    assert "missed_once" not in {name for name, _ in runs(pg_url)}
+    for log in ("beat1.log", "beat2.log"):
+        text = (tmp_path / log).read_text()
+        assert "missed_once" in text and "before the first Beat start" in text and "no catch-up" in text
 
 
 def test_a_second_run_for_the_same_slot_is_refused_whatever_sent_it(stack, harness_factory):
@@ -218,5 +249,10 @@ def test_dox_schedule_lists_every_job_with_its_next_run(tmp_path, stack, harness
     assert sync["next_run"].endswith("T09:00:00Z") and sync["last_run"] is None
     assert jobs["backup_database"]["last_run"]["slot"] == "2026-11-22T02:00:00Z"
     assert jobs["backup_database"]["last_run"]["status"] == "queued"
-    table = dox(["schedule"], server_env(tmp_path, stack, COLUMNS="200"), tmp_path)
+    ran_at = jobs["backup_database"]["last_run"]["started_at"]
+    table = dox(["schedule"], server_env(tmp_path, stack, COLUMNS="250"), tmp_path)
     assert table.returncode == 0 and "reap_stuck_workflows" in table.stdout
+    # The slot a run belongs to and when it actually ran are both shown; no Python None.
+    line = next(x for x in table.stdout.splitlines() if "backup_database" in x)
+    assert "2026-11-22T02:00:00Z" in line and ran_at in line, table.stdout
+    assert "ran at" in table.stdout and "None" not in table.stdout

@@ -94,3 +94,16 @@ def test_shipped_schedule_has_the_default_jobs():
     assert set(jobs) == set(expected)
     for name, (cron, policy) in expected.items():
         assert (jobs[name].cron, jobs[name].catch_up.value, jobs[name].timezone) == (cron, policy, "UTC")
+
+
+def test_no_catch_up_for_slots_before_the_first_beat_start():
+    job = Job("sync", "0 9 * * *", catch_up=CatchUp.ONCE)
+    nine = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    first = nine + timedelta(hours=1)  # the install's first Beat started at 10:00
+    late = decide(job, first + timedelta(minutes=5), recorded=False, first_start=first)
+    assert not late.fire and "before the first Beat start (2026-11-23T10:00:00Z)" in late.why
+    # On time is not catch-up: a first start within the grace still runs its slot.
+    assert decide(job, nine + timedelta(seconds=30), False, first_start=nine + timedelta(seconds=20)).fire
+    # The next day's slot is after the first start: caught up once after an outage.
+    next_day = decide(job, nine + timedelta(days=1, hours=3), recorded=False, first_start=first)
+    assert next_day.fire and next_day.why.startswith("catch-up")

@@ -24,7 +24,8 @@ from .common import actor_option, iso, out, reason_option, runtime
 @click.command("schedule")
 @click.option("--json", "as_json", is_flag=True, help="one object per job")
 def schedule_cmd(as_json: bool) -> None:
-    """List the scheduled jobs: cron, timezone, catch-up policy, last and next run."""
+    """List the scheduled jobs: cron, timezone, catch-up policy, the last run's slot and when it
+    ran, and the next run."""
     import beat_schedule
 
     rt = runtime()
@@ -63,12 +64,15 @@ def schedule_cmd(as_json: bool) -> None:
             r["timezone"],
             r["catch_up"],
             (r["last_run"] or {}).get("slot") or "never",
-            (r["last_run"] or {}).get("status"),
+            (r["last_run"] or {}).get("started_at") or "–",
+            (r["last_run"] or {}).get("status") or "–",
             r["next_run"],
         ]
         for r in rows
     ]
-    out.print(table(("job", "cron", "tz", "catch-up", "last run", "status", "next run"), cells))
+    # A run's slot (the cron time it belongs to) and when it actually started can differ:
+    # a catch-up after an outage, a manual run. Both are shown.
+    out.print(table(("job", "cron", "tz", "catch-up", "last slot", "ran at", "status", "next run"), cells))
 
 
 @click.command(

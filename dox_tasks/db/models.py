@@ -178,3 +178,15 @@ class ApiKeyRow(Base):
     last_used: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     usage_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     replaced_by: Mapped[str | None] = mapped_column(String(32))
+
+
+class BeatStartRow(Base):
+    """Each start of a Beat process (migration 0011). The first one is when this database's
+    schedule began: slots before it are never run as catch-up (a fresh install does not
+    fire every job at once)."""
+
+    __tablename__ = "beat_starts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    host: Mapped[str] = mapped_column(String(200))

@@ -14,8 +14,8 @@ from sqlalchemy import func, insert, select, update
 
 from ..contract import LIVE_STATES
 from .guard import reading
-from .store import StateStore, now
-from .tables import BK, EV, SR, WS, insert_ignore
+from .store import StateStore, aware, now
+from .tables import BK, BS, EV, SR, WS, insert_ignore
 
 
 def live_workflows(state: StateStore, older_than: datetime, limit: int = 1000) -> list[dict[str, Any]]:
@@ -128,3 +128,12 @@ def backup_by_path(state: StateStore, path: str) -> dict[str, Any] | None:
     with reading(state) as conn:
         row = conn.execute(select(BK).where(BK.c.path == path)).mappings().first()
     return dict(row) if row else None
+
+
+def record_beat_start(state: StateStore, host: str, at: datetime | None = None) -> datetime:
+    """Record that a Beat process started; returns the first start this database has seen
+    (this one, on a fresh install)."""
+    with state.tx() as conn:
+        conn.execute(insert(BS).values(started_at=at or now(), host=host[:200]))
+        first = conn.execute(select(func.min(BS.c.started_at))).scalar_one()
+    return aware(first)

@@ -17,6 +17,7 @@ from .models import (
     ApiKeyRow,
     BackupRow,
     Base,
+    BeatStartRow,
     MetricTotal,
     WorkflowDefinition,
     WorkflowEvent,
@@ -31,6 +32,7 @@ WD = cast(Table, WorkflowDefinition.__table__)
 BK = cast(Table, BackupRow.__table__)
 MT = cast(Table, MetricTotal.__table__)
 AK = cast(Table, ApiKeyRow.__table__)
+BS = cast(Table, BeatStartRow.__table__)
 
 #: Every DOX table's name, in declaration order: what a backup counts and dumps,
 #: what maintenance vacuums, what the layering test looks for in strings.

@@ -31,6 +31,7 @@ from celery.beat import Scheduler
 from redis.exceptions import LockError, RedisError
 
 from .. import runtime
+from ..db import records
 from ..errors import DoxError
 from .launch import start_run
 from .slots import Job, decide, slot_key
@@ -97,6 +98,8 @@ class DoxScheduler(Scheduler):
             client, f"{self.rt.settings.namespace}:beat:lock", self.rt.settings.beat_lock_ttl_s
         )
         self._recorded: dict[str, str] = {}  # job -> its latest slot known to have a run
+        #: When the first Beat started against this database (slots before: no catch-up).
+        self.first_start = records.record_beat_start(self.rt.state, self.lock.identity, self.clock())
         super().__init__(app, *args, **kwargs)
         log.info("beat schedules %d job(s): %s", len(self.jobs), ", ".join(sorted(self.jobs)) or "none")
 
@@ -119,7 +122,7 @@ class DoxScheduler(Scheduler):
         if self._recorded.get(job.name) == slot:
             return
         recorded = self.rt.state.run_for_slot(job.name, slot) is not None
-        decision = decide(job, now, recorded, self.rt.settings.beat_grace_s)
+        decision = decide(job, now, recorded, self.rt.settings.beat_grace_s, self.first_start)
         if decision.fire:
             launch = start_run(self.rt, job.name, decision.slot)
             if launch.created:

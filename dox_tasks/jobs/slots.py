@@ -6,7 +6,8 @@ tick: "is the latest slot at or before now due?" The answer depends only on
 the job's policy, the time and whether Postgres has a run for that slot — never
 on what Beat remembers, because Redis (where Beat's memory would live) may be
 flushed. Only the latest slot is ever considered, so a Beat that was down for a
-week runs a ``once`` job once, not seven times.
+week runs a ``once`` job once, not seven times; and only slots after the first Beat
+start this database has recorded are caught up, so a fresh install fires nothing late.
 """
 
 from __future__ import annotations
@@ -84,15 +85,29 @@ class Decision:
     why: str
 
 
-def decide(job: Job, now: datetime, recorded: bool, grace_s: int = DEFAULT_GRACE_S) -> Decision:
-    """Whether Beat should start ``job``'s latest slot now, and why (for the log)."""
+def decide(
+    job: Job,
+    now: datetime,
+    recorded: bool,
+    grace_s: int = DEFAULT_GRACE_S,
+    first_start: datetime | None = None,
+) -> Decision:
+    """Whether Beat should start ``job``'s latest slot now, and why (for the log).
+
+    ``first_start`` is when the first Beat ever started against this database: a slot
+    before it is run only on time, never as catch-up, so a fresh install does not fire
+    every ``catch_up: once`` job the moment it starts."""
     slot = job.latest_slot(now)
     key = slot_key(slot)
     if recorded:
         return Decision(job.name, key, False, "already recorded")
     late = (now - slot).total_seconds()
+    on_time = late <= grace_s
+    if not on_time and first_start is not None and slot < first_start:
+        since = slot_key(first_start)
+        return Decision(job.name, key, False, f"before the first Beat start ({since}): no catch-up")
     if now <= job.deadline(slot, grace_s):
-        why = "on time" if late <= grace_s else f"catch-up ({late:.0f}s late, policy {job.catch_up})"
+        why = "on time" if on_time else f"catch-up ({late:.0f}s late, policy {job.catch_up})"
         return Decision(job.name, key, True, why)
     return Decision(
         job.name, key, False, f"missed by {late:.0f}s: past its deadline (catch_up: {job.catch_up})"
