@@ -14,7 +14,11 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import os
+import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from contextlib import closing
@@ -25,11 +29,12 @@ import pytest
 from apiserver import OPERATOR_KEY, Server, api_env, bearer, problem
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
-from services import dox, free_port, http_get, kill_group, spawn_dox
+from services import dox, free_port, http_get, kill_group, spawn_dox, unavailable
 
 from dox_tasks import apikeys
+from dox_tasks.api.edge import MAX_HEADER_BYTES
 from dox_tasks.db.store import open_store
-from dox_tasks.settings import load
+from dox_tasks.settings import Settings, load
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -278,3 +283,63 @@ def test_settings_normalise_origins_and_proxies(monkeypatch):
         64,
         20,
     )
+
+
+# ---- deploy/nginx.conf ---------------------------------------------------------------------
+
+NGINX_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
+
+
+def block(text: str, opening: str) -> str:
+    """The body of the (unnested) block that starts with ``opening {``."""
+    found = re.search(re.escape(opening) + r"\s*\{(.*?)\}", text, re.S)
+    assert found, f"no block {opening!r} in {NGINX_CONF}"
+    return found.group(1)
+
+
+def size(value: str) -> int:
+    units = {"k": 1024, "m": 1024 * 1024}
+    return int(value[:-1]) * units[value[-1].lower()] if value[-1].lower() in units else int(value)
+
+
+def test_nginx_conf_matches_the_settings(tmp_path):
+    text = NGINX_CONF.read_text()
+    defaults = Settings.model_fields
+    max_file = int(defaults["max_file_size_mb"].default * 1024 * 1024)
+    # Room for the multipart envelope, never less than a file DOX accepts.
+    (body,) = re.findall(r"client_max_body_size (\S+);", text)
+    assert size(body) == max_file + 1024 * 1024
+    (line,) = re.findall(r"large_client_header_buffers \d+ (\S+);", text)
+    assert size(line) == MAX_HEADER_BYTES
+    assert f"server 127.0.0.1:{defaults['api_port'].default};" in block(text, "upstream dox_api")
+    assert "proxy_request_buffering off;" in block(text, "location /")
+    assert "proxy_buffering off;" in block(text, "location = /api/v1/events")
+    assert "proxy_buffering off;" not in block(text, "location /")  # only SSE skips the buffer
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in text
+    tls = text[text.index("listen 443 ssl") :]
+    assert "ssl_certificate " in tls and "ssl_certificate_key " in tls and "return 301 https://" in text
+
+    nginx = os.environ.get("DOX_TEST_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        unavailable("nginx", "not installed (apt-get install nginx; .ci/run does)")
+    key, cert = tmp_path / "tls.key", tmp_path / "tls.crt"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=dox-test"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    local = (
+        text.replace("/etc/ssl/certs/dox-platform.crt", str(cert))
+        .replace("/etc/ssl/private/dox-platform.key", str(key))
+        .replace("/var/log/nginx/", f"{tmp_path}/")
+    )
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(local)
+    args = [nginx, "-t", "-c", str(conf), "-p", str(tmp_path), "-g", f"pid {tmp_path}/nginx.pid;"]
+    checked = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0 and "test is successful" in checked.stderr, checked.stderr
+    # And nginx -t does reject a broken file (the check is not a formality).
+    conf.write_text(local.replace("proxy_request_buffering off;", "proxy_request_buffering sometimes;"))
+    assert subprocess.run(args, capture_output=True, timeout=30).returncode != 0
