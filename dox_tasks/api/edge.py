@@ -6,8 +6,9 @@ upload stays a stream. Outermost first:
 
 1. :class:`HeaderLimit` — request headers over :data:`MAX_HEADER_BYTES` in all are 431.
    uvicorn's httptools protocol sets no limit of its own (an 8 MB header was accepted), so
-   this is DOX's; it runs after the server has read the headers (see OPERATIONS §9.2 for
-   what bounds them before that: nginx's ``large_client_header_buffers``).
+   this is DOX's. It runs once the server has read the headers; what bounds the reading
+   itself is :mod:`dox_tasks.api.protocol` (64 KiB) and, in front, nginx's
+   ``large_client_header_buffers`` (OPERATIONS §9.2).
 2. uvicorn's ``ProxyHeadersMiddleware`` — only when the peer is one of
    ``DOX_TRUSTED_PROXIES`` is ``X-Forwarded-For`` believed: the right-most address that is
    not a trusted proxy becomes the client address the logs and the per-address limit use.
