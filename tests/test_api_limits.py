@@ -144,6 +144,8 @@ def test_refused_keys_are_logged_counted_and_throttle_their_address(tmp_path, pg
             code, head, body = call(server, "GET", path, {**attacker, **bearer(key)})
             as_problem((code, head, body), 429)
             assert 1 <= int(head["retry-after"]) <= 60, head
+        # Junk where an address belongs reaches the log escaped, as one word.
+        as_problem(call(server, "GET", path, {"X-Forwarded-For": "evil\xad now", **bearer("junk")}), 401)
         # Another address behind the same proxy is served.
         assert call(server, "GET", path, {"X-Forwarded-For": "203.0.113.8", **bearer(reader)})[0] == 404
 
@@ -170,10 +172,11 @@ def test_refused_keys_are_logged_counted_and_throttle_their_address(tmp_path, pg
         log = server.stop()
 
     assert counted["unknown"] == 1 and counted["wrong_secret"] == 1 and counted["missing"] == 1, counted
-    assert counted["malformed"] == 17 and counted["scope"] == 1 and counted["revoked"] == 0, counted
+    assert counted["malformed"] == 18 and counted["scope"] == 1 and counted["revoked"] == 0, counted
     auth_log = (logs / "auth.log").read_text()
     failed = [line for line in auth_log.splitlines() if "authentication failed" in line]
-    assert len(failed) == 20, auth_log
+    assert len(failed) == 21, auth_log
+    assert "client=?evil\\u00ad\\x20now" in auth_log and "\xad" not in auth_log + log
     assert f"reason=unknown prefix={'0' * 12} client=203.0.113.7" in failed[0]
     assert f"reason=wrong_secret prefix={prefix} client=203.0.113.7" in failed[1]
     assert "reason=missing prefix=- client=203.0.113.7" in failed[2]

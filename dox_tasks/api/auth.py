@@ -15,7 +15,6 @@ background task, so a request costs no database write.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import threading
 from collections.abc import Callable
@@ -104,13 +103,9 @@ def presented_key(request: Request) -> str | None:
 
 def client_address(request: Request) -> str:
     """The client's address as the logs and the per-address limit name it: the peer, or the
-    address ``X-Forwarded-For`` names when the peer is a trusted proxy. Anything that is not
-    an IP address (a forged header's junk) is escaped and cut short."""
-    host = request.client.host if request.client else ""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return "?" + (host[:64].encode("ascii", "backslashreplace").decode().replace(" ", "\\x20") or "-")
+    address ``X-Forwarded-For`` names when the peer is a trusted proxy (already made an IP
+    address or escaped text by :class:`~dox_tasks.api.edge.ClientAddress`)."""
+    return request.client.host if request.client and request.client.host else "-"
 
 
 def _too_many(refusal: Refusal, detail: str) -> Problem:

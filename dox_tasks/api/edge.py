@@ -15,6 +15,9 @@ upload stays a stream. Outermost first:
    It is installed here, in the app, rather than through uvicorn's ``proxy_headers`` so the
    one setting decides it however the app is served (and uvicorn's own default, trusting
    127.0.0.1 or ``FORWARDED_ALLOW_IPS``, never applies).
+   :class:`ClientAddress` then makes sure that address is an IP address or escaped text
+   (a proxy passes on whatever a client wrote to the left of its own entry), so no log —
+   uvicorn's access log included — prints a control or invisible character from it.
 3. CORS (Starlette's middleware) — only when ``DOX_API_CORS_ORIGINS`` lists origins;
    explicit origins, no credentials (keys travel in headers, never cookies).
 4. :class:`ConcurrencyLimit` — at most ``DOX_API_MAX_CONCURRENT`` requests at once in this
@@ -23,6 +26,8 @@ upload stays a stream. Outermost first:
 
 from __future__ import annotations
 
+import ipaddress
+
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
@@ -30,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ..settings import Settings
+from ..terminal import safe
 from .problems import response
 
 #: Request headers in all (each counted as ``name: value\r\n``).
@@ -46,6 +52,30 @@ CORS_HEADERS = (
     "Content-Type",
 )
 CORS_EXPOSED = ("Location", "Retry-After", "ETag", "WWW-Authenticate")
+
+
+def address_text(host: str) -> str:
+    """``host`` if it is an IP address; else ``?`` and the text escaped, as one word of at
+    most 64 characters (the log lines say ``client=<address>``)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return "?" + (safe(host[:64], markup=False).replace(" ", "\\x20") or "-")
+
+
+class ClientAddress:
+    """The client address in ``scope["client"]`` as :func:`address_text` writes it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client:
+            text = address_text(client[0])
+            if text != client[0]:
+                scope["client"] = (text, client[1])
+        await self.app(scope, receive, send)
 
 
 def header_bytes(scope: Scope) -> int:
@@ -125,6 +155,7 @@ class Edge:
                 allow_credentials=False,
                 max_age=600,
             )
+        app = ClientAddress(app)
         if settings.trusted_proxies:
             app = ProxyHeadersMiddleware(app, trusted_hosts=settings.trusted_proxies)  # type: ignore[arg-type,assignment]
         self.app = HeaderLimit(app)
