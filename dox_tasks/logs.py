@@ -46,6 +46,14 @@ class StepFields(logging.Filter):
         return True
 
 
+def basic(level: int = logging.WARNING) -> None:
+    """The command line's stderr logging (a no-op when the root logger already has handlers).
+    Also called by the API app in each ``--workers`` process: uvicorn starts those afresh, so
+    the parent's configuration is not there, and a logger with a handler of its own (the
+    ``auth.log`` file) would otherwise write nowhere else."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s")
+
+
 def wants_json(stream: object = None) -> bool:
     choice = os.environ.get("DOX_LOG_FORMAT", "").lower()
     if choice in ("json", "text"):

@@ -110,7 +110,8 @@ def scrape(env: dict[str, str], tmp_path: Path) -> dict[str, float]:
 
 
 def test_refused_keys_are_logged_counted_and_throttle_their_address(tmp_path, pg_url, redis_url):
-    """Behind a trusted proxy (127.0.0.1 here) each X-Forwarded-For address is a client."""
+    """Two server processes share the counts and auth.log. Behind a trusted proxy (127.0.0.1
+    here) each X-Forwarded-For address is a client."""
     logs = tmp_path / "logs"
     env = migrated(
         tmp_path,
@@ -126,7 +127,7 @@ def test_refused_keys_are_logged_counted_and_throttle_their_address(tmp_path, pg
     store.close()
     prefix, secret = reader.split("_")[1], reader.split("_", 2)[2]
     unknown = f"dox_{'0' * 12}_{secret}"
-    server = Server(env, tmp_path, tmp_path / "api.log")
+    server = Server(env, tmp_path, tmp_path / "api.log", ["--workers", "2"])  # both append auth.log
     try:
         attacker = {"X-Forwarded-For": "198.51.100.9, 203.0.113.7"}  # the left one is the client's claim
         path = "/api/v1/workflows/no-such-id"

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from ..apilimits import ApiLimits
 from ..errors import ConfigError
-from ..logs import log_to_file
+from ..logs import basic, log_to_file
 from ..runtime import Runtime
 from ..settings import Settings, is_loopback, load
 from . import probes, problems, workflows
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     per_min = settings.api_rate_per_min, settings.api_auth_failures_per_min
     limits = ApiLimits(rt.redis, settings.namespace, *per_min)
     app.state.authenticate = Authenticator(settings, rt.state, usage, limits)
+    basic()
     if settings.log_dir:
         log_to_file(security, settings.log_dir / "auth.log")
     problems.install(app)
