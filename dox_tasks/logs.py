@@ -95,7 +95,8 @@ class AppendLines(logging.Handler):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, mode)
-        utc = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+        line = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+        utc = logging.Formatter(line, "%Y-%m-%dT%H:%M:%SZ")
         utc.converter = time.gmtime
         self.setFormatter(utc)
 

@@ -2,11 +2,12 @@
 
 Refused keys: the ``authentication failed`` line (reason, prefix, client address, never the
 secret) on stderr and in ``$DOX_LOG_DIR/auth.log``, ``dox_api_auth_failures_total`` scraped
-from ``dox metrics serve``, 429 for an address after 20 refusals in a minute. The per-key
-rate across ``--workers 2`` (429 with ``Retry-After``, served again after the refill); 431
-for huge headers; 503 when the concurrency limit is full (requests held open by a database
-that never answers), ``/health`` still served; CORS for a listed origin only;
-``X-Forwarded-For`` believed from a trusted proxy only.
+from ``dox metrics serve``, 429 for an address after 20 refusals in a minute; the per-key
+rate (429 with ``Retry-After``, served again after the refill) — each shared by several
+server processes. 431 for huge headers; 503 when the concurrency limit is full (requests
+held open by a database that never answers), ``/health`` still served; CORS for a listed
+origin only; ``X-Forwarded-For`` believed from a trusted proxy only. deploy/nginx.conf
+against the settings, and ``nginx -t``.
 """
 
 from __future__ import annotations
@@ -46,16 +47,19 @@ Reply = tuple[int, dict[str, str], Any]
 
 def call(server: Server, method: str, path: str, headers: dict[str, str] | None = None) -> Reply:
     """(status, headers lower-cased, body) — the status line and every header, for any status."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
+    with closing(http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)) as conn:
         conn.request(method, path, headers=headers or {})
         r = conn.getresponse()
         raw = r.read()
         head = {k.lower(): v for k, v in r.getheaders()}
-        body = json.loads(raw) if "json" in head.get("content-type", "") else raw
-        return r.status, head, body
-    finally:
-        conn.close()
+        return r.status, head, json.loads(raw) if "json" in head.get("content-type", "") else raw
+
+
+def pid_of(line: str) -> int:
+    """The process that wrote an ``auth.log`` line."""
+    found = re.search(r"dox\.api\.security\[(\d+)\]", line)
+    assert found, line
+    return int(found.group(1))
 
 
 def huge_head(server: Server, size: int) -> bytes:
@@ -109,10 +113,13 @@ def scrape(env: dict[str, str], tmp_path: Path) -> dict[str, float]:
     return found
 
 
-def test_refused_keys_are_logged_counted_and_throttle_their_address(tmp_path, pg_url, redis_url):
-    """Two server processes share the counts and auth.log. Behind a trusted proxy (127.0.0.1
-    here) each X-Forwarded-For address is a client."""
-    logs = tmp_path / "logs"
+def test_refusals_and_rates_hold_across_server_processes(tmp_path, pg_url, redis_url):
+    """Two servers on one Redis and one auth.log, as two hosts behind a proxy would be; the
+    first with ``--workers 2``. Requests alternate between them, so every count below is
+    shared by at least two processes (which worker of the first accepts a connection is the
+    kernel's choice: 100 connections in a row once went to one). Behind a trusted proxy
+    (127.0.0.1 here) each X-Forwarded-For address is a client."""
+    logs, rate = tmp_path / "logs", 30
     env = migrated(
         tmp_path,
         pg_url,
@@ -120,126 +127,101 @@ def test_refused_keys_are_logged_counted_and_throttle_their_address(tmp_path, pg
         DOX_LOG_DIR=str(logs),
         DOX_TRUSTED_PROXIES="127.0.0.1",
         DOX_API_CORS_ORIGINS=ORIGIN,
+        DOX_API_RATE_PER_MIN=str(rate),
     )
     store = open_store(pg_url)
-    reader = apikeys.create(store, "reader", "alice", "read").key
+    reader, rated = (apikeys.create(store, name, "alice", "read").key for name in ("reader", "rated"))
     submitter = apikeys.create(store, "submitter", "alice", "submit").key
     store.close()
     prefix, secret = reader.split("_")[1], reader.split("_", 2)[2]
     unknown = f"dox_{'0' * 12}_{secret}"
-    server = Server(env, tmp_path, tmp_path / "api.log", ["--workers", "2"])  # both append auth.log
+    path = "/api/v1/workflows/no-such-id"
+    servers = [Server(env, tmp_path, tmp_path / "api1.log", ["--workers", "2"])]
     try:
+        servers.append(Server(env, tmp_path, tmp_path / "api2.log"))
+
+        def attempt(n: int, headers: dict[str, str]) -> Reply:
+            return call(servers[n % 2], "GET", path, headers)
+
         attacker = {"X-Forwarded-For": "198.51.100.9, 203.0.113.7"}  # the left one is the client's claim
-        path = "/api/v1/workflows/no-such-id"
-        as_problem(call(server, "GET", path, {**attacker, **bearer(unknown)}), 401)
-        as_problem(call(server, "GET", path, {**attacker, "X-API-Key": f"dox_{prefix}_{'A' * 43}"}), 401)
-        as_problem(call(server, "GET", path, attacker), 401)
-        assert (
-            "submit"
-            not in as_problem(call(server, "GET", path, {**attacker, **bearer(submitter)}), 403)["detail"]
-        )
-        for _ in range(17):  # 20 refusals in all
-            as_problem(call(server, "GET", path, {**attacker, **bearer("junk")}), 401)
-        # The 21st attempt from that address is not even checked; a valid key is refused too.
-        for key in ("junk", reader):
-            code, head, body = call(server, "GET", path, {**attacker, **bearer(key)})
-            as_problem((code, head, body), 429)
+        as_problem(attempt(0, {**attacker, **bearer(unknown)}), 401)
+        as_problem(attempt(1, {**attacker, "X-API-Key": f"dox_{prefix}_{'A' * 43}"}), 401)
+        as_problem(attempt(2, attacker), 401)
+        # A genuine key without the scope: 403, logged, not held against the address.
+        assert "read" in as_problem(attempt(0, {**attacker, **bearer(submitter)}), 403)["detail"]
+        for n in range(3, 20):  # 20 refusals in all, 10 by each server
+            as_problem(attempt(n, {**attacker, **bearer("junk")}), 401)
+        # The 21st attempt from that address is not even checked, on either server; a valid
+        # key is refused too.
+        for n, key in enumerate(("junk", reader)):
+            code, head, body = attempt(n, {**attacker, **bearer(key)})
+            assert "refused API keys" in as_problem((code, head, body), 429)["detail"]
             assert 1 <= int(head["retry-after"]) <= 60, head
-        # Junk where an address belongs reaches the log escaped, as one word.
-        as_problem(call(server, "GET", path, {"X-Forwarded-For": "evil\xad now", **bearer("junk")}), 401)
-        # Another address behind the same proxy is served.
-        assert call(server, "GET", path, {"X-Forwarded-For": "203.0.113.8", **bearer(reader)})[0] == 404
+        # Junk where an address belongs reaches the logs escaped, as one word.
+        as_problem(attempt(0, {"X-Forwarded-For": "evil\xad now", **bearer("junk")}), 401)
+
+        # The per-key rate: one bucket of a minute's worth for both servers.
+        elsewhere = {"X-Forwarded-For": "203.0.113.8"}
+        started, served = time.monotonic(), 0
+        while (reply := attempt(served, {**elsewhere, **bearer(rated)}))[0] == 404:
+            served += 1
+            assert served <= 2 * rate, "each server has a bucket of its own"
+        elapsed = time.monotonic() - started
+        # One minute's worth, plus what refilled meanwhile (rate/60 a second).
+        assert rate <= served <= rate + math.ceil(elapsed * rate / 60) + 1, (served, elapsed)
+        assert f"more than {rate} requests a minute" in as_problem(reply, 429)["detail"]
+        wait = int(reply[1]["retry-after"])
+        assert 1 <= wait <= math.ceil(60 / rate), reply[1]
+        assert attempt(1, {**elsewhere, **bearer(reader)})[0] == 404  # a bucket per key
+        time.sleep(wait)
+        assert attempt(served + 1, {**elsewhere, **bearer(rated)})[0] == 404  # refilled
 
         # CORS: a listed origin may ask, another may not (and gets no allow header).
-        preflight = {
-            "Access-Control-Request-Method": "GET",
-            "Access-Control-Request-Headers": "authorization",
-        }
-        code, head, _ = call(server, "OPTIONS", path, {"Origin": ORIGIN, **preflight})
+        one = servers[0]
+        preflight = {"Access-Control-Request-Method": "GET"}
+        preflight["Access-Control-Request-Headers"] = "authorization"
+        code, head, _ = call(one, "OPTIONS", path, {"Origin": ORIGIN, **preflight})
         assert code == 200 and head["access-control-allow-origin"] == ORIGIN, head
         assert "x-api-key" in head["access-control-allow-headers"].lower()
         assert "access-control-allow-credentials" not in head
-        reply = call(server, "OPTIONS", path, {"Origin": "https://evil.example", **preflight})
+        reply = call(one, "OPTIONS", path, {"Origin": "https://evil.example", **preflight})
         assert "origin" in as_problem(reply, 400)["detail"]
         assert "access-control-allow-origin" not in reply[1]
-        code, head, _ = call(
-            server, "GET", path, {"Origin": ORIGIN, "X-Forwarded-For": "203.0.113.8", **bearer(reader)}
-        )
+        code, head, _ = call(one, "GET", path, {"Origin": ORIGIN, **elsewhere, **bearer(reader)})
         assert code == 404 and head["access-control-allow-origin"] == ORIGIN
         assert "retry-after" in head["access-control-expose-headers"].lower()
 
         counted = scrape(env, tmp_path)
     finally:
-        log = server.stop()
+        logged = "".join(server.stop() for server in servers)
 
+    # Every refusal counted once, whichever process answered it.
     assert counted["unknown"] == 1 and counted["wrong_secret"] == 1 and counted["missing"] == 1, counted
     assert counted["malformed"] == 18 and counted["scope"] == 1 and counted["revoked"] == 0, counted
     auth_log = (logs / "auth.log").read_text()
     failed = [line for line in auth_log.splitlines() if "authentication failed" in line]
     assert len(failed) == 21, auth_log
-    assert "client=?evil\\u00ad\\x20now" in auth_log and "\xad" not in auth_log + log
+    # Ten refusals by each server: the 429 after twenty counted both (the count is in Redis).
+    second = servers[1].proc.pid
+    assert {pid_of(line) for line in failed[1:20:2]} == {second}
+    assert second not in {pid_of(line) for line in failed[0:20:2]}
     assert f"reason=unknown prefix={'0' * 12} client=203.0.113.7" in failed[0]
     assert f"reason=wrong_secret prefix={prefix} client=203.0.113.7" in failed[1]
     assert "reason=missing prefix=- client=203.0.113.7" in failed[2]
-    assert (
-        f"authorization refused: scope=read prefix={submitter.split('_')[1]} client=203.0.113.7" in auth_log
-    )
-    assert "authentication throttled: client=203.0.113.7" in auth_log
+    assert "client=?evil\\u00ad\\x20now" in failed[20] and "\xad" not in auth_log + logged
+    refused = f"authorization refused: scope=read prefix={submitter.split('_')[1]} client=203.0.113.7"
+    assert refused in auth_log
+    assert auth_log.count("authentication throttled: client=203.0.113.7") == 1
     assert "198.51.100.9" not in auth_log  # the client's own claim is not believed
-    for text in (auth_log, log):
+    for text in (auth_log, logged):
         assert secret not in text and submitter.split("_", 2)[2] not in text and "Traceback" not in text
-    assert failed[0] in log or f"reason=unknown prefix={'0' * 12} client=203.0.113.7" in log
+    # The same lines reach each server's own log (stderr), from the --workers processes too.
+    assert f"reason=unknown prefix={'0' * 12} client=203.0.113.7" in (tmp_path / "api1.log").read_text()
 
 
-def test_per_key_rate_across_workers_headers_and_untrusted_forwarding(tmp_path, pg_url, redis_url):
-    rate = 30
-    env = migrated(tmp_path, pg_url, redis_url, DOX_API_RATE_PER_MIN=str(rate))
-    store = open_store(pg_url)
-    reader, other = (apikeys.create(store, n, "alice", "read").key for n in ("one", "two"))
-    store.close()
-    server = Server(env, tmp_path, tmp_path / "api.log", ["--workers", "2"])
-    try:
-        path = "/api/v1/workflows/no-such-id"
-        started, served = time.monotonic(), 0
-        while (reply := call(server, "GET", path, bearer(reader)))[0] == 404:
-            served += 1
-            assert served <= 2 * rate, "the bucket is not shared by the two worker processes"
-        elapsed = time.monotonic() - started
-        # One minute's worth, plus what refilled meanwhile (rate/60 a second).
-        assert rate <= served <= rate + math.ceil(elapsed * rate / 60) + 1, (served, elapsed)
-        body = as_problem(reply, 429)
-        assert str(rate) in body["detail"]
-        wait = int(reply[1]["retry-after"])
-        assert 1 <= wait <= math.ceil(60 / rate), reply[1]
-        assert call(server, "GET", path, bearer(other))[0] == 404  # its own bucket
-        time.sleep(wait)
-        assert call(server, "GET", path, bearer(reader))[0] == 404  # refilled
-
-        # Headers: 16 KiB in all is the limit; an untrusted peer's X-Forwarded-For is ignored.
-        under = {**bearer(other), "X-Padding": "p" * (15 * 1024)}
-        assert call(server, "GET", path, under)[0] == 404
-        for size in (17 * 1024, 60 * 1024):
-            padded = {"X-Padding": "p" * size}
-            assert "16 KiB" in as_problem(call(server, "GET", "/health", padded), 431)["detail"]
-        # 64 MiB: uvicorn alone read it all (22 s of a core); now the server stops reading.
-        started = time.monotonic()
-        assert huge_head(server, 64 * 1024 * 1024) in (b"HTTP/1.1 431 Request Header Fields Too Large", b"")
-        assert time.monotonic() - started < 5
-        assert call(server, "GET", "/health")[0] == 200
-        as_problem(call(server, "GET", path, {"X-Forwarded-For": "203.0.113.7", **bearer("junk")}), 401)
-        # CORS is off: a preflight gets no allow header.
-        code, head, _ = call(
-            server, "OPTIONS", path, {"Origin": ORIGIN, "Access-Control-Request-Method": "GET"}
-        )
-        assert code == 405 and "access-control-allow-origin" not in head
-    finally:
-        log = server.stop()
-    assert "authentication failed: reason=malformed prefix=- client=127.0.0.1" in log, log
-    assert "203.0.113.7" not in log
-
-
-def test_concurrency_limit_answers_503_and_probes_still_answer(tmp_path, redis_url):
-    """Two requests held open by a database that accepts connections and never answers."""
+def test_concurrency_headers_and_an_untrusted_peer(tmp_path, redis_url):
+    """Requests held open by a database that accepts connections and never answers; no
+    trusted proxies and no CORS origins."""
     with closing(socket.socket()) as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
@@ -247,14 +229,29 @@ def test_concurrency_limit_answers_503_and_probes_still_answer(tmp_path, redis_u
         hung = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/nothing"
         env = api_env(tmp_path, hung, redis_url, DOX_API_MAX_CONCURRENT="2")
         server = Server(env, tmp_path, tmp_path / "api.log")
+        path, operator = "/api/v1/workflows/no-such-id", bearer(OPERATOR_KEY)
         held = [
-            threading.Thread(
-                target=call, args=(server, "GET", f"/api/v1/workflows/{n}", bearer(OPERATOR_KEY))
-            )
+            threading.Thread(target=call, args=(server, "GET", f"/api/v1/workflows/{n}", operator))
             for n in ("x", "y")
         ]
         waiting: list[socket.socket] = []
         try:
+            # Headers: 16 KiB in all is the limit.
+            assert call(server, "GET", "/health", {"X-Padding": "p" * (15 * 1024)})[0] == 200
+            for size in (17 * 1024, 60 * 1024):
+                padded = {"X-Padding": "p" * size}
+                assert "16 KiB" in as_problem(call(server, "GET", "/health", padded), 431)["detail"]
+            # 64 MiB: uvicorn alone read it all (22 s of a core); now the server stops reading.
+            started = time.monotonic()
+            answer = huge_head(server, 64 * 1024 * 1024)
+            assert answer in (b"HTTP/1.1 431 Request Header Fields Too Large", b"")
+            assert time.monotonic() - started < 5
+            # An untrusted peer's X-Forwarded-For is ignored; CORS is off.
+            as_problem(call(server, "GET", path, {"X-Forwarded-For": "203.0.113.7", **bearer("junk")}), 401)
+            preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "GET"}
+            code, head, _ = call(server, "OPTIONS", path, preflight)
+            assert code == 405 and "access-control-allow-origin" not in head
+
             for t in held:
                 t.start()
             while len(waiting) < 2:  # both requests are inside, waiting for the database
@@ -270,7 +267,8 @@ def test_concurrency_limit_answers_503_and_probes_still_answer(tmp_path, redis_u
             for t in held:
                 t.join(15)
             log = server.stop()
-    assert "Traceback" not in log
+    assert "authentication failed: reason=malformed prefix=- client=127.0.0.1" in log, log
+    assert "203.0.113.7" not in log and "Traceback" not in log
 
 
 @pytest.mark.parametrize(
