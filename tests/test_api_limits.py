@@ -271,6 +271,24 @@ def test_concurrency_headers_and_an_untrusted_peer(tmp_path, redis_url):
     assert "203.0.113.7" not in log and "Traceback" not in log
 
 
+def test_limits_fail_open_while_redis_is_down(tmp_path, pg_url):
+    """Keys are still checked (PostgreSQL); the counters are not there, so nothing is limited,
+    and each process says so once a minute rather than once a request."""
+    env = migrated(tmp_path, pg_url, f"redis://127.0.0.1:{free_port()}/0", DOX_API_RATE_PER_MIN="1")
+    server = Server(env, tmp_path, tmp_path / "api.log")
+    try:
+        path = "/api/v1/workflows/no-such-id"
+        for _ in range(3):  # a rate of 1 a minute would refuse the second
+            assert call(server, "GET", path, bearer(OPERATOR_KEY))[0] == 404
+        for _ in range(22):  # 20 refusals would block the address
+            as_problem(call(server, "GET", path, bearer("junk")), 401)
+        assert as_problem(call(server, "GET", "/ready"), 503)["checks"]["redis"] == "unreachable"
+    finally:
+        log = server.stop()
+    assert log.count("API limits not enforced: Redis unavailable") == 1, log
+    assert "Traceback" not in log
+
+
 @pytest.mark.parametrize(
     "name, value",
     [
