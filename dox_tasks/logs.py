@@ -9,12 +9,15 @@ the handlers reads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -43,6 +46,14 @@ class StepFields(logging.Filter):
         return True
 
 
+def basic(level: int = logging.WARNING) -> None:
+    """The command line's stderr logging (a no-op when the root logger already has handlers).
+    Also called by the API app in each ``--workers`` process: uvicorn starts those afresh, so
+    the parent's configuration is not there, and a logger with a handler of its own (the
+    ``auth.log`` file) would otherwise write nowhere else."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s %(message)s")
+
+
 def wants_json(stream: object = None) -> bool:
     choice = os.environ.get("DOX_LOG_FORMAT", "").lower()
     if choice in ("json", "text"):
@@ -68,3 +79,41 @@ def install(logger: logging.Logger) -> None:
             handler.addFilter(StepFields())
         if as_json:
             handler.setFormatter(json_formatter())
+
+
+class AppendLines(logging.Handler):
+    """One log line per ``write(2)`` to a file opened with ``O_APPEND``.
+
+    Several server processes (``dox api serve --workers N``) write the same file: with
+    ``O_APPEND`` each write lands at the end as one piece, so lines never interleave or
+    overwrite each other (``logging.FileHandler`` buffers and may split a long line). Line
+    breaks inside a message are escaped, so one record is always one line to ``grep -c``.
+    """
+
+    def __init__(self, path: Path, mode: int = 0o640):
+        super().__init__()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, mode)
+        line = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+        utc = logging.Formatter(line, "%Y-%m-%dT%H:%M:%SZ")
+        utc.converter = time.gmtime
+        self.setFormatter(utc)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record).replace("\r", "\\r").replace("\n", "\\n") + "\n"
+            os.write(self._fd, line.encode("utf-8", "backslashreplace"))
+        except Exception:  # noqa: BLE001 - logging must never break the request that logs
+            self.handleError(record)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        super().close()
+
+
+def log_to_file(logger: logging.Logger, path: Path) -> None:
+    """Also write ``logger``'s records to ``path`` (once per process, however often called)."""
+    if not any(isinstance(h, AppendLines) and h.path == path for h in logger.handlers):
+        logger.addHandler(AppendLines(path))

@@ -174,6 +174,71 @@ class Settings(BaseSettings):
         validation_alias=_env("DOX_API_URL"),
         description="Where `dox health` finds the API (its /ready), e.g. http://api:5000; unset: unchecked.",
     )
+    # -- the API's limits, proxies and CORS (dox_tasks/api/edge.py, dox_tasks/apilimits.py) ---------
+    api_rate_per_min: int = Field(
+        600,
+        validation_alias=_env("DOX_API_RATE_PER_MIN"),
+        ge=0,
+        description="Requests a minute per API key (API_KEY and keyless: per user), a token bucket"
+        " in Redis holding one minute's worth; 0 turns it off.",
+    )
+    api_auth_failures_per_min: int = Field(
+        20,
+        validation_alias=_env("DOX_API_AUTH_FAILURES_PER_MIN"),
+        gt=0,
+        description="Refused keys a minute from one client address before it is answered 429.",
+    )
+    api_max_concurrent: int = Field(
+        64,
+        validation_alias=_env("DOX_API_MAX_CONCURRENT"),
+        ge=0,
+        description="Requests one server process handles at once (503 beyond; /health, /ready"
+        " exempt); 0 turns it off.",
+    )
+    api_cors_origins: Annotated[list[str], NoDecode] = Field(
+        [], validation_alias=_env("DOX_API_CORS_ORIGINS"), description="Origins browsers may call from."
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        [],
+        validation_alias=_env("DOX_TRUSTED_PROXIES"),
+        description="Addresses or CIDRs whose X-Forwarded-For is believed.",
+    )
+    log_dir: Path | None = Field(
+        None, validation_alias=_env("DOX_LOG_DIR"), description="Where auth.log is written (also to stderr)."
+    )
+
+    @field_validator("api_cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, v: object) -> object:
+        """Explicit origins only (``scheme://host[:port]``): ``*`` would let every web page call."""
+        items = [o.strip().rstrip("/") for o in v.split(",") if o.strip()] if isinstance(v, str) else v
+        for origin in items if isinstance(items, list) else []:
+            parsed = urlparse(origin)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path or parsed.query:
+                raise ValueError(
+                    f"DOX_API_CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com"
+                    " (explicit origins only, never *)"
+                )
+        return items
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, v: object) -> object:
+        """Normalised (``10.1.2.3/8`` → ``10.0.0.0/8``): uvicorn takes what it cannot parse as a
+        literal name that no peer address ever equals, so a typo would silently trust nobody."""
+        items = [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
+        if not isinstance(items, list):
+            return items
+        try:
+            return [
+                str(ipaddress.ip_network(p, strict=False) if "/" in p else ipaddress.ip_address(p))
+                for p in items
+            ]  # noqa: E501
+        except ValueError:
+            raise ValueError(
+                f"DOX_TRUSTED_PROXIES: {v!r} holds something that is not an address or CIDR"
+                " (e.g. 10.0.0.5, 10.0.0.0/24)"
+            ) from None
 
     @field_validator("allowed_types", mode="before")
     @classmethod

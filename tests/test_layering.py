@@ -49,6 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "sandbox",
             "templates",
             "ratelimit",
+            "apilimits",
             "definitions",
             "definitions.",
             "inbox",

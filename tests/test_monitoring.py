@@ -43,6 +43,7 @@ EXPECTED_ALERTS = {
     "DoxExporterDown",
     "DoxDatabaseDown",
     "DoxBrokerDown",
+    "DoxApiKeysRefused",
     "DoxBackupStale",
     "DoxSyncMissed",
     "DoxRateLimitNearlyUsed",

@@ -14,11 +14,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from ..apilimits import ApiLimits
 from ..errors import ConfigError
+from ..logs import basic, log_to_file
 from ..runtime import Runtime
 from ..settings import Settings, is_loopback, load
 from . import probes, problems, routes, workflows
-from .auth import Authenticator, UsageCounter
+from .auth import Authenticator, UsageCounter, security
+from .edge import Edge
 
 OPENAPI_URL = "/api/v1/openapi.json"
 DOCS_URL = "/api/v1/docs"
@@ -79,8 +82,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.runtime = rt
     app.state.usage = usage
-    app.state.authenticate = Authenticator(settings, rt.state, usage)
+    per_min = settings.api_rate_per_min, settings.api_auth_failures_per_min
+    limits = ApiLimits(rt.redis, settings.namespace, *per_min)
+    app.state.authenticate = Authenticator(settings, rt.state, usage, limits)
+    basic()
+    if settings.log_dir:
+        log_to_file(security, settings.log_dir / "auth.log")
     problems.install(app)
+    app.add_middleware(Edge, settings=settings)
     app.include_router(probes.router)
     app.include_router(workflows.router)
     app.include_router(routes.router)

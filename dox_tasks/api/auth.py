@@ -2,8 +2,12 @@
 
 Keys are checked by :func:`dox_tasks.apikeys.verify`; the seed's ``API_KEY`` is one more,
 operator key with every scope, acting as ``DOX_API_KEY_USER`` (compared in constant time).
-A refusal is 401 with one log line naming the reason code and the key's public prefix, never
-the secret; a key without the scope an endpoint needs is 403. Uses are counted in memory and
+A refusal is 401 with one ``authentication failed`` log line naming the reason code, the key's
+public prefix (never the secret) and the client address; a key without the scope an endpoint
+needs is 403, logged as ``authorization refused``. Both lines go to the ``dox.api.security``
+logger (also ``$DOX_LOG_DIR/auth.log``) and count in ``dox_api_auth_failures_total``. An
+address with too many refusals in a minute, and a caller over its request rate, get 429
+(:mod:`dox_tasks.apilimits`, in Redis). Uses are counted in memory and
 written with :func:`dox_tasks.db.apikeys.record_use` every :data:`FLUSH_EVERY_S` seconds by a
 background task, so a request costs no database write.
 """
@@ -21,6 +25,7 @@ from urllib.parse import urlsplit
 from fastapi import Request
 
 from .. import apikeys
+from ..apilimits import ApiLimits, Refusal
 from ..db import apikeys as table
 from ..db.store import StateStore
 from ..db.store import now as db_now
@@ -29,6 +34,8 @@ from ..settings import Settings, is_loopback
 from .problems import Problem
 
 log = logging.getLogger("dox.api.auth")
+#: Refusals only: the lines the seed's daily security check counts (``auth.log``).
+security = logging.getLogger("dox.api.security")
 
 FLUSH_EVERY_S = 5.0
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -94,40 +101,81 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-class Authenticator:
-    """Turns a request's key into a :class:`Caller` or a 401 problem."""
+def client_address(request: Request) -> str:
+    """The client's address as the logs and the per-address limit name it: the peer, or the
+    address ``X-Forwarded-For`` names when the peer is a trusted proxy (already made an IP
+    address or escaped text by :class:`~dox_tasks.api.edge.ClientAddress`)."""
+    return request.client.host if request.client and request.client.host else "-"
 
-    def __init__(self, settings: Settings, store: StateStore, usage: UsageCounter):
-        self.store, self.usage, self.require = store, usage, settings.require_auth
+
+def _too_many(refusal: Refusal, detail: str) -> Problem:
+    return Problem(429, "too-many-requests", detail, {"Retry-After": str(refusal.retry_after)})
+
+
+class Authenticator:
+    """Turns a request's key into a :class:`Caller`, or a 401 (or 429) problem."""
+
+    def __init__(self, settings: Settings, store: StateStore, usage: UsageCounter, limits: ApiLimits):
+        self.store, self.usage, self.limits, self.require = store, usage, limits, settings.require_auth
         self._operator_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         operator = normalise_user(settings.api_key_user)
         self._operator = Caller(operator, apikeys.SCOPES, None, operator)
 
-    def _refuse(self, reason: str, prefix: str | None, detail: str) -> Problem:
-        log.warning("API key refused: reason=%s prefix=%s", reason, prefix or "-")
+    def _refuse(self, address: str, reason: str, prefix: str | None, detail: str) -> Problem:
+        line = "authentication failed: reason=%s prefix=%s client=%s"
+        security.warning(line, reason, prefix or "-", address)
+        if self.limits.failed(address, reason) == self.limits.failures_per_min:
+            security.warning(
+                "authentication throttled: client=%s had %d keys refused within a minute;"
+                " answered 429 until that minute is over",
+                address,
+                self.limits.failures_per_min,
+            )
         return Problem(401, "unauthorized", detail, _CHALLENGE)
+
+    def _admit(self, caller: Caller) -> Caller:
+        """The caller, if its request rate allows one more request (per key, else per user)."""
+        refusal = self.limits.take(f"key:{caller.prefix}" if caller.prefix else f"user:{caller.user}")
+        if refusal:
+            rate = self.limits.rate_per_min
+            raise _too_many(refusal, f"more than {rate} requests a minute with this API key; slow down")
+        return caller
 
     def __call__(self, request: Request) -> Caller:
         key = presented_key(request)
+        if key is None and not self.require and _addressed_to_loopback(request):
+            return self._admit(self._operator)
+        address = client_address(request)
+        blocked = self.limits.blocked(address)
+        if blocked:
+            raise _too_many(blocked, "too many refused API keys from this address; wait before trying again")
         if key is None:
-            if not self.require and _addressed_to_loopback(request):
-                return self._operator
-            raise self._refuse("missing", None, "an API key is required: send Authorization: Bearer KEY")
+            detail = "an API key is required: send Authorization: Bearer KEY"
+            raise self._refuse(address, "missing", None, detail)
         if self._operator_key and hmac.compare_digest(key.encode("utf-8", "replace"), self._operator_key):
-            return self._operator
+            return self._admit(self._operator)
         found = apikeys.verify(self.store, key)
         if isinstance(found, apikeys.KeyRefusal):
-            raise self._refuse(found.reason, found.prefix, "the API key is not valid")
+            raise self._refuse(address, found.reason, found.prefix, "the API key is not valid")
         self.usage.hit(found.prefix, db_now())
-        return Caller(found.user, found.scopes, found.prefix, found.name)
+        return self._admit(Caller(found.user, found.scopes, found.prefix, found.name))
 
 
 def needs(scope: str) -> Callable[[Request], Caller]:
-    """A dependency: the caller, if its key has ``scope`` (403 otherwise)."""
+    """A dependency: the caller, if its key has ``scope`` (403 otherwise, counted as a failure
+    with reason ``scope`` but not against the address: the key itself is genuine)."""
 
     def check(request: Request) -> Caller:
-        caller: Caller = request.app.state.authenticate(request)
+        authenticate: Authenticator = request.app.state.authenticate
+        caller = authenticate(request)
         if not caller.allows(scope):
+            security.warning(
+                "authorization refused: scope=%s prefix=%s client=%s",
+                scope,
+                caller.prefix or "-",
+                client_address(request),
+            )
+            authenticate.limits.counted("scope")
             raise Problem(403, "forbidden", f"this API key lacks the {scope!r} scope")
         return caller
 

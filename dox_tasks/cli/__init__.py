@@ -14,6 +14,7 @@ import logging
 
 import click
 
+from ..logs import basic
 from . import api, apikeys, db, defs, documents, intake, jobs, monitoring, run, worker, workflows
 from .common import run_group
 
@@ -22,10 +23,7 @@ from .common import run_group
 @click.option("--verbose", "-v", is_flag=True, help="log what workers do")
 def cli(verbose: bool) -> None:
     """DOX: validate, scan, store and recognize documents with Celery."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s %(message)s",
-    )
+    basic(logging.INFO if verbose else logging.WARNING)
 
 
 COMMANDS: tuple[click.Command, ...] = (

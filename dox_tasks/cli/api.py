@@ -47,7 +47,8 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         host=host,
         port=port or settings.api_port,
         workers=workers,
-        http="httptools",
+        # httptools with a bound on the request head (uvicorn sets none): api/protocol.py.
+        http="dox_tasks.api.protocol:BoundedHttpTools",
         proxy_headers=False,
         server_header=False,
         log_level="info",

@@ -1,7 +1,8 @@
 """``dox metrics serve``: the Prometheus collector that reads DOX's state at scrape time.
 
 Counters come from :mod:`dox_tasks.db.tally` (rows + archive); gauges are read live: active
-workflows, queue depths and consumers, workers answering a ping, the last verified
+workflows, queue depths and consumers, workers answering a ping, the API's refused keys
+(``dox_api_auth_failures_total``, counted in Redis by every API process), the last verified
 backup per kind, the last successful team sync, and the busiest user's share of the
 daily rate limit. A source that cannot be read is reported as ``dox_database_up 0``
 or ``dox_broker_up 0`` and its series are left out (never a made-up zero).
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric, Sample
 from prometheus_client.registry import Collector
 
+from ..apilimits import failure_totals
 from ..contract import LIVE_STATES, QUEUES, WorkflowState
 from ..db.gauges import MetricsReading, metrics_reading
 from ..db.tally import TERMINAL_EVENTS, Cache, Totals, combine, le_label, series_key
@@ -151,7 +153,7 @@ class DoxCollector(Collector):
         yield up
         if data is None:
             return
-        depth, workers = data
+        depth, workers, auth_failures = data
         g = _gauge("dox_queue_depth", ["queue"])
         for q in QUEUES:
             g.add_metric([q], depth[q])
@@ -163,12 +165,19 @@ class DoxCollector(Collector):
         g = _gauge("dox_workers_up")
         g.add_metric([], len(workers.alive))
         yield g
+        name = "dox_api_auth_failures_total"
+        family = Metric(name.removesuffix("_total"), names.EXPORTER[name], "counter")
+        for reason, count in sorted(auth_failures.items()):
+            family.add_sample(name, {"reason": reason}, count)
+        yield family
 
-    def _read_broker(self) -> tuple[dict[str, int], Any]:
+    def _read_broker(self) -> tuple[dict[str, int], Any, dict[str, int]]:
         if self.rt.redis is None:
             raise RuntimeError("no Redis broker configured (embedded mode)")
         depth = depths(self.rt.redis, self.rt.settings.broker_key_prefix or "", list(QUEUES))
-        return depth, inspect_workers(self.app, None, set(), timeout=self.workers_timeout)
+        # The API keeps its counters in Redis, so every `dox api serve` process adds to one.
+        auth_failures = failure_totals(self.rt.redis, self.rt.settings.namespace)
+        return depth, inspect_workers(self.app, None, set(), timeout=self.workers_timeout), auth_failures
 
 
 def _probe(name: str, what: str, read: Callable[[], T]) -> tuple[T | None, Metric]:

@@ -29,6 +29,8 @@ EXPORTER: dict[str, str] = {
     "dox_rate_limit_max_usage_ratio": "The busiest user's submissions today divided by the limit",
     "dox_database_up": "1 when the exporter could read Postgres, else 0",
     "dox_broker_up": "1 when the exporter could read the broker, else 0",
+    "dox_api_auth_failures_total": "API requests refused for their key, by reason (missing, malformed,"
+    " unknown, wrong_secret, revoked, expired; scope: a key without the scope, 403); counted in Redis",
 }
 
 #: Exposed by each worker (``DOX_METRICS_PORT``), summed over its pool processes.

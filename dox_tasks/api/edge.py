@@ -1,0 +1,164 @@
+"""What every request passes before a route: header size, proxies, CORS, concurrency.
+
+Pure ASGI middleware (no ``BaseHTTPMiddleware``, which would put each request through a
+task and a memory stream of its own): a request body is passed through untouched, so an
+upload stays a stream. Outermost first:
+
+1. :class:`HeaderLimit` — request headers over :data:`MAX_HEADER_BYTES` in all are 431.
+   uvicorn's httptools protocol sets no limit of its own (an 8 MB header was accepted), so
+   this is DOX's. It runs once the server has read the headers; what bounds the reading
+   itself is :mod:`dox_tasks.api.protocol` (64 KiB) and, in front, nginx's
+   ``large_client_header_buffers`` (OPERATIONS §9.3).
+2. uvicorn's ``ProxyHeadersMiddleware`` — only when the peer is one of
+   ``DOX_TRUSTED_PROXIES`` is ``X-Forwarded-For`` believed: the right-most address that is
+   not a trusted proxy becomes the client address the logs and the per-address limit use.
+   It is installed here, in the app, rather than through uvicorn's ``proxy_headers`` so the
+   one setting decides it however the app is served (and uvicorn's own default, trusting
+   127.0.0.1 or ``FORWARDED_ALLOW_IPS``, never applies).
+   :class:`ClientAddress` then makes sure that address is an IP address or escaped text
+   (a proxy passes on whatever a client wrote to the left of its own entry), so no log —
+   uvicorn's access log included — prints a control or invisible character from it.
+3. CORS (Starlette's middleware) — only when ``DOX_API_CORS_ORIGINS`` lists origins;
+   explicit origins, no credentials (keys travel in headers, never cookies).
+4. :class:`ConcurrencyLimit` — at most ``DOX_API_MAX_CONCURRENT`` requests at once in this
+   process, 503 with ``Retry-After`` beyond; ``/health`` and ``/ready`` always answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from ..settings import Settings
+from ..terminal import safe
+from .problems import response
+
+#: Request headers in all (each counted as ``name: value\r\n``).
+MAX_HEADER_BYTES = 16 * 1024
+#: Paths a load balancer probes: answered however busy the process is.
+PROBES = frozenset({"/health", "/ready"})
+#: What a browser page may send and read (keys in Authorization or X-API-Key).
+CORS_HEADERS = (
+    "Authorization",
+    "X-API-Key",
+    "Idempotency-Key",
+    "Last-Event-ID",
+    "X-File-Name",
+    "Content-Type",
+)
+CORS_EXPOSED = ("Location", "Retry-After", "ETag", "WWW-Authenticate")
+
+
+def address_text(host: str) -> str:
+    """``host`` if it is an IP address; else ``?`` and the text escaped, as one word of at
+    most 64 characters (the log lines say ``client=<address>``)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return "?" + (safe(host[:64], markup=False).replace(" ", "\\x20") or "-")
+
+
+class ClientAddress:
+    """The client address in ``scope["client"]`` as :func:`address_text` writes it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client:
+            text = address_text(client[0])
+            if text != client[0]:
+                scope["client"] = (text, client[1])
+        await self.app(scope, receive, send)
+
+
+def header_bytes(scope: Scope) -> int:
+    return sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+
+
+class HeaderLimit:
+    """431 for requests whose headers exceed ``max_bytes`` in all."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and header_bytes(scope) > self.max_bytes:
+            detail = f"the request headers exceed {self.max_bytes // 1024} KiB in all"
+            await response(431, detail, "headers-too-large", {"Connection": "close"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` requests in flight in this process (a request counts until its
+    response is sent, so a slow upload counts while it streams). One event loop per
+    process: a plain counter suffices, no lock."""
+
+    def __init__(self, app: ASGIApp, limit: int, retry_after_s: int = 1) -> None:
+        self.app, self.limit, self.retry_after = app, limit, str(retry_after_s)
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBES:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            busy = response(
+                503,
+                f"the server is handling {self.limit} requests at once; try again shortly",
+                "busy",
+                {"Retry-After": self.retry_after},
+            )
+            await busy(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight as a problem document (not plain text)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        answer = super().preflight_response(request_headers)
+        if answer.status_code != 400:
+            return answer
+        refused = bytes(answer.body).decode().removeprefix("Disallowed CORS ")
+        kept = ("access-control", "vary")
+        headers = {k: v for k, v in answer.headers.items() if k.lower().startswith(kept)}
+        detail = f"cross-origin request refused: its {refused} is not allowed"
+        return response(400, detail, "cors-refused", headers)
+
+
+class Edge:
+    """The four layers above around ``app``, from the settings: one ``add_middleware`` line."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        if settings.api_max_concurrent:
+            app = ConcurrencyLimit(app, settings.api_max_concurrent)
+        if settings.api_cors_origins:
+            app = Cors(
+                app,
+                allow_origins=settings.api_cors_origins,
+                allow_methods=("GET", "POST"),
+                allow_headers=CORS_HEADERS,
+                expose_headers=CORS_EXPOSED,
+                allow_credentials=False,
+                max_age=600,
+            )
+        app = ClientAddress(app)
+        if settings.trusted_proxies:
+            app = ProxyHeadersMiddleware(app, trusted_hosts=settings.trusted_proxies)  # type: ignore[arg-type,assignment]
+        self.app = HeaderLimit(app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)

@@ -1,0 +1,151 @@
+"""The API's request limits that must hold across server processes, kept in Redis.
+
+Three things, each one atomic Lua script or command, so ``dox api serve --workers N`` (and
+several hosts behind one proxy) share them:
+
+- a token bucket per caller (``DOX_API_RATE_PER_MIN``): it holds one minute's worth of
+  requests and refills continuously, so a client may burst up to the rate and then goes at
+  the rate; Redis's own clock (``TIME``) is used, so server clocks need not agree;
+- refused keys per client address: after ``DOX_API_AUTH_FAILURES_PER_MIN`` refusals the
+  address is answered 429 until the minute that began with its first refusal is over;
+- ``dox_api_auth_failures_total`` by reason, a Redis hash the exporter reads at a scrape.
+
+When Redis cannot be reached the limits *fail open*: the request is served and a warning
+is logged (at most once a minute per process). Keys are checked against PostgreSQL, not
+Redis, so an outage of a counter store does not let anyone in; refusing every request
+instead would turn a lost counter into a full outage of the API. What is lost while Redis
+is down is throttling, and Redis is also the broker: submissions fail with 503 anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import redis
+
+log = logging.getLogger("dox.api.limits")
+
+WINDOW_S = 60
+#: Why a request was refused, as ``dox_api_auth_failures_total``'s ``reason`` label: no key,
+#: the verdicts of :func:`dox_tasks.apikeys.verify`, and ``scope`` (a key without the scope, 403).
+FAILURE_REASONS = ("missing", "malformed", "unknown", "wrong_secret", "revoked", "expired", "scope")
+
+# KEYS[1] the bucket; ARGV[1] capacity, ARGV[2] tokens a second. Returns 0, or the
+# milliseconds until a token is there.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or cap
+local at = tonumber(b[2]) or now
+tokens = math.min(cap, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate * 1000) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(cap / rate) + 1)
+return wait
+"""
+
+# KEYS[1] the address's refusals, KEYS[2] the totals hash; ARGV[1] reason, ARGV[2] window.
+_FAIL = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+return n
+"""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A limit reached: answer with 429 and ``Retry-After: retry_after`` seconds."""
+
+    retry_after: int
+
+
+def failures_key(namespace: str) -> str:
+    return f"{namespace}:api:auth_failures"
+
+
+def failure_totals(client: redis.Redis, namespace: str) -> dict[str, int]:
+    """``dox_api_auth_failures_total`` by reason, every known reason present (0 if none yet),
+    so the first failure of a kind shows as an increase. Raises what Redis raises."""
+    stored = client.hgetall(failures_key(namespace))
+    totals = dict.fromkeys(FAILURE_REASONS, 0)
+    for reason, count in stored.items():
+        totals[reason.decode() if isinstance(reason, bytes) else str(reason)] = int(count)
+    return totals
+
+
+class ApiLimits:
+    """The per-caller rate and the per-address refusal limit of one server process."""
+
+    def __init__(
+        self, client: redis.Redis | None, namespace: str, rate_per_min: int, failures_per_min: int
+    ) -> None:
+        self.client, self.namespace = client, namespace
+        self.rate_per_min, self.failures_per_min = rate_per_min, failures_per_min
+        self._warned_at = -math.inf
+        self._take = client.register_script(_TAKE) if client is not None else None
+        self._fail = client.register_script(_FAIL) if client is not None else None
+
+    def _down(self, what: str, exc: Exception) -> None:
+        """Fail open, saying so once a minute (a request per line would flood the log)."""
+        if time.monotonic() - self._warned_at >= WINDOW_S:
+            self._warned_at = time.monotonic()
+            log.warning("API limits not enforced: Redis unavailable while %s (%s)", what, type(exc).__name__)
+
+    def _address_key(self, address: str) -> str:
+        return f"{self.namespace}:api:authfail:{address}"
+
+    def take(self, caller: str) -> Refusal | None:
+        """One request by ``caller`` (``key:<prefix>`` or ``user:<name>``); a refusal when its
+        bucket is empty."""
+        if self._take is None or not self.rate_per_min:
+            return None
+        try:
+            key = f"{self.namespace}:api:rate:{caller}"
+            wait_ms = int(self._take(keys=[key], args=[self.rate_per_min, self.rate_per_min / WINDOW_S]))
+        except redis.RedisError as exc:
+            self._down("taking a request token", exc)
+            return None
+        return Refusal(max(1, math.ceil(wait_ms / 1000))) if wait_ms else None
+
+    def blocked(self, address: str) -> Refusal | None:
+        """Whether ``address`` has used up its refusals for this minute."""
+        if self.client is None:
+            return None
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(self._address_key(address))
+            pipe.ttl(self._address_key(address))
+            count, ttl = pipe.execute()
+        except redis.RedisError as exc:
+            self._down("checking an address", exc)
+            return None
+        if count is None or int(count) < self.failures_per_min:
+            return None
+        return Refusal(max(1, int(ttl)))
+
+    def failed(self, address: str, reason: str) -> int:
+        """Count one refusal of ``address``; the refusals it now has this minute (0: unknown)."""
+        if self._fail is None:
+            return 0
+        try:
+            keys = [self._address_key(address), failures_key(self.namespace)]
+            return int(self._fail(keys=keys, args=[reason, WINDOW_S]))
+        except redis.RedisError as exc:
+            self._down("counting a refused key", exc)
+            return 0
+
+    def counted(self, reason: str) -> None:
+        """Count a refusal that is not the address's fault (a genuine key without the scope)."""
+        if self.client is None:
+            return
+        try:
+            self.client.hincrby(failures_key(self.namespace), reason, 1)
+        except redis.RedisError as exc:
+            self._down("counting a refusal", exc)
