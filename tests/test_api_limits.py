@@ -29,12 +29,12 @@ from typing import Any
 import pytest
 from apiserver import OPERATOR_KEY, Server, api_env, bearer, problem
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import ValidationError
 from services import dox, free_port, http_get, kill_group, spawn_dox, unavailable
 
 from dox_tasks import apikeys
 from dox_tasks.api.edge import MAX_HEADER_BYTES
 from dox_tasks.db.store import open_store
+from dox_tasks.errors import ConfigError
 from dox_tasks.settings import Settings, load
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -302,7 +302,7 @@ def test_limits_fail_open_while_redis_is_down(tmp_path, pg_url):
 def test_settings_refuse_wildcards_and_unreadable_proxies(monkeypatch, name, value):
     """uvicorn would take an unparsable proxy as a literal no peer ever matches: refused instead."""
     monkeypatch.setenv(name, value)
-    with pytest.raises(ValidationError, match=name):
+    with pytest.raises(ConfigError, match=name):
         load()
 
 
