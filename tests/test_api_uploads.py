@@ -96,7 +96,7 @@ class Api:
 @pytest.fixture
 def api(tmp_path: Path, dox: Any) -> Iterator[Api]:
     """A server, and a worker to finish its workflows."""
-    a = Api(tmp_path, dox, MAX_FILE_SIZE_MB="1", DOX_API_BODY_TIMEOUT_S="1")
+    a = Api(tmp_path, dox, MAX_FILE_SIZE_MB="2", DOX_API_BODY_TIMEOUT_S="1")
     yield a
     a.server.stop()
 
@@ -104,7 +104,7 @@ def api(tmp_path: Path, dox: Any) -> Iterator[Api]:
 @pytest.fixture
 def quiet(tmp_path: Path, stack: Any, harness_factory: Any) -> Iterator[Api]:
     """A server and no worker: for what is answered before any workflow runs."""
-    a = Api(tmp_path, harness_factory(stack), MAX_FILE_SIZE_MB="1", DOX_API_BODY_TIMEOUT_S="1")
+    a = Api(tmp_path, harness_factory(stack), MAX_FILE_SIZE_MB="2", DOX_API_BODY_TIMEOUT_S="1")
     yield a
     a.server.stop()
 
@@ -139,7 +139,7 @@ def test_multipart_and_raw_uploads_end_success_through_the_worker(api: Api) -> N
 
 
 def test_413_at_the_limit_plus_one_byte_leaves_nothing_staged(quiet: Api) -> None:
-    limit = MIB  # MAX_FILE_SIZE_MB=1
+    limit = 2 * MIB  # MAX_FILE_SIZE_MB=2
     over = b"%PDF-1.4\n" + b"x" * (limit + 1 - 9)
     for path, body, headers in (
         (DOCS, form(over), multipart(quiet.alice)),  # counted while parsed
@@ -147,7 +147,7 @@ def test_413_at_the_limit_plus_one_byte_leaves_nothing_staged(quiet: Api) -> Non
         (CHECK, form(over), multipart(quiet.alice)),
     ):
         body_of = problem(quiet.post(path, body, headers), 413)
-        assert "1 MiB limit" in body_of["detail"], body_of
+        assert "2 MiB limit" in body_of["detail"], body_of
     # Chunked, so no Content-Length to refuse on: counted as it arrives.
     conn = http.client.HTTPConnection("127.0.0.1", quiet.server.port, timeout=30)
     conn.request("POST", DOCS, body=iter([over[: limit // 2], over[limit // 2 :]]), headers=raw(quiet.alice))
@@ -259,28 +259,29 @@ def test_bad_input_is_refused_with_a_problem_and_nothing_staged(quiet: Api) -> N
 def test_a_client_that_stops_sending_gets_408_and_nothing_stays_staged(quiet: Api) -> None:
     head = (
         f"POST {DOCS} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {quiet.alice}\r\n"
-        "Content-Type: application/pdf\r\nX-File-Name: slow.pdf\r\nContent-Length: 100000\r\n\r\n"
+        "Content-Type: application/pdf\r\nX-File-Name: slow.pdf\r\nContent-Length: 2000000\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", quiet.server.port), timeout=10) as sock:
-        sock.sendall(head + pdfs.unique(8)[:500])
-        started = time.monotonic()
-        time.sleep(0.3)
-        assert [p.name for p in staged_files(quiet.root)][:1] != [], (
-            "the upload should be streaming into staging"
-        )
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-            piece = sock.recv(65536)
-            if not piece:
-                break
-            answer += piece
-        took = time.monotonic() - started
-    status_line, _, rest = answer.partition(b"\r\n")
-    assert status_line.startswith(b"HTTP/1.1 408"), answer
-    assert took < 5, took  # DOX_API_BODY_TIMEOUT_S=1
-    assert b"retry-after: 1" in rest.lower() and b"application/problem+json" in rest
-    assert b"stopped arriving" in rest
-    assert staged_files(quiet.root) == []
+    # Stopping within the first piece (read before intake starts), and after it (mid-staging).
+    for sent, staging in ((500, False), (1_500_000, True)):
+        with socket.create_connection(("127.0.0.1", quiet.server.port), timeout=10) as sock:
+            sock.sendall(head + (b"%PDF-1.4\n" + b"x" * sent)[:sent])
+            started = time.monotonic()
+            time.sleep(0.4)
+            assert bool(staged_files(quiet.root)) == staging, staged_files(quiet.root)
+            answer = b""
+            while not answer.rstrip().endswith(b"}"):
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                answer += piece
+            took = time.monotonic() - started
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line.startswith(b"HTTP/1.1 408"), answer
+        assert took < 5, took  # DOX_API_BODY_TIMEOUT_S=1
+        assert b"retry-after: 1" in rest.lower() and b"application/problem+json" in rest
+        assert b"stopped arriving" in rest
+        assert staged_files(quiet.root) == []
+    assert queries.list_workflows(quiet.h.rt.state) == []
 
 
 def test_validate_scan_checks_without_storing(api: Api) -> None:

@@ -208,7 +208,7 @@ async def _take(
         form = MultipartUpload(body, boundary, limit)
         await form.start()
         fields = {"source": form.source, "metadata": form.metadata, "file_name": safe_name(form.file_name)}
-        stream: Any = ThreadReader(form)
+        stream: Any = await ThreadReader.start(form)
     elif media == "application/json" and workflow == CHECK_WORKFLOW:
         opened, fields = await _inbox_file(rt, body)
         stream = opened
@@ -224,7 +224,7 @@ async def _take(
             raise too_large(limit)
         upload: Upload = RawUpload(body, limit)
         fields = {"file_name": safe_name(header_text(x_file_name))}
-        stream = ThreadReader(upload)
+        stream = await ThreadReader.start(upload)
     try:
         accepted = await anyio.to_thread.run_sync(
             functools.partial(
