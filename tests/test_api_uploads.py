@@ -29,6 +29,7 @@ from dox_tasks import apikeys
 from dox_tasks.api.upload_body import safe_name
 from dox_tasks.db import queries
 from dox_tasks.intake_switch import set_paused
+from dox_tasks.ratelimit import day_key
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -323,6 +324,8 @@ def _validate_scan_bodies(api: Api) -> None:
     assert (clean["status"], clean["scan"], clean["storage_key"]) == ("success", "clean", None), clean
     assert [s["step"] for s in clean["steps"]] == ["validate", "scan"]
     assert api.h.objects() == [] and staged_files(api.root) == []
+    today = day_key()  # checks count against the user's daily limit like uploads
+    assert api.h.rt.limiter.count("alice", today) == 2  # this one and the inbox file's
     # It is never the original of a later upload of the same bytes.
     code, _, kept = api.post(DOCS + "?wait=30", pdf, raw(api.alice))
     assert code == 200 and kept["status"] == "success" and kept["duplicate_of"] is None, kept
