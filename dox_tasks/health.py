@@ -3,14 +3,17 @@
 :func:`gather` asks each service (every probe is bounded and turns a failure into
 a sentence); :func:`judge` turns the findings into an exit code a cron job or a
 Kubernetes probe can use: 2 when DOX cannot work (Redis or Postgres unreachable,
-no worker answers), 1 when degraded (clamd unreachable, a queue nobody consumes,
-the last database backup older than 26 h, the last team sync failed or missed),
-else 0. Other teams' services are reported but never change the code.
+no worker answers), 1 when degraded (clamd unreachable, the API at ``DOX_API_URL`` not
+ready, a queue nobody consumes, the last database backup older than 26 h, the last team
+sync failed or missed), else 0. Other teams' services are reported but never change the code.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -96,6 +99,42 @@ def _clamd(rt: Runtime, h: Health) -> None:
     h.checks["clamd"] = {"ok": True, "version": version, "engine": engine, "signatures": signatures}
 
 
+#: Seconds `dox health` waits for the API's /ready.
+API_TIMEOUT_S = 5.0
+
+
+def _api(rt: Runtime, h: Health) -> None:
+    """The API's own readiness (``DOX_API_URL``/ready): not answering, or not ready, degrades.
+    Only the status and /ready's own sentence are reported (it names no host or secret)."""
+    base = rt.settings.api_url
+    if not base:
+        return
+    url = base.rstrip("/") + "/ready"
+    if not url.startswith(("http://", "https://")):
+        h.problems.append("DOX_API_URL must start with http:// or https://")
+        h.checks["api"] = {"ok": False, "error": "DOX_API_URL is not an http(s) URL"}
+        return
+    try:
+        with urllib.request.urlopen(url, timeout=API_TIMEOUT_S) as answer:  # noqa: S310 - checked above
+            status, body = answer.status, answer.read(65536)
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read(65536)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        h.problems.append(f"the API does not answer: {reason}")
+        h.checks["api"] = {"ok": False, "error": str(reason)}
+        return
+    if status == 200:
+        h.checks["api"] = {"ok": True}
+        return
+    try:
+        detail = str(json.loads(body).get("detail") or "")
+    except (ValueError, AttributeError):
+        detail = ""
+    h.problems.append(f"the API is not ready (HTTP {status}){': ' + detail if detail else ''}")
+    h.checks["api"] = {"ok": False, "error": detail or f"HTTP {status}"}
+
+
 def _workers(app: Any, rt: Runtime, h: Health) -> None:
     workers = inspect_workers(app, None, set())
     if not workers.alive:  # a broadcast reply can miss a 1 s window: ask once more before "down"
@@ -178,6 +217,7 @@ def gather(rt: Runtime, app: Any, now: datetime | None = None) -> Health:
     redis_ok = _redis(rt, h)
     pg_ok = _postgres(rt, h)
     _clamd(rt, h)
+    _api(rt, h)
     if redis_ok:
         _workers(app, rt, h)
     if pg_ok:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qsl, urlencode, urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .contract import QUEUES
@@ -168,6 +168,11 @@ class Settings(BaseSettings):
     )
     api_docs: bool = Field(
         True, validation_alias=_env("DOX_API_DOCS"), description="off hides /api/v1/docs and the OpenAPI."
+    )
+    api_url: str | None = Field(
+        None,
+        validation_alias=_env("DOX_API_URL"),
+        description="Where `dox health` finds the API (its /ready), e.g. http://api:5000; unset: unchecked.",
     )
     # uploads (POST /api/v1/documents, /api/v1/validate/scan)
     api_body_timeout_s: float = Field(
@@ -406,5 +411,15 @@ def parse_clamd_url(url: str) -> tuple[str, str | int]:
 
 
 def load() -> Settings:
-    """Read settings from the environment (called once per process by the runtime)."""
-    return Settings()  # type: ignore[call-arg]
+    """Read settings from the environment (called once per process by the runtime).
+
+    A value that does not parse is a :class:`ConfigError` naming the variable and what it
+    must be, never the value (it may be a secret)."""
+    try:
+        return Settings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'settings'}: {e.get('msg', 'invalid')}"
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+        raise ConfigError("invalid setting: " + "; ".join(problems)) from None

@@ -198,3 +198,31 @@ def test_unexpected_errors_are_generic_problems(tmp_path, redis_url):
         assert "hunter2" not in answer.text and "db.internal" not in answer.text, body
         answer = client.post("/health")
         problem((answer.status_code, answer.headers["content-type"], answer.json()), 405)
+
+
+def test_dox_health_reports_the_api(tmp_path, pg_url, redis_url):
+    """`dox health` checks the API's /ready when DOX_API_URL is set: ready, not ready, silent."""
+    env = api_env(tmp_path, pg_url, redis_url)
+    assert dox(["db", "upgrade"], env, tmp_path).returncode == 0
+    server = Server(env, tmp_path, tmp_path / "api.log")
+    down_db = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    unready = Server(api_env(tmp_path, down_db, redis_url), tmp_path, tmp_path / "unready.log")
+    try:
+        cases = {
+            server.url: (True, None),
+            unready.url: (False, "the API is not ready (HTTP 503): not ready: database unreachable"),
+            f"http://127.0.0.1:{free_port()}": (False, "the API does not answer"),
+        }
+        for url, (ok, sentence) in cases.items():
+            result = dox(["health", "--json"], {**env, "DOX_API_URL": url}, tmp_path)
+            report = json.loads(result.stdout)
+            assert report["api"]["ok"] is ok, report
+            api_problems = [p for p in report["problems"] if "API" in p]
+            if sentence is None:
+                assert api_problems == [], report
+            else:
+                assert len(api_problems) == 1 and api_problems[0].startswith(sentence), report
+        assert "api" not in json.loads(dox(["health", "--json"], env, tmp_path).stdout)
+    finally:
+        server.stop()
+        unready.stop()

@@ -91,7 +91,9 @@ def _print_health(r: dict[str, Any]) -> None:
         out.print(f"  [red]✗ {safe(line)}[/]")
     for line in r["problems"]:
         out.print(f"  [yellow]! {safe(line)}[/]")
-    for name in ("redis", "postgres", "clamd"):
+    for name in ("redis", "postgres", "clamd", "api"):
+        if name not in r:
+            continue  # the API is checked only when DOX_API_URL is set
         c = r.get(name) or {}
         mark = "[green]ok[/]" if c.get("ok") else "[red]down[/]"
         out.print(f"  {name:<9} {mark} {safe(c.get('version') or c.get('note') or c.get('error') or '')}")
