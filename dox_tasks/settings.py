@@ -239,6 +239,14 @@ class Settings(BaseSettings):
                 f"DOX_TRUSTED_PROXIES: {v!r} holds something that is not an address or CIDR"
                 " (e.g. 10.0.0.5, 10.0.0.0/24)"
             ) from None
+    # uploads (POST /api/v1/documents, /api/v1/validate/scan)
+    api_body_timeout_s: float = Field(
+        30,
+        validation_alias=_env("DOX_API_BODY_TIMEOUT_S"),
+        gt=0,
+        le=3600,
+        description="An upload whose body stops arriving this long is cut off (408), its staging removed.",
+    )
 
     @field_validator("allowed_types", mode="before")
     @classmethod

@@ -183,7 +183,11 @@ def get_workflow(
 ) -> dict[str, Any]:
     """The workflow's result object fields, ``rule_name``, ``step``, ``detail``, times, its step
     attempts and its events. Scope ``read`` (own user's) or ``read_all``."""
-    detail = readable_workflow(request, caller, workflow_id)
+    return describe(readable_workflow(request, caller, workflow_id))
+
+
+def describe(detail: queries.WorkflowDetail) -> dict[str, Any]:
+    """The body ``GET /api/v1/workflows/{id}`` answers with (uploads answer with it too)."""
     row = detail.workflow
     body = {
         **_result(row),
