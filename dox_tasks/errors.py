@@ -29,6 +29,11 @@ class SubmissionError(DoxError):
     """The caller's submission is refused before any workflow exists (e.g. path outside the inbox)."""
 
 
+class IntakePaused(SubmissionError):
+    """The intake is paused (``dox intake pause``): nothing is accepted until it is resumed.
+    Its own class so a surface can answer "come back later" (HTTP 503) rather than "wrong"."""
+
+
 class ApiKeyError(DoxError):
     """An API key operation is refused (bad name, scope or prefix; no such key; a revoked key
     rotated). Verifying a presented key never raises: it returns a refusal value."""

@@ -12,7 +12,8 @@ import contextlib
 import io
 import logging
 import os
-from typing import Any, BinaryIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO, TypedDict, Unpack
 
 from . import runtime
 from .app import app
@@ -27,8 +28,45 @@ from .runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def submit(
-    document: str | os.PathLike[str] | bytes | BinaryIO,
+@dataclass(frozen=True)
+class Accepted:
+    """What :func:`accept` did: the workflow id, and whether this call created it (False: an
+    idempotency key this user sent before named an existing workflow; nothing was started)."""
+
+    workflow_id: str
+    created: bool
+
+
+Document = str | os.PathLike[str] | bytes | BinaryIO
+
+
+class Options(TypedDict, total=False):
+    """What a submission says besides the document; :func:`accept` has each one's default."""
+
+    user: str
+    source: str | None
+    metadata: dict[str, Any] | None
+    idempotency_key: str | None
+    workflow: str
+    file_name: str | None
+    from_service: bool
+
+
+def submit(document: Document, **options: Unpack[Options]) -> str:
+    """Hand DOX a document; returns the workflow id at once (the work is queued).
+
+    ``document`` is a path, bytes or a binary stream; ``user``, ``source``, ``metadata``,
+    ``idempotency_key``, ``workflow``, ``file_name`` and ``from_service`` as in
+    :func:`accept`. ``user`` is trusted as given (this is an internal caller) and counted in
+    its normal form (:mod:`dox_tasks.identity`); the idempotency key is the user's own.
+    Raises :class:`~dox_tasks.errors.SubmissionError` for a refused path or user name, an
+    unknown workflow or a paused intake (``dox intake pause``).
+    """
+    return accept(document, **options).workflow_id
+
+
+def accept(
+    document: Document,
     *,
     user: str = "anonymous",
     source: str | None = None,
@@ -37,16 +75,13 @@ def submit(
     workflow: str = "process_document_upload",
     file_name: str | None = None,
     from_service: bool = False,
-) -> str:
-    """Hand DOX a document; returns the workflow id at once (the work is queued).
-
-    ``document`` is a path, bytes or a binary stream. ``user`` is trusted as given (this
-    is an internal caller) and counted in its normal form (:mod:`dox_tasks.identity`);
-    the idempotency key is the user's own. Raises
-    :class:`~dox_tasks.errors.SubmissionError` for a refused path or user name, an unknown
-    workflow or a paused intake (``dox intake pause``).
-    """
-    rt = runtime.get()
+    rt: Runtime | None = None,
+) -> Accepted:
+    """:func:`submit`, telling also whether the workflow was created by this call, on the
+    given runtime (default: the process's). The HTTP API uses it: a replayed idempotency
+    key is answered 200, a new workflow 202. A stream's ``read`` may raise to refuse the
+    upload (too large, too slow): staging then keeps nothing and no row is written."""
+    rt = rt or runtime.get()
     user_display = user
     user = normalise_user(user)  # the one form quotas, duplicates and keys are counted by
     for name, value, limit in (("source", source, 200), ("idempotency_key", idempotency_key, 200)):
@@ -59,7 +94,7 @@ def submit(
     if idempotency_key:
         existing = rt.state.find_by_idempotency_key(user, idempotency_key)
         if existing:
-            return existing
+            return Accepted(existing, created=False)
     refuse_if_paused(rt)
     definition = rt.definitions.get(workflow)
     if definition is None:
@@ -100,7 +135,7 @@ def submit(
         )
     if created:
         send(rt, definition.name, workflow_id, definition=definition)
-    return workflow_id
+    return Accepted(workflow_id, created)
 
 
 _saved: set[str] = set()

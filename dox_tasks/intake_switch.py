@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .audit import record_action
 from .db import queries
 from .db.store import aware
-from .errors import SubmissionError
+from .errors import IntakePaused
 from .runtime import Runtime
 
 PAUSED, RESUMED = "intake.paused", "intake.resumed"
@@ -46,7 +46,8 @@ _lock = threading.Lock()
 
 
 def refuse_if_paused(rt: Runtime) -> None:
-    """Raise a clear :class:`SubmissionError` while the intake is paused (cached ≤ 1 s)."""
+    """Raise a clear :class:`IntakePaused` (a :class:`SubmissionError`) while the intake is
+    paused (cached ≤ 1 s)."""
     key = rt.settings.db_url
     with _lock:
         hit = _cache.get(key)
@@ -57,7 +58,7 @@ def refuse_if_paused(rt: Runtime) -> None:
     state = hit[1]
     if state.paused:
         why = f": {state.reason}" if state.reason else ""
-        raise SubmissionError(
+        raise IntakePaused(
             f"intake is paused (since {state.since}, by {state.actor}{why}); nothing was queued."
             " Work already in flight continues. `dox intake resume` reopens it."
         )

@@ -174,6 +174,14 @@ class Settings(BaseSettings):
         validation_alias=_env("DOX_API_URL"),
         description="Where `dox health` finds the API (its /ready), e.g. http://api:5000; unset: unchecked.",
     )
+    # uploads (POST /api/v1/documents, /api/v1/validate/scan)
+    api_body_timeout_s: float = Field(
+        30,
+        validation_alias=_env("DOX_API_BODY_TIMEOUT_S"),
+        gt=0,
+        le=3600,
+        description="An upload whose body stops arriving this long is cut off (408), its staging removed.",
+    )
 
     @field_validator("allowed_types", mode="before")
     @classmethod

@@ -36,13 +36,16 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 @dataclass(frozen=True)
 class Caller:
-    """A verified caller: the user it acts as, its scopes, its key's prefix (None: API_KEY)
-    and the name operator actions record as their actor (the key's name, else the user)."""
+    """A verified caller: the user it acts as, its scopes, its key's prefix (None: API_KEY),
+    the name operator actions record as their actor (the key's name, else the user) and the
+    user as written (what a workflow it submits shows as ``user_display``)."""
 
     user: str
     scopes: tuple[str, ...]
     prefix: str | None
     name: str
+    #: The user as the key's creator wrote it (``Alice``; ``user`` is its normal form).
+    user_display: str | None = None
 
     def allows(self, scope: str) -> bool:
         return apikeys.grants(self.scopes, scope)
@@ -101,7 +104,7 @@ class Authenticator:
         self.store, self.usage, self.require = store, usage, settings.require_auth
         self._operator_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         operator = normalise_user(settings.api_key_user)
-        self._operator = Caller(operator, apikeys.SCOPES, None, operator)
+        self._operator = Caller(operator, apikeys.SCOPES, None, operator, settings.api_key_user)
 
     def _refuse(self, reason: str, prefix: str | None, detail: str) -> Problem:
         log.warning("API key refused: reason=%s prefix=%s", reason, prefix or "-")
@@ -119,7 +122,7 @@ class Authenticator:
         if isinstance(found, apikeys.KeyRefusal):
             raise self._refuse(found.reason, found.prefix, "the API key is not valid")
         self.usage.hit(found.prefix, db_now())
-        return Caller(found.user, found.scopes, found.prefix, found.name)
+        return Caller(found.user, found.scopes, found.prefix, found.name, found.user_display)
 
 
 def needs(scope: str) -> Callable[[Request], Caller]:

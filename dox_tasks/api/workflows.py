@@ -69,9 +69,14 @@ def get_workflow(
         detail = queries.workflow_detail(request.app.state.runtime.state, workflow_id)
     except UnknownWorkflow:
         raise missing from None
-    row = detail.workflow
-    if row["user_id"] != caller.user and not caller.allows("read_all"):
+    if detail.workflow["user_id"] != caller.user and not caller.allows("read_all"):
         raise missing
+    return describe(detail)
+
+
+def describe(detail: queries.WorkflowDetail) -> dict[str, Any]:
+    """The body ``GET /api/v1/workflows/{id}`` answers with (uploads answer with it too)."""
+    row = detail.workflow
     body = {
         **_result(row),
         "rule_name": row["rule_name"],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
@@ -444,8 +444,16 @@ class StateStore(ABC):
             )
 
     # -- look-ups intake and the steps make ----------------------------------------------
-    def find_duplicate(self, sha256: str, user: str | None, exclude: str, before: datetime) -> str | None:
-        """The earliest earlier workflow with the same bytes that succeeded or is still live.
+    def find_duplicate(
+        self,
+        sha256: str,
+        user: str | None,
+        exclude: str,
+        before: datetime,
+        rules: Collection[str] | None = None,
+    ) -> str | None:
+        """The earliest earlier workflow with the same bytes that succeeded or is still live
+        (of one of ``rules``, when given: the workflows that keep their document).
 
         Counting live ones too makes the answer independent of which of two
         concurrent copies finishes first: the one submitted first is the original.
@@ -459,6 +467,8 @@ class StateStore(ABC):
         )
         if user is not None:
             q = q.where(WS.c.user_id == user)
+        if rules is not None:
+            q = q.where(WS.c.rule_name.in_(sorted(rules)))
         with self.tx() as conn:
             rows = conn.execute(
                 q.add_columns(WS.c.created_at).order_by(WS.c.created_at, WS.c.workflow_id)

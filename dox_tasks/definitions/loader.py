@@ -24,6 +24,9 @@ from .schema import DefinitionModel, Step
 
 Path_ = tuple[str | int, ...]
 
+#: The step that keeps a document (see :attr:`Definition.keeps_documents`).
+STORE_TASK = "dox.store"
+
 
 @dataclass
 class Definition:
@@ -44,6 +47,15 @@ class Definition:
 
     def body(self) -> dict[str, Any]:
         return self.model.model_dump(mode="json")
+
+    @property
+    def keeps_documents(self) -> bool:
+        """Whether its workflows store the document (a ``dox.store`` step). Only such a
+        workflow can be the original a later upload is a duplicate of, and only such a
+        workflow looks for one: a check that keeps nothing (``validate_and_scan``) always
+        runs in full and is never pointed at."""
+        kinds = (resolve(s.task) for s in self.model.steps)
+        return any(kind is not None and kind.task == STORE_TASK for kind in kinds)
 
     def ordered_steps(self) -> list[Step]:
         """Steps in execution order, following ``on_success`` from the first."""

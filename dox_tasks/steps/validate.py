@@ -8,7 +8,8 @@
    ``embedded_files`` with DOX_REJECT_EMBEDDED_FILES; accepted PDFs carry ``flags``
    (``owner_password``, ``embedded_files``), which reach the result (finish.build_result)
 5. SHA-256 lookups: bytes known infected → ``infected``; same bytes already
-   submitted by the same user (or anyone, with DOX_DUPLICATE_SCOPE=global) → ``duplicate``
+   submitted by the same user (or anyone, with DOX_DUPLICATE_SCOPE=global) → ``duplicate``;
+   only among workflows that keep their document (``Definition.keeps_documents``)
 """
 
 from __future__ import annotations
@@ -85,8 +86,12 @@ def validate(ctx: StepContext) -> Outcome:
     infected = ctx.rt.state.known_infected(ctx.sha256)
     if infected:
         return reject(Reason.INFECTED, infected, quarantine=True, signature=infected)
-    scope_user = None if s.duplicate_scope == "global" else wf["user_id"]
-    original = ctx.rt.state.find_duplicate(ctx.sha256, scope_user, ctx.workflow_id, before=wf["created_at"])
-    if original:
-        return duplicate(original, sha256=ctx.sha256, **facts)
+    keeping = {name for name, d in ctx.rt.definitions.items() if d.keeps_documents}
+    if wf["rule_name"] in keeping:  # a check that keeps nothing is never a duplicate, nor an original
+        scope_user = None if s.duplicate_scope == "global" else wf["user_id"]
+        original = ctx.rt.state.find_duplicate(
+            ctx.sha256, scope_user, ctx.workflow_id, before=wf["created_at"], rules=keeping
+        )
+        if original:
+            return duplicate(original, sha256=ctx.sha256, **facts)
     return ok(sha256=ctx.sha256, size=size, **facts)

@@ -1,0 +1,338 @@
+"""Uploads through the HTTP API: a real `dox api serve` process, PostgreSQL, Redis, clamd and a
+real worker (the `dox` fixture) for the workflows that must finish.
+
+Multipart and raw bodies ending `success`; 413 at the limit + 1 byte with nothing staged; a
+50 MiB upload within 32 MiB of the server's memory; one workflow for 20 concurrent uploads
+with one idempotency key (another user's same key: another); `?wait=`; a paused intake; bad
+input (broken multipart, no file part, bad metadata, a path in the file name, a client that
+stops sending); `/validate/scan` with a clean PDF, EICAR, the seed's JSON and an inbox file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pdfs
+import pytest
+from apiserver import OPERATOR_KEY, Answer, Server, bearer, problem
+from services import server_env
+
+from dox_tasks import apikeys
+from dox_tasks.api.upload_body import safe_name
+from dox_tasks.db import queries
+from dox_tasks.intake_switch import set_paused
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+DOCS = "/api/v1/documents"
+CHECK = "/api/v1/validate/scan"
+MIB = 1024 * 1024
+
+
+def form(
+    file: bytes | None, name: str = "doc.pdf", boundary: str = "dox-test-boundary", **fields: str
+) -> bytes:
+    """A multipart/form-data body: the fields, then the file part (unless None)."""
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+        for key, value in fields.items()
+    ]
+    if file is not None:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        parts.append((head + "Content-Type: application/pdf\r\n\r\n").encode() + file + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def multipart(key: str, boundary: str = "dox-test-boundary", **more: str) -> dict[str, str]:
+    return {**bearer(key), "Content-Type": f"multipart/form-data; boundary={boundary}", **more}
+
+
+def raw(key: str, name: str | None = "doc.pdf", **more: str) -> dict[str, str]:
+    return {
+        **bearer(key),
+        "Content-Type": "application/pdf",
+        **({"X-File-Name": name} if name else {}),
+        **more,
+    }
+
+
+def staged_files(root: Path) -> list[Path]:
+    """Everything in staging and in the store's temp folder (partial writes)."""
+    return [p for d in ("staging", "tmp") for p in (root / d).rglob("*") if p.is_file()]
+
+
+def status_of(path: str) -> dict[str, int]:
+    fields = dict(line.split(":", 1) for line in Path(path).read_text().splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM")}
+
+
+class Api:
+    """A server on the test's stack, with keys for alice and bob (scopes submit, read)."""
+
+    def __init__(self, tmp_path: Path, h: Any, **env: str):
+        self.h, self.root = h, h.settings.storage
+        self.inbox = tmp_path / "inbox"
+        self.inbox.mkdir(exist_ok=True)
+        self.server = Server(
+            server_env(tmp_path, h.settings, API_KEY=OPERATOR_KEY, DOX_INBOX_ROOT=str(self.inbox), **env),
+            tmp_path,
+            tmp_path / f"api{time.monotonic_ns()}.log",
+        )
+        self.alice = apikeys.create(h.rt.state, "alice-uploader", "Alice", "submit,read").key
+        self.bob = apikeys.create(h.rt.state, "bob-uploader", "bob", "submit,read").key
+
+    def post(self, path: str, body: bytes, headers: dict[str, str], timeout: float = 60) -> Answer:
+        return self.server.request("POST", path, body, headers, timeout=timeout)
+
+
+@pytest.fixture
+def api(tmp_path: Path, dox: Any) -> Iterator[Api]:
+    a = Api(tmp_path, dox, MAX_FILE_SIZE_MB="1", DOX_API_BODY_TIMEOUT_S="1")
+    yield a
+    a.server.stop()
+
+
+def test_multipart_and_raw_uploads_end_success_through_the_worker(api: Api) -> None:
+    pdf = pdfs.unique(1)
+    code, _, queued = api.post(
+        DOCS, form(pdf, "invoice.pdf", source="billing", metadata='{"order": 7}'), multipart(api.alice)
+    )
+    assert code == 202 and queued["status"] == "queued", queued
+    row = api.h.wait([queued["workflow_id"]])[queued["workflow_id"]]
+    assert row["current_state"] == "success", row
+    assert (row["user_id"], row["user_display"], row["file_name"]) == ("alice", "Alice", "invoice.pdf")
+    assert (row["source"], row["metadata"]) == ("billing", {"order": 7})
+    assert row["sha256"] == hashlib.sha256(pdf).hexdigest() and row["size"] == len(pdf)
+
+    # A raw body, waited for: 200 with the body GET /api/v1/workflows/{id} gives.
+    other = pdfs.unique(2)
+    conn = http.client.HTTPConnection("127.0.0.1", api.server.port, timeout=60)
+    conn.request("POST", DOCS + "?wait=30", body=other, headers=raw(api.alice, "scan.pdf"))
+    answer = conn.getresponse()
+    done = json.loads(answer.read())
+    assert answer.status == 200, done
+    assert answer.headers["Location"] == f"/api/v1/workflows/{done['workflow_id']}"
+    assert done["status"] == "success" and done["file"] == "scan.pdf", done
+    assert done["sha256"] == hashlib.sha256(other).hexdigest() and done["storage_key"], done
+    assert [s["step"] for s in done["steps"]][:2] == ["validate", "scan"], done["steps"]
+    read = api.server.get(answer.headers["Location"], bearer(api.alice))
+    assert read[0] == 200 and set(read[2]) == set(done) and read[2]["status"] == "success"
+    assert api.h.objects() == sorted([row["sha256"], done["sha256"]])
+    assert staged_files(api.root) == []  # both ended: the staged copies are gone
+
+
+def test_413_at_the_limit_plus_one_byte_leaves_nothing_staged(api: Api) -> None:
+    limit = MIB  # MAX_FILE_SIZE_MB=1
+    over = b"%PDF-1.4\n" + b"x" * (limit + 1 - 9)
+    for path, body, headers in (
+        (DOCS, form(over), multipart(api.alice)),  # counted while parsed
+        (DOCS, over, raw(api.alice)),  # refused on its Content-Length
+        (CHECK, form(over), multipart(api.alice)),
+    ):
+        body_of = problem(api.post(path, body, headers), 413)
+        assert "1 MiB limit" in body_of["detail"], body_of
+    # Chunked, so no Content-Length to refuse on: counted as it arrives.
+    conn = http.client.HTTPConnection("127.0.0.1", api.server.port, timeout=30)
+    conn.request("POST", DOCS, body=iter([over[: limit // 2], over[limit // 2 :]]), headers=raw(api.alice))
+    assert conn.getresponse().status == 413
+    assert staged_files(api.root) == []
+    assert queries.list_workflows(api.h.rt.state) == []  # no row either
+    # Exactly at the limit is accepted.
+    exact = over[:limit]
+    code, _, body = api.post(DOCS, exact, raw(api.alice))
+    assert code == 202, body
+
+
+def test_a_50_mib_upload_streams_within_32_mib_of_server_memory(
+    tmp_path: Path, stack: Any, harness_factory: Any
+) -> None:
+    h = harness_factory(stack)  # no worker: only the upload is measured
+    a = Api(tmp_path, h, MAX_FILE_SIZE_MB="64")
+    try:
+        warm = a.post(DOCS, pdfs.unique(3), raw(a.alice))
+        assert warm[0] == 202, warm
+        proc = f"/proc/{a.server.proc.pid}/status"
+        before = status_of(proc)
+        size = 50 * MIB
+        piece = bytes(range(256)) * 4096  # 1 MiB
+        conn = http.client.HTTPConnection("127.0.0.1", a.server.port, timeout=120)
+        headers = {**raw(a.alice, "big.bin", **{"Content-Length": str(size)})}
+        conn.request("POST", DOCS, body=(piece for _ in range(50)), headers=headers)
+        answer = conn.getresponse()
+        body = json.loads(answer.read())
+        assert answer.status == 202, body
+        after = status_of(proc)
+        growth = after["VmHWM"] - before["VmRSS"]
+        assert growth <= 32 * MIB, f"server RSS grew {growth / MIB:.1f} MiB for a 50 MiB upload"
+        row = h.rt.state.get_workflow(body["workflow_id"])
+        assert row["size"] == size and row["sha256"] == hashlib.sha256(piece * 50).hexdigest()
+    finally:
+        a.server.stop()
+
+
+def test_one_idempotency_key_twenty_concurrent_uploads_one_workflow(api: Api) -> None:
+    pdf = pdfs.unique(4)
+    answers: list[Answer] = []
+
+    def send() -> None:
+        answers.append(api.post(DOCS, pdf, raw(api.alice, **{"Idempotency-Key": "order-42"})))
+
+    threads = [threading.Thread(target=send) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(code for code, _, _ in answers)
+    ids = {body["workflow_id"] for _, _, body in answers}
+    assert codes == [200] * 19 + [202], answers
+    assert len(ids) == 1
+    assert api.h.rt.state.find_by_idempotency_key("alice", "order-42") == ids.pop()
+    # The same key from another user is another workflow.
+    code, _, theirs = api.post(DOCS, pdf, raw(api.bob, **{"Idempotency-Key": "order-42"}))
+    assert code == 202 and theirs["workflow_id"] != api.h.rt.state.find_by_idempotency_key(
+        "alice", "order-42"
+    )
+    assert api.h.rt.state.get_workflow(theirs["workflow_id"])["user_id"] == "bob"
+
+
+def test_paused_intake_is_503_with_its_reason(api: Api) -> None:
+    set_paused(api.h.rt, True, "ops-anna", "disk full on the store")
+    deadline = time.monotonic() + 5
+    while True:  # the server reads the switch at most once a second
+        answer = api.post(DOCS, pdfs.unique(5), raw(api.alice))
+        if answer[0] == 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    body = problem(answer, 503)
+    assert "disk full on the store" in body["detail"] and "paused" in body["detail"], body
+
+
+def test_bad_input_is_refused_with_a_problem_and_nothing_staged(api: Api) -> None:
+    pdf = pdfs.unique(6)
+    headers = multipart(api.alice)
+    broken = b"--dox-test-boundary\r\nthis is no part header at all\r\n\r\n" + pdf
+    assert "multipart" in problem(api.post(DOCS, broken, headers), 400)["detail"]
+    unfinished = form(pdf).rsplit(b"--dox-test-boundary--", 1)[0]
+    assert "closing boundary" in problem(api.post(DOCS, unfinished, headers), 400)["detail"]
+    assert "no file part" in problem(api.post(DOCS, form(None, source="x"), headers), 400)["detail"]
+    problem(api.post(DOCS, form(pdf, metadata="[1, 2]"), headers), 422)
+    problem(api.post(DOCS, form(pdf, metadata="not json"), headers), 422)
+    big = json.dumps({"note": "x" * (16 * 1024)})
+    assert "metadata" in problem(api.post(DOCS, form(pdf, metadata=big), headers), 413)["detail"]
+    late = form(pdf)[: -len(b"--dox-test-boundary--\r\n")] + form(None, source="late")
+    assert "before file" in problem(api.post(DOCS, late, headers), 400)["detail"]
+    problem(
+        api.post(DOCS, b"a=b", {**bearer(api.alice), "Content-Type": "application/x-www-form-urlencoded"}),
+        415,
+    )
+    problem(api.post(DOCS, pdf, raw(api.alice) | {"Authorization": "Bearer nope"}), 401)
+    problem(api.post(DOCS + "?wait=61", pdf, raw(api.alice)), 422)
+    assert staged_files(api.root) == []
+
+    # A path in the file name: the stored name is its base name.
+    code, _, queued = api.post(DOCS, form(pdf, "../../etc/cron.d/evil.pdf"), headers)
+    assert code == 202, queued
+    assert api.h.rt.state.get_workflow(queued["workflow_id"])["file_name"] == "evil.pdf"
+    code, _, queued = api.post(DOCS, pdfs.unique(7), raw(api.alice, "..\\..\\windows\\x.pdf"))
+    assert api.h.rt.state.get_workflow(queued["workflow_id"])["file_name"] == "x.pdf"
+
+
+def test_a_client_that_stops_sending_gets_408_and_nothing_stays_staged(api: Api) -> None:
+    head = (
+        f"POST {DOCS} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {api.alice}\r\n"
+        "Content-Type: application/pdf\r\nX-File-Name: slow.pdf\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", api.server.port), timeout=10) as sock:
+        sock.sendall(head + pdfs.unique(8)[:500])
+        started = time.monotonic()
+        time.sleep(0.3)
+        assert [p.name for p in staged_files(api.root)][:1] != [], (
+            "the upload should be streaming into staging"
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            answer += piece
+        took = time.monotonic() - started
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 408"), answer
+    assert took < 5, took  # DOX_API_BODY_TIMEOUT_S=1
+    assert b"retry-after: 1" in rest.lower() and b"application/problem+json" in rest
+    assert b"stopped arriving" in rest
+    assert staged_files(api.root) == []
+
+
+def test_validate_scan_checks_without_storing(api: Api) -> None:
+    pdf = pdfs.unique(9)
+    code, _, clean = api.post(CHECK + "?wait=30", form(pdf, "check.pdf"), multipart(api.alice))
+    assert code == 200, clean
+    assert (clean["status"], clean["scan"], clean["storage_key"]) == ("success", "clean", None), clean
+    assert [s["step"] for s in clean["steps"]] == ["validate", "scan"]
+    assert api.h.objects() == [] and staged_files(api.root) == []
+    # It is never the original of a later upload of the same bytes.
+    code, _, kept = api.post(DOCS + "?wait=30", pdf, raw(api.alice))
+    assert code == 200 and kept["status"] == "success" and kept["duplicate_of"] is None, kept
+    # …and a check of stored bytes still scans them (it is never a duplicate either).
+    code, _, again = api.post(CHECK + "?wait=30", pdf, raw(api.alice))
+    assert (again["status"], again["scan"], again["duplicate_of"]) == ("success", "clean", None), again
+
+    code, _, bad = api.post(CHECK + "?wait=30", pdfs.eicar_pdf(), raw(api.alice, "eicar.pdf"))
+    assert code == 200 and bad["status"] == "rejected" and bad["reason"] == "infected", bad
+    assert bad["signature"].startswith("Dox.Test.EICAR") and bad["storage_key"] is None, bad
+
+
+def test_validate_scan_json_names_a_file_in_the_inbox(api: Api) -> None:
+    seed = {"file_path": "/tmp/test.pdf", "file_hash": "test", "file_size": 1024}
+    as_json = {**bearer(api.alice), "Content-Type": "application/json"}
+    assert "file_hash" in problem(api.post(CHECK, json.dumps(seed).encode(), as_json), 422)["detail"]
+    pdf = pdfs.unique(10)
+    (api.inbox / "in").mkdir()
+    (api.inbox / "in" / "q3.pdf").write_bytes(pdf)
+    ref = {"file_path": "in/q3.pdf", "file_hash": hashlib.sha256(pdf).hexdigest(), "file_size": len(pdf)}
+    outside = {**ref, "file_path": "/etc/hostname"}
+    assert "inbox" in problem(api.post(CHECK, json.dumps(outside).encode(), as_json), 422)["detail"]
+    escape = {**ref, "file_path": "../inbox/in/q3.pdf"}
+    problem(api.post(CHECK, json.dumps(escape).encode(), as_json), 422)
+    wrong_size = {**ref, "file_size": len(pdf) + 1}
+    assert "file_size" in problem(api.post(CHECK, json.dumps(wrong_size).encode(), as_json), 422)["detail"]
+    wrong_hash = {**ref, "file_hash": "0" * 64}
+    assert "SHA-256" in problem(api.post(CHECK, json.dumps(wrong_hash).encode(), as_json), 422)["detail"]
+    assert staged_files(api.root) == []
+    problem(api.post(DOCS, json.dumps(ref).encode(), as_json), 415)  # documents take no paths
+
+    code, _, done = api.post(CHECK + "?wait=30", json.dumps(ref).encode(), as_json)
+    assert code == 200, done
+    assert (done["status"], done["scan"], done["file"], done["storage_key"]) == (
+        "success",
+        "clean",
+        "q3.pdf",
+        None,
+    )
+    assert (api.inbox / "in" / "q3.pdf").read_bytes() == pdf  # the inbox file is left alone
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\x\\scan.pdf", "scan.pdf"),
+        ("a\x00b\x1bc\u202edp.pdf", "abcdp.pdf"),
+        ("..", None),
+        ("  ", None),
+        ("é" * 200 + ".pdf", "é" * 125 + ".pdf"),
+    ],
+)
+def test_safe_name(given: str, kept: str | None) -> None:
+    assert safe_name(given) == kept
+    if kept:
+        assert len(kept.encode()) <= 255
