@@ -95,7 +95,16 @@ class Api:
 
 @pytest.fixture
 def api(tmp_path: Path, dox: Any) -> Iterator[Api]:
+    """A server, and a worker to finish its workflows."""
     a = Api(tmp_path, dox, MAX_FILE_SIZE_MB="1", DOX_API_BODY_TIMEOUT_S="1")
+    yield a
+    a.server.stop()
+
+
+@pytest.fixture
+def quiet(tmp_path: Path, stack: Any, harness_factory: Any) -> Iterator[Api]:
+    """A server and no worker: for what is answered before any workflow runs."""
+    a = Api(tmp_path, harness_factory(stack), MAX_FILE_SIZE_MB="1", DOX_API_BODY_TIMEOUT_S="1")
     yield a
     a.server.stop()
 
@@ -129,25 +138,25 @@ def test_multipart_and_raw_uploads_end_success_through_the_worker(api: Api) -> N
     assert staged_files(api.root) == []  # both ended: the staged copies are gone
 
 
-def test_413_at_the_limit_plus_one_byte_leaves_nothing_staged(api: Api) -> None:
+def test_413_at_the_limit_plus_one_byte_leaves_nothing_staged(quiet: Api) -> None:
     limit = MIB  # MAX_FILE_SIZE_MB=1
     over = b"%PDF-1.4\n" + b"x" * (limit + 1 - 9)
     for path, body, headers in (
-        (DOCS, form(over), multipart(api.alice)),  # counted while parsed
-        (DOCS, over, raw(api.alice)),  # refused on its Content-Length
-        (CHECK, form(over), multipart(api.alice)),
+        (DOCS, form(over), multipart(quiet.alice)),  # counted while parsed
+        (DOCS, over, raw(quiet.alice)),  # refused on its Content-Length
+        (CHECK, form(over), multipart(quiet.alice)),
     ):
-        body_of = problem(api.post(path, body, headers), 413)
+        body_of = problem(quiet.post(path, body, headers), 413)
         assert "1 MiB limit" in body_of["detail"], body_of
     # Chunked, so no Content-Length to refuse on: counted as it arrives.
-    conn = http.client.HTTPConnection("127.0.0.1", api.server.port, timeout=30)
-    conn.request("POST", DOCS, body=iter([over[: limit // 2], over[limit // 2 :]]), headers=raw(api.alice))
+    conn = http.client.HTTPConnection("127.0.0.1", quiet.server.port, timeout=30)
+    conn.request("POST", DOCS, body=iter([over[: limit // 2], over[limit // 2 :]]), headers=raw(quiet.alice))
     assert conn.getresponse().status == 413
-    assert staged_files(api.root) == []
-    assert queries.list_workflows(api.h.rt.state) == []  # no row either
+    assert staged_files(quiet.root) == []
+    assert queries.list_workflows(quiet.h.rt.state) == []  # no row either
     # Exactly at the limit is accepted.
     exact = over[:limit]
-    code, _, body = api.post(DOCS, exact, raw(api.alice))
+    code, _, body = quiet.post(DOCS, exact, raw(quiet.alice))
     assert code == 202, body
 
 
@@ -178,12 +187,12 @@ def test_a_50_mib_upload_streams_within_32_mib_of_server_memory(
         a.server.stop()
 
 
-def test_one_idempotency_key_twenty_concurrent_uploads_one_workflow(api: Api) -> None:
+def test_one_idempotency_key_twenty_concurrent_uploads_one_workflow(quiet: Api) -> None:
     pdf = pdfs.unique(4)
     answers: list[Answer] = []
 
     def send() -> None:
-        answers.append(api.post(DOCS, pdf, raw(api.alice, **{"Idempotency-Key": "order-42"})))
+        answers.append(quiet.post(DOCS, pdf, raw(quiet.alice, **{"Idempotency-Key": "order-42"})))
 
     threads = [threading.Thread(target=send) for _ in range(20)]
     for t in threads:
@@ -194,20 +203,20 @@ def test_one_idempotency_key_twenty_concurrent_uploads_one_workflow(api: Api) ->
     ids = {body["workflow_id"] for _, _, body in answers}
     assert codes == [200] * 19 + [202], answers
     assert len(ids) == 1
-    assert api.h.rt.state.find_by_idempotency_key("alice", "order-42") == ids.pop()
+    assert quiet.h.rt.state.find_by_idempotency_key("alice", "order-42") == ids.pop()
     # The same key from another user is another workflow.
-    code, _, theirs = api.post(DOCS, pdf, raw(api.bob, **{"Idempotency-Key": "order-42"}))
-    assert code == 202 and theirs["workflow_id"] != api.h.rt.state.find_by_idempotency_key(
+    code, _, theirs = quiet.post(DOCS, pdf, raw(quiet.bob, **{"Idempotency-Key": "order-42"}))
+    assert code == 202 and theirs["workflow_id"] != quiet.h.rt.state.find_by_idempotency_key(
         "alice", "order-42"
     )
-    assert api.h.rt.state.get_workflow(theirs["workflow_id"])["user_id"] == "bob"
+    assert quiet.h.rt.state.get_workflow(theirs["workflow_id"])["user_id"] == "bob"
 
 
-def test_paused_intake_is_503_with_its_reason(api: Api) -> None:
-    set_paused(api.h.rt, True, "ops-anna", "disk full on the store")
+def test_paused_intake_is_503_with_its_reason(quiet: Api) -> None:
+    set_paused(quiet.h.rt, True, "ops-anna", "disk full on the store")
     deadline = time.monotonic() + 5
     while True:  # the server reads the switch at most once a second
-        answer = api.post(DOCS, pdfs.unique(5), raw(api.alice))
+        answer = quiet.post(DOCS, pdfs.unique(5), raw(quiet.alice))
         if answer[0] == 503 or time.monotonic() > deadline:
             break
         time.sleep(0.3)
@@ -215,46 +224,48 @@ def test_paused_intake_is_503_with_its_reason(api: Api) -> None:
     assert "disk full on the store" in body["detail"] and "paused" in body["detail"], body
 
 
-def test_bad_input_is_refused_with_a_problem_and_nothing_staged(api: Api) -> None:
+def test_bad_input_is_refused_with_a_problem_and_nothing_staged(quiet: Api) -> None:
     pdf = pdfs.unique(6)
-    headers = multipart(api.alice)
+    headers = multipart(quiet.alice)
     broken = b"--dox-test-boundary\r\nthis is no part header at all\r\n\r\n" + pdf
-    assert "multipart" in problem(api.post(DOCS, broken, headers), 400)["detail"]
+    assert "multipart" in problem(quiet.post(DOCS, broken, headers), 400)["detail"]
     unfinished = form(pdf).rsplit(b"--dox-test-boundary--", 1)[0]
-    assert "closing boundary" in problem(api.post(DOCS, unfinished, headers), 400)["detail"]
-    assert "no file part" in problem(api.post(DOCS, form(None, source="x"), headers), 400)["detail"]
-    problem(api.post(DOCS, form(pdf, metadata="[1, 2]"), headers), 422)
-    problem(api.post(DOCS, form(pdf, metadata="not json"), headers), 422)
+    assert "closing boundary" in problem(quiet.post(DOCS, unfinished, headers), 400)["detail"]
+    assert "no file part" in problem(quiet.post(DOCS, form(None, source="x"), headers), 400)["detail"]
+    problem(quiet.post(DOCS, form(pdf, metadata="[1, 2]"), headers), 422)
+    problem(quiet.post(DOCS, form(pdf, metadata="not json"), headers), 422)
     big = json.dumps({"note": "x" * (16 * 1024)})
-    assert "metadata" in problem(api.post(DOCS, form(pdf, metadata=big), headers), 413)["detail"]
+    assert "metadata" in problem(quiet.post(DOCS, form(pdf, metadata=big), headers), 413)["detail"]
     late = form(pdf)[: -len(b"--dox-test-boundary--\r\n")] + form(None, source="late")
-    assert "before file" in problem(api.post(DOCS, late, headers), 400)["detail"]
+    assert "before file" in problem(quiet.post(DOCS, late, headers), 400)["detail"]
     problem(
-        api.post(DOCS, b"a=b", {**bearer(api.alice), "Content-Type": "application/x-www-form-urlencoded"}),
+        quiet.post(
+            DOCS, b"a=b", {**bearer(quiet.alice), "Content-Type": "application/x-www-form-urlencoded"}
+        ),
         415,
     )
-    problem(api.post(DOCS, pdf, raw(api.alice) | {"Authorization": "Bearer nope"}), 401)
-    problem(api.post(DOCS + "?wait=61", pdf, raw(api.alice)), 422)
-    assert staged_files(api.root) == []
+    problem(quiet.post(DOCS, pdf, raw(quiet.alice) | {"Authorization": "Bearer nope"}), 401)
+    problem(quiet.post(DOCS + "?wait=61", pdf, raw(quiet.alice)), 422)
+    assert staged_files(quiet.root) == []
 
     # A path in the file name: the stored name is its base name.
-    code, _, queued = api.post(DOCS, form(pdf, "../../etc/cron.d/evil.pdf"), headers)
+    code, _, queued = quiet.post(DOCS, form(pdf, "../../etc/cron.d/evil.pdf"), headers)
     assert code == 202, queued
-    assert api.h.rt.state.get_workflow(queued["workflow_id"])["file_name"] == "evil.pdf"
-    code, _, queued = api.post(DOCS, pdfs.unique(7), raw(api.alice, "..\\..\\windows\\x.pdf"))
-    assert api.h.rt.state.get_workflow(queued["workflow_id"])["file_name"] == "x.pdf"
+    assert quiet.h.rt.state.get_workflow(queued["workflow_id"])["file_name"] == "evil.pdf"
+    code, _, queued = quiet.post(DOCS, pdfs.unique(7), raw(quiet.alice, "..\\..\\windows\\x.pdf"))
+    assert quiet.h.rt.state.get_workflow(queued["workflow_id"])["file_name"] == "x.pdf"
 
 
-def test_a_client_that_stops_sending_gets_408_and_nothing_stays_staged(api: Api) -> None:
+def test_a_client_that_stops_sending_gets_408_and_nothing_stays_staged(quiet: Api) -> None:
     head = (
-        f"POST {DOCS} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {api.alice}\r\n"
+        f"POST {DOCS} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {quiet.alice}\r\n"
         "Content-Type: application/pdf\r\nX-File-Name: slow.pdf\r\nContent-Length: 100000\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", api.server.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", quiet.server.port), timeout=10) as sock:
         sock.sendall(head + pdfs.unique(8)[:500])
         started = time.monotonic()
         time.sleep(0.3)
-        assert [p.name for p in staged_files(api.root)][:1] != [], (
+        assert [p.name for p in staged_files(quiet.root)][:1] != [], (
             "the upload should be streaming into staging"
         )
         answer = b""
@@ -269,7 +280,7 @@ def test_a_client_that_stops_sending_gets_408_and_nothing_stays_staged(api: Api)
     assert took < 5, took  # DOX_API_BODY_TIMEOUT_S=1
     assert b"retry-after: 1" in rest.lower() and b"application/problem+json" in rest
     assert b"stopped arriving" in rest
-    assert staged_files(api.root) == []
+    assert staged_files(quiet.root) == []
 
 
 def test_validate_scan_checks_without_storing(api: Api) -> None:

@@ -44,6 +44,7 @@ MAX_SOURCE = 200
 FORM_ALLOWANCE = 64 * 1024
 #: File names are at most this many bytes of UTF-8 (the common file-system limit).
 MAX_NAME_BYTES = 255
+MAX_BOUNDARY = 70
 _CLOSE = {"Connection": "close"}
 
 
@@ -132,6 +133,8 @@ class MultipartUpload:
 
     def __init__(self, body: BodyStream, boundary: bytes, limit: int):
         self._body, self._limit = body, limit
+        if len(boundary) > MAX_BOUNDARY:  # RFC 2046's limit
+            raise _bad(f"the multipart boundary is longer than {MAX_BOUNDARY} characters")
         self._parser = MultipartParser(
             boundary,
             {
@@ -242,7 +245,12 @@ class MultipartUpload:
     @property
     def source(self) -> str | None:
         raw = self.fields.get("source")
-        return bytes(raw).decode("utf-8", "replace") if raw is not None else None
+        if raw is None:
+            return None
+        text = bytes(raw).decode("utf-8", "replace")
+        if any(unicodedata.category(ch) in _UNSAFE for ch in text):
+            raise Problem(422, "invalid-source", "source must be text without control characters")
+        return text
 
     @property
     def metadata(self) -> dict[str, Any] | None:
@@ -253,15 +261,32 @@ def parse_metadata(raw: bytes | bytearray | None) -> dict[str, Any] | None:
     """The ``metadata`` field: a JSON object (422 for anything else)."""
     if raw is None:
         return None
-    try:
-        value = json.loads(bytes(raw))
-    except ValueError:
+    try:  # NaN and Infinity are not JSON, and the database would refuse them
+        value = json.loads(bytes(raw), parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         value = None
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or _has_nul(value):
         raise Problem(
-            422, "invalid-metadata", f"metadata must be a JSON object of at most {MAX_METADATA} bytes"
+            422,
+            "invalid-metadata",
+            f"metadata must be a JSON object (without NUL characters) of at most {MAX_METADATA} bytes",
         )
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL character is in any key or string (PostgreSQL text cannot hold one)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _bad(detail: str) -> Problem:

@@ -125,6 +125,8 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
     },
     202: {"description": "queued", "content": {"application/json": {"schema": _QUEUED}}},
     400: {"description": "a malformed upload", "content": _PROBLEM},
+    401: {"description": "no valid API key", "content": _PROBLEM},
+    403: {"description": "the key lacks the submit scope", "content": _PROBLEM},
     408: {"description": "the body stopped arriving", "content": _PROBLEM},
     413: {"description": "the document (or a field) is too large", "content": _PROBLEM},
     415: {"description": "not a document type", "content": _PROBLEM},
@@ -261,7 +263,8 @@ def _upload_threads(request: Request) -> anyio.CapacityLimiter:
 async def _answer(rt: Runtime, accepted: intake.Accepted, wait: float | None) -> JSONResponse:
     workflow_id = accepted.workflow_id
     headers = {"Location": f"/api/v1/workflows/{workflow_id}"}
-    if not accepted.created or (wait and await _ended_within(rt, workflow_id, wait)):
+    ended = bool(wait) and await _ended_within(rt, workflow_id, wait or 0)
+    if ended or not accepted.created:  # a replayed key: the workflow as it is now
         detail = await anyio.to_thread.run_sync(queries.workflow_detail, rt.state, workflow_id)
         return JSONResponse(describe(detail), status_code=200, headers=headers)
     return JSONResponse({"workflow_id": workflow_id, "status": "queued"}, status_code=202, headers=headers)
