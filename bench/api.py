@@ -217,7 +217,14 @@ class Peer:
             for i in range(n)
         ]
 
+    def forget(self) -> None:
+        """Drop what was measured so far (after a warm-up)."""
+        self.rates.clear()
+        self.p99s.clear()
+        self.costs.clear()
+
     def accept_round(self, n: int, offset: int, concurrency: int) -> list[str]:
+        """Post N unique one-page PDFs, record rate, p99 and CPU per upload; the workflow ids."""
         requests = self.requests(n, offset)
         before = cpu.snapshot({self.proc.pid})
         elapsed, replies = post_all(self.port, requests, concurrency)
@@ -284,7 +291,7 @@ def start_handwritten(workdir: Path, workers: int) -> Peer:
 def compare_accept(dox: Peer, hand: Peer, n: int, rounds: int, concurrency: int) -> None:
     for k, peer in enumerate((dox, hand)):  # warm-up: every worker process imported and connected
         peer.accept_round(max(4 * concurrency, 50), 10**8 + k * 10**4, concurrency)
-        peer.rates.clear(), peer.p99s.clear(), peer.costs.clear()
+        peer.forget()
     speed = []
     for r in range(rounds):
         speed.append(cpu.calibration_ms())
