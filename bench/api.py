@@ -15,7 +15,9 @@ and prints one `name: value` line per figure:
   per round and the median printed, with every round's.
 - ``api_end_to_end_ratio_vs_submit``: N one-page PDFs posted to the API, then waited for until
   all N are terminal in PostgreSQL, against the same N through ``dox_tasks.submit()``; DOX's
-  workers as bench/pipeline.py runs them (the docker-compose.yml layout), interleaved rounds.
+  workers as bench/pipeline.py runs them (the docker-compose.yml layout), interleaved rounds;
+  ``*_end_to_end_cpu_ms_per_doc``: the CPU of everything (workers, API server, PostgreSQL,
+  Redis, this process) per document.
 - ``api_upload_rss_growth_mib_50mib``: how much the API server's process tree (PSS, sampled
   every 20 ms) grows while one 50 MiB PDF is posted; the same for the hand-written peer.
 - CPU per accepted upload by component (server processes, PostgreSQL, Redis, this client),
@@ -385,12 +387,21 @@ def compare_end_to_end(dox: Dox, api: Peer, n: int, rounds: int, concurrency: in
     runs: dict[str, Callable[[int, int], float]] = {"api": via_api, "submit": via_submit}
     via_api(10, 2 * 10**8)  # warm-up: worker pools up, connections open
     via_submit(10, 2 * 10**8 + 100)
+    groups = {api.proc.pid, *(w.pid for w in dox.workers)}  # "workers": DOX's and the server's
     rates: dict[str, list[float]] = {"api": [], "submit": []}
+    costs: dict[str, list[float]] = {"api": [], "submit": []}
     for r in range(rounds):
         order = ("api", "submit") if r % 2 == 0 else ("submit", "api")
         for k, name in enumerate(order):
+            before = cpu.snapshot(groups)
             rates[name].append(runs[name](n, 3 * 10**8 + r * 10**5 + k * 10**4))
-            note(f"end to end round {r + 1}: {name} {rates[name][-1]:.1f} docs/s")
+            costs[name].append(cpu.per_workflow_ms(before, cpu.snapshot(groups), n)["total"])
+            note(
+                f"end to end round {r + 1}: {name} {rates[name][-1]:.1f} docs/s,"
+                f" {costs[name][-1]:.0f} CPU ms/document"
+            )
+    for name in ("api", "submit"):
+        say(f"{name}_end_to_end_cpu_ms_per_doc", f"{statistics.median(costs[name]):.1f}")
     say("api_end_to_end_docs_per_s", f"{statistics.median(rates['api']):.1f}")
     say("submit_end_to_end_docs_per_s", f"{statistics.median(rates['submit']):.1f}")
     ratios = [a / s for a, s in zip(rates["api"], rates["submit"], strict=True)]
