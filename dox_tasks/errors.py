@@ -34,6 +34,16 @@ class IntakePaused(SubmissionError):
     Its own class so a surface can answer "come back later" (HTTP 503) rather than "wrong"."""
 
 
+class NotSent(SubmissionError):
+    """The workflow is recorded (``queued``) but the broker refused its message: nothing is
+    lost, the reaper sends it again. ``workflow_id`` names it, so a caller can still answer
+    with the id."""
+
+    def __init__(self, message: str, workflow_id: str):
+        super().__init__(message)
+        self.workflow_id = workflow_id
+
+
 class ApiKeyError(DoxError):
     """An API key operation is refused (bad name, scope or prefix; no such key; a revoked key
     rotated). Verifying a presented key never raises: it returns a refusal value."""

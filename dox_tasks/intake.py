@@ -19,7 +19,7 @@ from . import runtime
 from .app import app
 from .db.store import NewWorkflow
 from .definitions.canvas import build_chain
-from .errors import SubmissionError
+from .errors import NotSent, SubmissionError
 from .identity import normalise_user
 from .inbox import open_document
 from .intake_switch import refuse_if_paused
@@ -167,8 +167,9 @@ def send(
         canvas.apply_async()
     except Exception as exc:  # noqa: BLE001 - broker errors come in many types
         log.error("workflow %s is recorded queued but could not be sent: %s", workflow_id, exc)
-        raise SubmissionError(
+        raise NotSent(
             f"workflow {workflow_id} is recorded (queued) but the broker refused its message:"
             f" {exc}. Nothing is lost: the row stays queued and the reaper re-sends it once the"
-            " broker is back (see docs/OPERATIONS.md, stuck workflows: the reaper)."
+            " broker is back (see docs/OPERATIONS.md, stuck workflows: the reaper).",
+            workflow_id,
         ) from exc

@@ -23,7 +23,7 @@ from typing import Any
 import pdfs
 import pytest
 from apiserver import OPERATOR_KEY, Answer, Server, bearer, problem
-from services import server_env
+from services import free_port, server_env
 
 from dox_tasks import apikeys
 from dox_tasks.api.upload_body import safe_name
@@ -77,12 +77,14 @@ def status_of(path: str) -> dict[str, int]:
 class Api:
     """A server on the test's stack, with keys for alice and bob (scopes submit, read)."""
 
-    def __init__(self, tmp_path: Path, h: Any, **env: str):
+    def __init__(self, tmp_path: Path, h: Any, settings: Any = None, **env: str):
         self.h, self.root = h, h.settings.storage
         self.inbox = tmp_path / "inbox"
         self.inbox.mkdir(exist_ok=True)
         self.server = Server(
-            server_env(tmp_path, h.settings, API_KEY=OPERATOR_KEY, DOX_INBOX_ROOT=str(self.inbox), **env),
+            server_env(
+                tmp_path, settings or h.settings, API_KEY=OPERATOR_KEY, DOX_INBOX_ROOT=str(self.inbox), **env
+            ),
             tmp_path,
             tmp_path / f"api{time.monotonic_ns()}.log",
         )
@@ -96,7 +98,7 @@ class Api:
 @pytest.fixture
 def api(tmp_path: Path, dox: Any) -> Iterator[Api]:
     """A server, and a worker to finish its workflows."""
-    a = Api(tmp_path, dox, MAX_FILE_SIZE_MB="1", DOX_API_BODY_TIMEOUT_S="1")
+    a = Api(tmp_path, dox, MAX_FILE_SIZE_MB="2", DOX_API_BODY_TIMEOUT_S="1")
     yield a
     a.server.stop()
 
@@ -104,7 +106,7 @@ def api(tmp_path: Path, dox: Any) -> Iterator[Api]:
 @pytest.fixture
 def quiet(tmp_path: Path, stack: Any, harness_factory: Any) -> Iterator[Api]:
     """A server and no worker: for what is answered before any workflow runs."""
-    a = Api(tmp_path, harness_factory(stack), MAX_FILE_SIZE_MB="1", DOX_API_BODY_TIMEOUT_S="1")
+    a = Api(tmp_path, harness_factory(stack), MAX_FILE_SIZE_MB="2", DOX_API_BODY_TIMEOUT_S="1")
     yield a
     a.server.stop()
 
@@ -137,9 +139,28 @@ def test_multipart_and_raw_uploads_end_success_through_the_worker(api: Api) -> N
     assert api.h.objects() == sorted([row["sha256"], done["sha256"]])
     assert staged_files(api.root) == []  # both ended: the staged copies are gone
 
+    # A path in the file name: the stored name is its base name.
+    code, _, evil = api.post(
+        DOCS + "?wait=30", form(pdfs.unique(6), "../../etc/cron.d/evil.pdf"), multipart(api.alice)
+    )
+    assert code == 200 and evil["file"] == "evil.pdf" and evil["status"] == "success", evil
+    code, _, win = api.post(DOCS + "?wait=30", pdfs.unique(7), raw(api.alice, "..\\..\\windows\\x.pdf"))
+    assert code == 200 and win["file"] == "x.pdf", win
 
-def test_413_at_the_limit_plus_one_byte_leaves_nothing_staged(quiet: Api) -> None:
-    limit = MIB  # MAX_FILE_SIZE_MB=1
+
+def test_refusals_are_problems_and_leave_nothing_staged(quiet: Api) -> None:
+    """Each refusal is answered before any row exists; the paused intake last (it stays)."""
+    _413_at_the_limit_plus_one_byte(quiet)
+    _bad_input_is_a_problem(quiet)
+    _a_client_that_stops_sending_gets_408(quiet)
+    assert staged_files(quiet.root) == [] and queries.list_workflows(quiet.h.rt.state) == []
+    exact = quiet.post(DOCS, b"%PDF-1.4\n" + b"x" * (2 * MIB - 9), raw(quiet.alice))  # the limit itself
+    assert exact[0] == 202, exact
+    _paused_intake_is_503_with_its_reason(quiet)
+
+
+def _413_at_the_limit_plus_one_byte(quiet: Api) -> None:
+    limit = 2 * MIB  # MAX_FILE_SIZE_MB=2
     over = b"%PDF-1.4\n" + b"x" * (limit + 1 - 9)
     for path, body, headers in (
         (DOCS, form(over), multipart(quiet.alice)),  # counted while parsed
@@ -147,17 +168,13 @@ def test_413_at_the_limit_plus_one_byte_leaves_nothing_staged(quiet: Api) -> Non
         (CHECK, form(over), multipart(quiet.alice)),
     ):
         body_of = problem(quiet.post(path, body, headers), 413)
-        assert "1 MiB limit" in body_of["detail"], body_of
+        assert "2 MiB limit" in body_of["detail"], body_of
     # Chunked, so no Content-Length to refuse on: counted as it arrives.
     conn = http.client.HTTPConnection("127.0.0.1", quiet.server.port, timeout=30)
     conn.request("POST", DOCS, body=iter([over[: limit // 2], over[limit // 2 :]]), headers=raw(quiet.alice))
     assert conn.getresponse().status == 413
     assert staged_files(quiet.root) == []
     assert queries.list_workflows(quiet.h.rt.state) == []  # no row either
-    # Exactly at the limit is accepted.
-    exact = over[:limit]
-    code, _, body = quiet.post(DOCS, exact, raw(quiet.alice))
-    assert code == 202, body
 
 
 def test_a_50_mib_upload_streams_within_32_mib_of_server_memory(
@@ -180,6 +197,10 @@ def test_a_50_mib_upload_streams_within_32_mib_of_server_memory(
         assert answer.status == 202, body
         after = status_of(proc)
         growth = after["VmHWM"] - before["VmRSS"]
+        print(
+            f"server RSS {before['VmRSS'] / MIB:.1f} MiB,"
+            f" peak after a 50 MiB upload {after['VmHWM'] / MIB:.1f} MiB"
+        )
         assert growth <= 32 * MIB, f"server RSS grew {growth / MIB:.1f} MiB for a 50 MiB upload"
         row = h.rt.state.get_workflow(body["workflow_id"])
         assert row["size"] == size and row["sha256"] == hashlib.sha256(piece * 50).hexdigest()
@@ -212,7 +233,7 @@ def test_one_idempotency_key_twenty_concurrent_uploads_one_workflow(quiet: Api) 
     assert quiet.h.rt.state.get_workflow(theirs["workflow_id"])["user_id"] == "bob"
 
 
-def test_paused_intake_is_503_with_its_reason(quiet: Api) -> None:
+def _paused_intake_is_503_with_its_reason(quiet: Api) -> None:
     set_paused(quiet.h.rt, True, "ops-anna", "disk full on the store")
     deadline = time.monotonic() + 5
     while True:  # the server reads the switch at most once a second
@@ -224,7 +245,7 @@ def test_paused_intake_is_503_with_its_reason(quiet: Api) -> None:
     assert "disk full on the store" in body["detail"] and "paused" in body["detail"], body
 
 
-def test_bad_input_is_refused_with_a_problem_and_nothing_staged(quiet: Api) -> None:
+def _bad_input_is_a_problem(quiet: Api) -> None:
     pdf = pdfs.unique(6)
     headers = multipart(quiet.alice)
     broken = b"--dox-test-boundary\r\nthis is no part header at all\r\n\r\n" + pdf
@@ -248,42 +269,41 @@ def test_bad_input_is_refused_with_a_problem_and_nothing_staged(quiet: Api) -> N
     problem(quiet.post(DOCS + "?wait=61", pdf, raw(quiet.alice)), 422)
     assert staged_files(quiet.root) == []
 
-    # A path in the file name: the stored name is its base name.
-    code, _, queued = quiet.post(DOCS, form(pdf, "../../etc/cron.d/evil.pdf"), headers)
-    assert code == 202, queued
-    assert quiet.h.rt.state.get_workflow(queued["workflow_id"])["file_name"] == "evil.pdf"
-    code, _, queued = quiet.post(DOCS, pdfs.unique(7), raw(quiet.alice, "..\\..\\windows\\x.pdf"))
-    assert quiet.h.rt.state.get_workflow(queued["workflow_id"])["file_name"] == "x.pdf"
 
-
-def test_a_client_that_stops_sending_gets_408_and_nothing_stays_staged(quiet: Api) -> None:
+def _a_client_that_stops_sending_gets_408(quiet: Api) -> None:
     head = (
         f"POST {DOCS} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {quiet.alice}\r\n"
-        "Content-Type: application/pdf\r\nX-File-Name: slow.pdf\r\nContent-Length: 100000\r\n\r\n"
+        "Content-Type: application/pdf\r\nX-File-Name: slow.pdf\r\nContent-Length: 2000000\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", quiet.server.port), timeout=10) as sock:
-        sock.sendall(head + pdfs.unique(8)[:500])
-        started = time.monotonic()
-        time.sleep(0.3)
-        assert [p.name for p in staged_files(quiet.root)][:1] != [], (
-            "the upload should be streaming into staging"
-        )
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-            piece = sock.recv(65536)
-            if not piece:
-                break
-            answer += piece
-        took = time.monotonic() - started
-    status_line, _, rest = answer.partition(b"\r\n")
-    assert status_line.startswith(b"HTTP/1.1 408"), answer
-    assert took < 5, took  # DOX_API_BODY_TIMEOUT_S=1
-    assert b"retry-after: 1" in rest.lower() and b"application/problem+json" in rest
-    assert b"stopped arriving" in rest
-    assert staged_files(quiet.root) == []
+    # Stopping within the first piece (read before intake starts), and after it (mid-staging).
+    for sent, staging in ((500, False), (1_500_000, True)):
+        with socket.create_connection(("127.0.0.1", quiet.server.port), timeout=10) as sock:
+            sock.sendall(head + (b"%PDF-1.4\n" + b"x" * sent)[:sent])
+            started = time.monotonic()
+            time.sleep(0.4)
+            assert bool(staged_files(quiet.root)) == staging, staged_files(quiet.root)
+            answer = b""
+            while not answer.rstrip().endswith(b"}"):
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                answer += piece
+            took = time.monotonic() - started
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line.startswith(b"HTTP/1.1 408"), answer
+        assert took < 5, took  # DOX_API_BODY_TIMEOUT_S=1
+        assert b"retry-after: 1" in rest.lower() and b"application/problem+json" in rest
+        assert b"stopped arriving" in rest
+        assert staged_files(quiet.root) == []
+    assert queries.list_workflows(quiet.h.rt.state) == []
 
 
 def test_validate_scan_checks_without_storing(api: Api) -> None:
+    _validate_scan_json_names_a_file_in_the_inbox(api)  # refusals first: nothing staged yet
+    _validate_scan_bodies(api)
+
+
+def _validate_scan_bodies(api: Api) -> None:
     pdf = pdfs.unique(9)
     code, _, clean = api.post(CHECK + "?wait=30", form(pdf, "check.pdf"), multipart(api.alice))
     assert code == 200, clean
@@ -302,7 +322,7 @@ def test_validate_scan_checks_without_storing(api: Api) -> None:
     assert bad["signature"].startswith("Dox.Test.EICAR") and bad["storage_key"] is None, bad
 
 
-def test_validate_scan_json_names_a_file_in_the_inbox(api: Api) -> None:
+def _validate_scan_json_names_a_file_in_the_inbox(api: Api) -> None:
     seed = {"file_path": "/tmp/test.pdf", "file_hash": "test", "file_size": 1024}
     as_json = {**bearer(api.alice), "Content-Type": "application/json"}
     assert "file_hash" in problem(api.post(CHECK, json.dumps(seed).encode(), as_json), 422)["detail"]
@@ -347,3 +367,18 @@ def test_safe_name(given: str, kept: str | None) -> None:
     assert safe_name(given) == kept
     if kept:
         assert len(kept.encode()) <= 255
+
+
+def test_a_broker_that_refuses_the_message_still_accepts_the_recorded_upload(
+    tmp_path: Path, stack: Any, harness_factory: Any
+) -> None:
+    h = harness_factory(stack)
+    dead = stack.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})  # nothing listens
+    a = Api(tmp_path, h, dead)
+    try:
+        code, _, body = a.post(DOCS, pdfs.unique(11), raw(a.alice))
+        assert code == 202 and body["status"] == "queued", body
+        assert h.rt.state.get_workflow(body["workflow_id"])["current_state"] == "queued"  # the reaper's
+        assert "refused its message" in a.server.stop()
+    finally:
+        a.server.stop()

@@ -14,8 +14,8 @@ Either way the document's bytes are counted and refused (413) the moment they pa
 ``MAX_FILE_SIZE_MB``. Intake reads them synchronously, in a worker thread, through
 :class:`ThreadReader`, which fetches each piece from the event loop: the bytes go from the
 socket into DOX's staging file once, a piece (at most :data:`PIECE` bytes) at a time.
-Every refusal is raised from ``read``, so intake's staging removes its partial file and
-writes no row.
+Every refusal is raised from ``read`` (or before intake starts), so intake's staging
+removes its partial file and writes no row.
 """
 
 from __future__ import annotations
@@ -295,13 +295,32 @@ def _bad(detail: str) -> Problem:
 
 class ThreadReader:
     """A blocking ``read`` over an :class:`Upload`, for intake running in a worker thread
-    (started by anyio): each read waits for the event loop to fetch the next piece."""
+    (started by anyio): each read waits for the event loop to fetch the next piece.
 
-    def __init__(self, upload: Upload):
-        self._upload = upload
+    Make it with :meth:`start`, which reads the first piece on the event loop: a document
+    that fits in it (most do) then costs the thread no trip back to the loop at all."""
+
+    def __init__(self, upload: Upload, first: bytes, ended: bool):
+        self._upload, self._first, self._ended = upload, first, ended
+
+    @classmethod
+    async def start(cls, upload: Upload) -> ThreadReader:
+        first = bytearray()
+        while len(first) < PIECE:
+            piece = await upload.read(PIECE - len(first))
+            if not piece:
+                return cls(upload, bytes(first), ended=True)
+            first += piece
+        return cls(upload, bytes(first), ended=False)
 
     def read(self, size: int = -1) -> bytes:
-        return anyio.from_thread.run(self._upload.read, size if size > 0 else PIECE)
+        size = size if size > 0 else PIECE
+        if self._first:
+            piece, self._first = self._first[:size], self._first[size:]
+            return piece
+        if self._ended:
+            return b""
+        return anyio.from_thread.run(self._upload.read, size)
 
 
 _SEPARATORS = re.compile(r"[\\/]")

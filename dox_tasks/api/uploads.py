@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 from typing import Any, BinaryIO, cast
@@ -32,7 +33,7 @@ from python_multipart.multipart import parse_options_header
 from .. import intake
 from ..contract import LIVE_STATES
 from ..db import queries
-from ..errors import IntakePaused, SubmissionError
+from ..errors import IntakePaused, NotSent, SubmissionError
 from ..inbox import open_document
 from ..runtime import Runtime
 from .auth import Caller, needs
@@ -52,6 +53,7 @@ from .upload_body import (
 )
 from .workflows import describe
 
+log = logging.getLogger("dox.api.uploads")
 router = APIRouter(prefix="/api/v1", tags=["documents"])
 
 DOCUMENT_WORKFLOW = "process_document_upload"
@@ -208,7 +210,7 @@ async def _take(
         form = MultipartUpload(body, boundary, limit)
         await form.start()
         fields = {"source": form.source, "metadata": form.metadata, "file_name": safe_name(form.file_name)}
-        stream: Any = ThreadReader(form)
+        stream: Any = await ThreadReader.start(form)
     elif media == "application/json" and workflow == CHECK_WORKFLOW:
         opened, fields = await _inbox_file(rt, body)
         stream = opened
@@ -224,7 +226,7 @@ async def _take(
             raise too_large(limit)
         upload: Upload = RawUpload(body, limit)
         fields = {"file_name": safe_name(header_text(x_file_name))}
-        stream = ThreadReader(upload)
+        stream = await ThreadReader.start(upload)
     try:
         accepted = await anyio.to_thread.run_sync(
             functools.partial(
@@ -238,6 +240,11 @@ async def _take(
             ),
             limiter=_upload_threads(request),
         )
+    except NotSent as exc:  # recorded queued: the reaper sends it, so the upload is accepted
+        log.warning(
+            "workflow %s is queued but the broker refused its message; the reaper sends it", exc.workflow_id
+        )
+        accepted, wait = intake.Accepted(exc.workflow_id, created=True), None
     except IntakePaused as exc:
         raise Problem(503, "intake-paused", str(exc), {"Retry-After": PAUSED_RETRY_AFTER}) from None
     except SubmissionError as exc:
