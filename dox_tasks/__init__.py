@@ -5,7 +5,17 @@ DOX a document. The contract (states, reasons, result fields) is in
 :mod:`dox_tasks.contract`.
 """
 
-from . import tasks  # noqa: F401,E402 - registers the tasks with the app
+import sys
+
+from .errors import ConfigError
+
+try:
+    from . import tasks  # noqa: F401 - registers the tasks with the app (reads the settings)
+except ConfigError as exc:
+    # A setting that cannot work stops every entry point (the CLI, a worker, the API) here,
+    # at import: one sentence naming the variable, exit 2, no traceback.
+    sys.stderr.write(f"dox: {exc}\n")
+    raise SystemExit(2) from None
 from .app import app
 from .contract import DocumentResult, Reason, WorkflowState
 from .intake import submit

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qsl, urlencode, urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .contract import QUEUES
@@ -411,5 +411,15 @@ def parse_clamd_url(url: str) -> tuple[str, str | int]:
 
 
 def load() -> Settings:
-    """Read settings from the environment (called once per process by the runtime)."""
-    return Settings()  # type: ignore[call-arg]
+    """Read settings from the environment (called once per process by the runtime).
+
+    A value that does not parse is a :class:`ConfigError` naming the variable and what it
+    must be, never the value (it may be a secret)."""
+    try:
+        return Settings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'settings'}: {e.get('msg', 'invalid')}"
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+        raise ConfigError("invalid setting: " + "; ".join(problems)) from None

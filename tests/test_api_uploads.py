@@ -29,6 +29,7 @@ from dox_tasks import apikeys
 from dox_tasks.api.upload_body import safe_name
 from dox_tasks.db import queries
 from dox_tasks.intake_switch import set_paused
+from dox_tasks.ratelimit import day_key
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -67,6 +68,13 @@ def raw(key: str, name: str | None = "doc.pdf", **more: str) -> dict[str, str]:
 def staged_files(root: Path) -> list[Path]:
     """Everything in staging and in the store's temp folder (partial writes)."""
     return [p for d in ("staging", "tmp") for p in (root / d).rglob("*") if p.is_file()]
+
+
+def send_raw(a: Api, path: str, body: Any, headers: dict[str, str]) -> http.client.HTTPResponse:
+    """A POST whose answer's headers the test reads (``body`` may be an iterable: chunked)."""
+    conn = http.client.HTTPConnection("127.0.0.1", a.server.port, timeout=60)
+    conn.request("POST", path, body=body, headers=headers)
+    return conn.getresponse()
 
 
 def status_of(path: str) -> dict[str, int]:
@@ -125,9 +133,7 @@ def test_multipart_and_raw_uploads_end_success_through_the_worker(api: Api) -> N
 
     # A raw body, waited for: 200 with the body GET /api/v1/workflows/{id} gives.
     other = pdfs.unique(2)
-    conn = http.client.HTTPConnection("127.0.0.1", api.server.port, timeout=60)
-    conn.request("POST", DOCS + "?wait=30", body=other, headers=raw(api.alice, "scan.pdf"))
-    answer = conn.getresponse()
+    answer = send_raw(api, DOCS + "?wait=30", other, raw(api.alice, "scan.pdf"))
     done = json.loads(answer.read())
     assert answer.status == 200, done
     assert answer.headers["Location"] == f"/api/v1/workflows/{done['workflow_id']}"
@@ -170,9 +176,9 @@ def _413_at_the_limit_plus_one_byte(quiet: Api) -> None:
         body_of = problem(quiet.post(path, body, headers), 413)
         assert "2 MiB limit" in body_of["detail"], body_of
     # Chunked, so no Content-Length to refuse on: counted as it arrives.
-    conn = http.client.HTTPConnection("127.0.0.1", quiet.server.port, timeout=30)
-    conn.request("POST", DOCS, body=iter([over[: limit // 2], over[limit // 2 :]]), headers=raw(quiet.alice))
-    assert conn.getresponse().status == 413
+    assert (
+        send_raw(quiet, DOCS, iter([over[: limit // 2], over[limit // 2 :]]), raw(quiet.alice)).status == 413
+    )
     assert staged_files(quiet.root) == []
     assert queries.list_workflows(quiet.h.rt.state) == []  # no row either
 
@@ -189,10 +195,8 @@ def test_a_50_mib_upload_streams_within_32_mib_of_server_memory(
         before = status_of(proc)
         size = 50 * MIB
         piece = bytes(range(256)) * 4096  # 1 MiB
-        conn = http.client.HTTPConnection("127.0.0.1", a.server.port, timeout=120)
-        headers = {**raw(a.alice, "big.bin", **{"Content-Length": str(size)})}
-        conn.request("POST", DOCS, body=(piece for _ in range(50)), headers=headers)
-        answer = conn.getresponse()
+        headers = raw(a.alice, "big.bin", **{"Content-Length": str(size)})
+        answer = send_raw(a, DOCS, (piece for _ in range(50)), headers)
         body = json.loads(answer.read())
         assert answer.status == 202, body
         after = status_of(proc)
@@ -225,11 +229,12 @@ def test_one_idempotency_key_twenty_concurrent_uploads_one_workflow(quiet: Api) 
     assert codes == [200] * 19 + [202], answers
     assert len(ids) == 1
     assert quiet.h.rt.state.find_by_idempotency_key("alice", "order-42") == ids.pop()
-    # The same key from another user is another workflow.
-    code, _, theirs = quiet.post(DOCS, pdf, raw(quiet.bob, **{"Idempotency-Key": "order-42"}))
-    assert code == 202 and theirs["workflow_id"] != quiet.h.rt.state.find_by_idempotency_key(
-        "alice", "order-42"
-    )
+    # The same key from another user is another workflow; ?wait that sees no end is 202.
+    answer = send_raw(quiet, DOCS + "?wait=0.5", pdf, raw(quiet.bob, **{"Idempotency-Key": "order-42"}))
+    theirs = json.loads(answer.read())
+    assert answer.status == 202 and theirs["status"] == "queued", theirs
+    assert answer.headers["Location"] == f"/api/v1/workflows/{theirs['workflow_id']}"
+    assert theirs["workflow_id"] != quiet.h.rt.state.find_by_idempotency_key("alice", "order-42")
     assert quiet.h.rt.state.get_workflow(theirs["workflow_id"])["user_id"] == "bob"
 
 
@@ -243,6 +248,7 @@ def _paused_intake_is_503_with_its_reason(quiet: Api) -> None:
         time.sleep(0.3)
     body = problem(answer, 503)
     assert "disk full on the store" in body["detail"] and "paused" in body["detail"], body
+    assert send_raw(quiet, DOCS, pdfs.unique(5), raw(quiet.alice)).headers["Retry-After"] == "60"
 
 
 def _bad_input_is_a_problem(quiet: Api) -> None:
@@ -295,6 +301,14 @@ def _a_client_that_stops_sending_gets_408(quiet: Api) -> None:
         assert b"retry-after: 1" in rest.lower() and b"application/problem+json" in rest
         assert b"stopped arriving" in rest
         assert staged_files(quiet.root) == []
+    # A client that goes away mid-body: its partial staging goes too.
+    with socket.create_connection(("127.0.0.1", quiet.server.port), timeout=10) as sock:
+        sock.sendall(head + b"%PDF-1.4\n" + b"x" * 1_500_000)
+        time.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while staged_files(quiet.root) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert staged_files(quiet.root) == []
     assert queries.list_workflows(quiet.h.rt.state) == []
 
 
@@ -310,6 +324,8 @@ def _validate_scan_bodies(api: Api) -> None:
     assert (clean["status"], clean["scan"], clean["storage_key"]) == ("success", "clean", None), clean
     assert [s["step"] for s in clean["steps"]] == ["validate", "scan"]
     assert api.h.objects() == [] and staged_files(api.root) == []
+    today = day_key()  # checks count against the user's daily limit like uploads
+    assert api.h.rt.limiter.count("alice", today) == 2  # this one and the inbox file's
     # It is never the original of a later upload of the same bytes.
     code, _, kept = api.post(DOCS + "?wait=30", pdf, raw(api.alice))
     assert code == 200 and kept["status"] == "success" and kept["duplicate_of"] is None, kept

@@ -169,3 +169,33 @@ def test_pyproject_packages_match_the_source_tree():
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "dox_tasks").rglob("__init__.py")}
     assert listed == found | {"dox_tasks.workflow_defs"}
     assert config["package-dir"] == {"dox_tasks.workflow_defs": "workflow_defs"}
+
+
+@pytest.mark.postgres
+def test_alembic_upgrade_head_from_the_checkout_with_a_plain_postgresql_url(tmp_path: Path, pg_url: str):
+    """README's alternative to `dox db upgrade`: a plain postgresql:// URL means psycopg 3 to
+    SQLAlchemy 2.1, which DOX does not install; DOX's migrations use the driver it has."""
+    from dox_tasks.db.schema import schema_behind
+    from dox_tasks.db.store import open_store
+
+    assert pg_url.startswith("postgresql://")
+    alembic = Path(sys.executable).with_name("alembic")
+    res = run([alembic, "upgrade", "head"], env=clean_env(tmp_path, DOX_DATABASE_URL=pg_url), cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    store = open_store(pg_url)
+    try:
+        assert schema_behind(store) is None
+    finally:
+        store.close()
+
+
+@pytest.mark.postgres
+def test_installed_wheel_upgrades_a_database_from_anywhere(venv: Path, tmp_path: Path, pg_url: str):
+    """Outside a checkout there is no alembic.ini: `dox db upgrade` is the way, and it works."""
+    env = {**outside_env(tmp_path, venv), "DOX_DATABASE_URL": pg_url}
+    res = run([venv / "bin" / "dox", "db", "upgrade"], env=env, cwd=tmp_path)
+    assert res.returncode == 0 and re.search(r"^created the schema at revision \d{4} in ", res.stdout), res
+    head = res.stdout.split("revision ", 1)[1][:4]
+    again = run([venv / "bin" / "dox", "db", "upgrade"], env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"is current (revision {head}): nothing to do" in again.stdout, again.stdout

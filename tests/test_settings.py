@@ -137,3 +137,33 @@ def test_the_worker_refuses_to_start_when_the_stream_is_a_queue(tmp_path):
     )
     assert done.returncode != 0
     assert "refused to start" in done.stderr and "the event stream ('dox:events')" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("url", ["mysql://dox:secret@db/dox", "not a url at all", "postgresql+asyncpg://x/y"])
+def test_an_unsupported_database_url_is_one_sentence_exit_2(url, tmp_path):
+    from services import clean_env, dox
+
+    result = dox(
+        ["status", "00000000-0000-0000-0000-000000000000"],
+        clean_env(tmp_path, DOX_DATABASE_URL=url),
+        tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "DOX_DATABASE_URL must be postgresql://" in result.stderr and "sqlite:///" in result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert "secret" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DOX_API_PORT", "hunter2"), ("REQUIRE_AUTH", "hunter2"), ("MAX_FILE_SIZE_MB", "hunter2")],
+)
+def test_a_setting_that_does_not_parse_is_one_line_exit_2(name, value, tmp_path):
+    """Settings are read when dox_tasks is imported: the CLI says which variable, never its value."""
+    from services import clean_env, dox
+
+    result = dox(["status", "x"], clean_env(tmp_path, **{name: value}), tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"dox: invalid setting: {name}: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert value not in result.stderr

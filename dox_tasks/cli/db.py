@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..db.store import open_store
 from ..settings import redact_url
 from .common import runtime
 
@@ -16,7 +17,16 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the tables (alembic upgrade head)."""
-    rt = runtime()
-    rt.state.migrate()
-
-    click.echo(f"database at {redact_url(rt.settings.db_url)} is up to date")
+    settings = runtime().settings
+    store = open_store(settings.db_url)  # not the runtime's: embedded, it migrates on opening
+    try:
+        before, after = store.migrate()
+    finally:
+        store.close()
+    where = redact_url(settings.db_url)
+    if before is None:
+        click.echo(f"created the schema at revision {after} in {where}")
+    elif before == after:
+        click.echo(f"the schema in {where} is current (revision {after}): nothing to do")
+    else:
+        click.echo(f"upgraded the schema in {where} from revision {before} to {after}")

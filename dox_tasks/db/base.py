@@ -174,9 +174,10 @@ class StateStore(ABC):
         self.engine: Engine = make_engine(url, pool_size=pool_size)
 
     # -- plumbing -------------------------------------------------------------------
-    def migrate(self) -> None:
+    def migrate(self) -> tuple[str | None, str | None]:
+        """The schema at the newest revision: the revisions before (None: empty) and after."""
         with translated():
-            migrate(self.engine)
+            return migrate(self.engine)
 
     def dispose(self) -> None:
         """Drop pooled connections (after a fork, each worker child opens its own)."""

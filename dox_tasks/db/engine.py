@@ -80,12 +80,16 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+def migrate(engine: Engine) -> tuple[str | None, str | None]:
+    """Bring the schema to the newest revision (idempotent): the revisions before and after
+    (before is None for an empty database)."""
     cfg = alembic_config(str(engine.url))
     with engine.begin() as conn:
+        before = MigrationContext.configure(conn).get_current_revision()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+        after = MigrationContext.configure(conn).get_current_revision()
+    return before, after
 
 
 def pending_migration(engine: Engine) -> str | None:

@@ -23,6 +23,7 @@ the PL/pgSQL functions it calls). ``tests/test_state_store.py`` is their one con
 from __future__ import annotations
 
 from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ..errors import ConfigError
 from .base import (
@@ -56,11 +57,22 @@ __all__ = [
 ]
 
 
+#: What a DOX_DATABASE_URL may be; said whenever one is not.
+UNSUPPORTED_URL = (
+    "DOX_DATABASE_URL must be postgresql://user:password@host:5432/dbname or sqlite:///path/to/dox.db"
+)
+
+
 def open_store(url: str, pool_size: int = 2) -> StateStore:
     """The StateStore for ``url``'s backend (PostgreSQL in production, SQLite embedded)."""
-    backend = make_url(normalize_url(url)).get_backend_name()
-    if backend == "postgresql":
+    try:
+        parsed = make_url(normalize_url(url))
+        kind: tuple[str, str] | None = (parsed.get_backend_name(), parsed.get_driver_name())
+        given = f" (not {parsed.drivername})"  # the scheme alone: no host, user or password
+    except ArgumentError:
+        kind, given = None, ""  # not a URL at all; never echoed (it may hold a password)
+    if kind == ("postgresql", "psycopg2"):  # the driver DOX installs
         return PostgresStateStore(url, pool_size=pool_size)
-    if backend == "sqlite":
+    if kind == ("sqlite", "pysqlite"):
         return SQLiteStateStore(url, pool_size=pool_size)
-    raise ConfigError(f"results database {backend!r} is not supported: use PostgreSQL or SQLite")
+    raise ConfigError(UNSUPPORTED_URL + given)

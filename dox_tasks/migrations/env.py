@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+from dox_tasks.db.engine import normalize_url
 from dox_tasks.db.models import Base
 
 config = context.config
@@ -26,7 +27,7 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(_url())
+    engine = create_engine(normalize_url(_url()))  # `alembic upgrade head` from a checkout
     with engine.connect() as conn:
         context.configure(connection=conn, target_metadata=Base.metadata)
         with context.begin_transaction():
