@@ -169,6 +169,21 @@ class Settings(BaseSettings):
     api_docs: bool = Field(
         True, validation_alias=_env("DOX_API_DOCS"), description="off hides /api/v1/docs and the OpenAPI."
     )
+    # live events (GET /api/v1/events)
+    api_sse_heartbeat_s: float = Field(
+        15.0,
+        validation_alias=_env("DOX_API_SSE_HEARTBEAT_S"),
+        gt=0,
+        le=300,
+        description="An SSE comment line after this many quiet seconds, so proxies keep the connection.",
+    )
+    api_sse_overlap_s: float = Field(
+        60.0,
+        validation_alias=_env("DOX_API_SSE_OVERLAP_S"),
+        ge=0,
+        description="Replays from PostgreSQL start this much before a resumed position: more than the"
+        " clock skew between hosts plus the delay between an event's row and its stream entry.",
+    )
 
     @field_validator("allowed_types", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from ..errors import ConfigError
 from ..runtime import Runtime
 from ..settings import Settings, is_loopback, load
-from . import probes, problems, workflows
+from . import events, probes, problems, workflows
 from .auth import Authenticator, UsageCounter
 
 OPENAPI_URL = "/api/v1/openapi.json"
@@ -83,4 +83,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(probes.router)
     app.include_router(workflows.router)
+    app.include_router(events.router)
     return app
