@@ -26,12 +26,23 @@ from services import server_env
 from stores import new_workflow
 
 from dox_tasks import apikeys
+from dox_tasks.api.event_feed import Cursor, StreamId
 from dox_tasks.db import queries
 from dox_tasks.db.store import StateStore, open_store
 from dox_tasks.events import EventBus, RedisFanout
 from dox_tasks.settings import stream_key
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+def test_cursor_round_trips_and_refuses_what_it_never_sent() -> None:
+    assert Cursor.parse("1765152000123-4") == Cursor(StreamId(1765152000123, 4))
+    replaying = Cursor.parse(" 1765152000123-0.1765151940000001 ")
+    assert replaying == Cursor(StreamId(1765152000123, 0), 1765151940000001)
+    assert str(replaying) == "1765152000123-0.1765151940000001"
+    assert StreamId.of(b"5-1") < StreamId(5, 2) < StreamId(6, 0)
+    for text in ("", "0", "abc", "1-2-3", "1-", "-1", "1.5", "1-0.", "1-0.x", "1-18446744073709551616"):
+        assert Cursor.parse(text) is None, text
 
 
 @dataclass
@@ -206,6 +217,8 @@ def test_refusals_heartbeat_and_openapi(world: World) -> None:
     problem(server.get("/api/v1/events", bearer(submitter)), 403)
     bad = problem(server.get("/api/v1/events?last_event_id=yesterday", bearer(OPERATOR_KEY)), 400)
     assert "Last-Event-ID" in bad["detail"]
+    far = {**bearer(OPERATOR_KEY), "Last-Event-ID": "999999999999999-0"}  # after the year 9999
+    problem(server.get("/api/v1/events", far), 400)
     problem(server.get("/api/v1/events?workflow_id=../x", bearer(OPERATOR_KEY)), 422)
 
     sse = world.open()

@@ -42,6 +42,8 @@ POLL_S = 1.0
 #: Workflow → user answers a connection remembers (an owner never changes); cleared when full.
 OWNER_CACHE = 10_000
 
+#: 10000-01-01 in milliseconds since the epoch: no position is at or after it.
+_LAST_MS = 253_402_300_800_000
 _ID = re.compile(r"^(\d{1,15})-(\d{1,19})(?:\.(\d{1,19}))?$")
 
 
@@ -74,12 +76,15 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str) -> Cursor | None:
-        """The cursor an SSE id names, or None for text that is not one."""
+        """The cursor an SSE id names, or None for text that is not one (also for times past
+        the year 9999 and sequence numbers Redis cannot hold: they would fail mid-stream)."""
         m = _ID.match(text.strip())
         if m is None:
             return None
-        row = int(m[3]) if m[3] is not None else None
-        return cls(StreamId(int(m[1]), int(m[2])), row)
+        ms, seq, row = int(m[1]), int(m[2]), int(m[3]) if m[3] is not None else None
+        if ms >= _LAST_MS or seq >= 2**64 or (row is not None and row >= _LAST_MS * 1000):
+            return None
+        return cls(StreamId(ms, seq), row)
 
 
 @dataclass(frozen=True)
