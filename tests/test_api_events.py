@@ -26,7 +26,7 @@ from services import server_env
 from stores import new_workflow
 
 from dox_tasks import apikeys
-from dox_tasks.api.event_feed import Cursor, StreamId
+from dox_tasks.api.event_feed import PAGE, Cursor, StreamId
 from dox_tasks.db import queries
 from dox_tasks.db.store import StateStore, open_store
 from dox_tasks.events import EventBus, RedisFanout
@@ -187,6 +187,16 @@ def test_resume_after_trim_or_delete_replays_from_postgres(world: World) -> None
     assert {e["eid"] for e in sse.until(set(later[1:]))} >= set(later[1:])
     live = world.emit(wid, 1)
     assert sse.until(set(live))[-1]["eid"] == live[0]
+    sse.close()
+
+
+def test_a_replay_longer_than_a_page_is_whole_and_in_order(world: World) -> None:
+    wid = new_workflow(world.store, user="frank")
+    emitted = world.emit(wid, PAGE + 20)
+    world.redis.delete(world.stream)
+    sse = world.open(query=f"?workflow_id={wid}", last="0-0")
+    got = sse.until(set(emitted), timeout=20)
+    assert [e["eid"] for e in got] == emitted  # two pages, by (created_at, id), nothing twice
     sse.close()
 
 
