@@ -291,3 +291,16 @@ def test_a_real_workflow_is_seen_live_and_replayed(tmp_path: Path, dox: Any) -> 
         replay.close()
     finally:
         server.stop()
+
+
+def test_redis_unreachable_is_a_503_problem(tmp_path: Path, pg_url: str) -> None:
+    dead = f"redis://127.0.0.1:{services.free_port()}/0"
+    env = api_env(tmp_path, pg_url, services.REDIS_URL, DOX_REDIS_URL=dead)
+    server = Server(env, tmp_path, tmp_path / "api.log")
+    try:
+        answer = server.get("/api/v1/events", bearer(OPERATOR_KEY))
+        assert "unavailable" in problem(answer, 503)["detail"]
+        assert server.get("/health")[0] == 200  # the server goes on
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log
