@@ -113,7 +113,8 @@ def test_bulk_retry_asks_first_and_retries_from_the_start(tmp_path, stack, harne
     env = server_env(tmp_path, stack)
 
     declined = dox(["workflows", "retry", "--status", "failed", "--since", "1h"], env, tmp_path, input="n\n")
-    assert declined.returncode == 1 and "retry these 2 workflow(s)?" in declined.stderr
+    assert declined.returncode == 0 and "retry these 2 workflow(s)?" in declined.stderr
+    assert declined.stdout.strip().endswith("nothing retried"), declined.stdout
     assert {r["current_state"] for r in h.rt.state.get_workflows(ids).values()} == {"failed"}
 
     proxy.start()  # clamd is back

@@ -179,7 +179,8 @@ def retry_cmd(
             rows = [[t["workflow_id"], t["rule_name"], t["reason"], iso(t["finished_at"])] for t in targets]
             out.print(_table(("workflow", "rule", "reason", "ended"), rows))
         if not click.confirm(f"retry these {len(targets)} workflow(s)?", err=True):
-            sys.exit(1)
+            click.echo("nothing retried")  # the operator's answer, not a failure
+            return
     failures = 0
     for t in targets:
         try:
