@@ -106,3 +106,19 @@ def test_embedded_worker_survives_loops_and_bombs(tmp_path):
     assert results["loop.pdf"]["reason"] == "too_complex"
     assert results["bomb.pdf"]["reason"] == "too_complex"
     assert results["fine.pdf"]["status"] == "success"  # processed after the hostile ones
+
+
+def test_the_embedded_daily_limit_counts_across_runs_and_says_how_to_lift_it(tmp_path):
+    """README: per user, per UTC day — also for `dox run` twice in one day without servers."""
+    env = clean_env(tmp_path, RATE_LIMIT_PER_USER_PER_DAY="2")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    for n in range(2):
+        (first / f"a{n}.pdf").write_bytes(pdfs.unique(7100 + n))
+    (second / "b.pdf").write_bytes(pdfs.unique(7200))
+    res = dox(["run", str(first), "--json"], env, tmp_path)
+    assert [json.loads(line)["status"] for line in res.stdout.splitlines()] == ["success", "success"]
+    res = dox(["run", str(second)], env, tmp_path)  # a new process, the same UTC day
+    assert "rate_limited" in res.stdout, res.stdout
+    assert "RATE_LIMIT_PER_USER_PER_DAY" in res.stdout and "set it to 0" in res.stdout, res.stdout

@@ -86,12 +86,19 @@ def _print_table(results: list[dict[str, Any]]) -> None:
     out.print(table(("file", "status", "reason", "template", "key fields", "pages", "ms"), rows))
 
 
-def _summary(results: list[dict[str, Any]], scanner_note: str | None) -> None:
+def _summary(results: list[dict[str, Any]], scanner_note: str | None, daily_limit: int) -> None:
     counts = Counter(r["status"] for r in results)
     line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     out.print(safe(f"{len(results)} documents: {line}"))
     if scanner_note:
         out.print(f"[yellow]scan: skipped[/] — {safe(scanner_note)}")
+    limited = sum(r.get("reason") == "rate_limited" for r in results)
+    if limited:
+        out.print(
+            f"[yellow]{limited} rate_limited[/] — a user may submit {daily_limit} documents per UTC"
+            " day (RATE_LIMIT_PER_USER_PER_DAY, counted across runs); raise it, or set it to 0 to"
+            " turn the limit off, e.g. RATE_LIMIT_PER_USER_PER_DAY=0 dox run …"
+        )
 
 
 @click.command()
@@ -146,7 +153,7 @@ def run(paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | N
             click.echo(json.dumps(r, sort_keys=True))
     else:
         _print_table(results)
-        _summary(results, note)
+        _summary(results, note, rt.settings.rate_limit_per_user_per_day)
     bad = [r for r in results if r["status"] not in {s.value for s in OK_STATES}]
     sys.exit(1 if bad else 0)
 
