@@ -86,7 +86,11 @@ def health_cmd(as_json: bool) -> None:
 
 def _print_health(r: dict[str, Any]) -> None:
     colour = {"ok": "green", "degraded": "yellow", "down": "red"}[r["status"]]
-    out.print(f"[bold {colour}]DOX {r['status'].upper()}[/]")
+    down = (r.get("sync") or {}).get("services_down") or []
+    # The verdict is DOX's own; the teams' services the 09:00 sync found down are shown
+    # beside it, never mixed in (they do not change the exit code).
+    others = f" — {len(down)} team service(s) down at the last sync, not DOX's" if down else ""
+    out.print(f"[bold {colour}]DOX {r['status'].upper()}[/]{others}")
     for line in r["fatal"]:
         out.print(f"  [red]✗ {safe(line)}[/]")
     for line in r["problems"]:
