@@ -18,6 +18,14 @@ def test_examples_inbox_gets_every_expected_status(tmp_path):
     assert "Traceback" not in res.stderr, res.stderr
     assert_expected_results(res.stdout, INBOX / "EXPECTED.json")
     assert res.returncode == 0  # success, duplicate and rejected are all answers
+    # Every answer that is not a success says why in a sentence, next to its reason code.
+    for result in map(json.loads, res.stdout.splitlines()):
+        if result["status"] == "success":
+            assert result["reason_detail"] is None, result
+        else:
+            assert len(result["reason_detail"] or "") > 15, result
+            assert result["reason"] or result["status"] == "duplicate", result
+        assert isinstance(result["missing_fields"], list), result
     # every step row carries a task id and the worker's hostname: the real worker path ran
     import sqlite3
 
