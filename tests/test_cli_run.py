@@ -130,3 +130,32 @@ def test_the_embedded_daily_limit_counts_across_runs_and_says_how_to_lift_it(tmp
     res = dox(["run", str(second)], env, tmp_path)  # a new process, the same UTC day
     assert "rate_limited" in res.stdout, res.stdout
     assert "RATE_LIMIT_PER_USER_PER_DAY" in res.stdout and "set it to 0" in res.stdout, res.stdout
+
+
+def test_dox_run_names_files_relative_to_the_folder_given_and_follows_the_operators_links(tmp_path):
+    """Two invoice.pdf in two subfolders stay apart; without DOX_INBOX_ROOT a link on the
+    command line is the operator's own file: followed, and named as it was given."""
+    folder = tmp_path / "batch"
+    for n, sub in enumerate(("north", "south")):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "invoice.pdf").write_bytes(pdfs.unique(7300 + n))
+    (tmp_path / "real.pdf").write_bytes(pdfs.unique(7310))
+    (tmp_path / "link.pdf").symlink_to(tmp_path / "real.pdf")
+    env = clean_env(tmp_path, COLUMNS="200")
+    res = dox(["run", "batch", "link.pdf", "--json"], env, tmp_path)
+    results = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(r["file"], r["status"]) for r in results] == [
+        ("north/invoice.pdf", "success"),
+        ("south/invoice.pdf", "success"),
+        ("link.pdf", "success"),
+    ], res.stdout + res.stderr
+    table = dox(["run", "batch"], clean_env(tmp_path / "again", COLUMNS="200"), tmp_path)
+    assert "north/invoice.pdf" in table.stdout and "south/invoice.pdf" in table.stdout, table.stdout
+    # With an inbox configured, paths are confined and a link is refused, as for services.
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "link.pdf").symlink_to(tmp_path / "real.pdf")
+    confined = dox(
+        ["run", "inbox/link.pdf", "--json"], clean_env(tmp_path / "c", DOX_INBOX_ROOT=str(inbox)), tmp_path
+    )
+    assert confined.returncode != 0 and "symlink" in (confined.stdout + confined.stderr), confined

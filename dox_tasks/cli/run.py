@@ -40,7 +40,7 @@ def _collect(paths: tuple[str, ...]) -> list[Path]:
         path = Path(p)
         if path.is_dir():
             files.extend(sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")))
-        elif path.exists():
+        elif path.exists() or path.is_symlink():  # a dangling link: intake says what is wrong
             files.append(path)
         else:
             folder = os.path.dirname(_from_here(p))
@@ -48,6 +48,17 @@ def _collect(paths: tuple[str, ...]) -> list[Path]:
     if not files:
         raise click.UsageError("no files to process")
     return files
+
+
+def _names(paths: tuple[str, ...], files: list[Path]) -> list[str]:
+    """How each file is named in the results: its path relative to the folder given (two
+    ``invoice.pdf`` in two subfolders stay apart), or the file argument as typed."""
+    folders = [Path(p) for p in paths if Path(p).is_dir()]
+    names = []
+    for f in files:
+        inside = next((d for d in folders if f.is_relative_to(d)), None)
+        names.append(str(f.relative_to(inside)) if inside is not None else str(f))
+    return names
 
 
 def _result(row: dict[str, Any], given: str | None = None) -> dict[str, Any]:
@@ -73,7 +84,7 @@ def _key_fields(fields: dict[str, Any]) -> str:
 def _print_table(results: list[dict[str, Any]]) -> None:
     rows = [
         [
-            Path(r["file"] or "").name,
+            r["file"] or "–",
             styled(r["status"], COLOURS.get(r["status"], "white")),
             r.get("reason"),
             r.get("template"),
@@ -141,7 +152,7 @@ def run(paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | N
         ) as bar:
             task = bar.add_task("docs", total=len(ids))
             rows = wait_for(rt.state, ids, timeout, on_progress=lambda n: bar.advance(task, n))
-        return [_result(rows[i], str(f)) for i, f in zip(ids, files, strict=True)]
+        return [_result(rows[i], name) for i, name in zip(ids, _names(paths, files), strict=True)]
 
     if use_local:
         with start_local(app):
