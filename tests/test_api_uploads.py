@@ -158,6 +158,7 @@ def test_refusals_are_problems_and_leave_nothing_staged(quiet: Api) -> None:
     """Each refusal is answered before any row exists; the paused intake last (it stays)."""
     _413_at_the_limit_plus_one_byte(quiet)
     _bad_input_is_a_problem(quiet)
+    _json_that_breaks_a_parser_is_a_refusal(quiet)
     _a_client_that_stops_sending_gets_408(quiet)
     assert staged_files(quiet.root) == [] and queries.list_workflows(quiet.h.rt.state) == []
     exact = quiet.post(DOCS, b"%PDF-1.4\n" + b"x" * (2 * MIB - 9), raw(quiet.alice))  # the limit itself
@@ -274,6 +275,20 @@ def _bad_input_is_a_problem(quiet: Api) -> None:
     problem(quiet.post(DOCS, pdf, raw(quiet.alice) | {"Authorization": "Bearer nope"}), 401)
     problem(quiet.post(DOCS + "?wait=61", pdf, raw(quiet.alice)), 422)
     assert staged_files(quiet.root) == []
+
+
+def _json_that_breaks_a_parser_is_a_refusal(quiet: Api) -> None:
+    """Numbers JSON cannot hold and nesting deeper than Python's stack were 500s (the row's
+    insert, a recursion), each leaving its staged copy behind."""
+    for metadata in ('{"a": 1e999}', '{"a": [-1e400]}', '{"a": ' * 400 + "1" + "}" * 400):
+        refused = problem(
+            quiet.post(DOCS, form(pdfs.unique(11), metadata=metadata), multipart(quiet.alice)), 422
+        )
+        assert "metadata" in refused["detail"], refused
+    as_json = {**bearer(quiet.alice), "Content-Type": "application/json"}
+    assert "JSON" in problem(quiet.post(CHECK, b"[" * 5000, as_json), 400)["detail"]
+    assert staged_files(quiet.root) == [] and queries.list_workflows(quiet.h.rt.state) == []
+    assert "Traceback" not in quiet.server.log.read_text()
 
 
 def _a_client_that_stops_sending_gets_408(quiet: Api) -> None:

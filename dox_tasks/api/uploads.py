@@ -299,7 +299,7 @@ async def _inbox_file(rt: Runtime, body: BodyStream) -> tuple[_Checked, dict[str
     raw = await body.read_all(MAX_JSON, "the JSON body")
     try:
         ref = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # 8 KiB of "[" nests deeper than the stack
         raise Problem(400, "bad-json", "the body is not valid JSON") from None
     if not isinstance(ref, dict):
         raise Problem(
