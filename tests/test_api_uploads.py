@@ -239,6 +239,20 @@ def test_one_idempotency_key_twenty_concurrent_uploads_one_workflow(quiet: Api) 
     assert quiet.h.rt.state.get_workflow(theirs["workflow_id"])["user_id"] == "bob"
 
 
+def test_a_submit_only_key_learns_ids_and_states_not_results(api: Api) -> None:
+    """Without ``read`` a key cannot read a workflow's body: not by replaying an idempotency key
+    (another key of its user may have sent it) nor by waiting for its own upload to end."""
+    sender = apikeys.create(api.h.rt.state, "scanner", "Alice", "submit").key
+    code, _, full = api.post(DOCS + "?wait=30", pdfs.unique(12), raw(api.alice, **{"Idempotency-Key": "q3"}))
+    assert code == 200 and full["status"] == "success" and full["steps"], full
+    replayed = api.post(DOCS, pdfs.unique(13), raw(sender, **{"Idempotency-Key": "q3"}))
+    assert replayed[:2] == (200, "application/json"), replayed
+    assert replayed[2] == {"workflow_id": full["workflow_id"], "status": "success"}, replayed
+    code, _, own = api.post(DOCS + "?wait=30", pdfs.unique(14), raw(sender))
+    assert code == 200 and set(own) == {"workflow_id", "status"} and own["status"] == "success", own
+    assert api.server.get(f"/api/v1/workflows/{own['workflow_id']}", bearer(sender))[0] == 403
+
+
 def _paused_intake_is_503_with_its_reason(quiet: Api) -> None:
     set_paused(quiet.h.rt, True, "ops-anna", "disk full on the store")
     deadline = time.monotonic() + 5

@@ -252,7 +252,7 @@ async def _take(
     finally:
         if opened is not None:
             opened.close()
-    return await _answer(rt, accepted, wait)
+    return await _answer(rt, accepted, wait, caller.allows("read"))
 
 
 def _content_length(request: Request) -> int | None:
@@ -267,13 +267,21 @@ def _upload_threads(request: Request) -> anyio.CapacityLimiter:
     return cast(anyio.CapacityLimiter, limiter)
 
 
-async def _answer(rt: Runtime, accepted: intake.Accepted, wait: float | None) -> JSONResponse:
+async def _answer(rt: Runtime, accepted: intake.Accepted, wait: float | None, reads: bool) -> JSONResponse:
+    """202 queued; 200 with the workflow as it is now for a replayed key or one that ended
+    within ``wait`` — its whole body only for a key that ``reads``: a ``submit``-only key learns
+    the id and the state, never a result (a replayed key may be another key's upload)."""
     workflow_id = accepted.workflow_id
     headers = {"Location": f"/api/v1/workflows/{workflow_id}"}
     ended = bool(wait) and await _ended_within(rt, workflow_id, wait or 0)
     if ended or not accepted.created:  # a replayed key: the workflow as it is now
         detail = await anyio.to_thread.run_sync(queries.workflow_detail, rt.state, workflow_id)
-        return JSONResponse(describe(detail), status_code=200, headers=headers)
+        body = (
+            describe(detail)
+            if reads
+            else {"workflow_id": workflow_id, "status": detail.workflow["current_state"]}
+        )
+        return JSONResponse(body, status_code=200, headers=headers)
     return JSONResponse({"workflow_id": workflow_id, "status": "queued"}, status_code=202, headers=headers)
 
 
