@@ -239,6 +239,28 @@ def test_one_idempotency_key_twenty_concurrent_uploads_one_workflow(quiet: Api) 
     assert quiet.h.rt.state.get_workflow(theirs["workflow_id"])["user_id"] == "bob"
 
 
+def test_racing_uploads_under_one_idempotency_key_leave_one_staged_copy(quiet: Api) -> None:
+    """Different bodies racing under one key: each was staged, one became the workflow, and the
+    others' copies stayed in staging, no row counting them against a quota, until the weekly
+    maintenance (a way to fill the disk)."""
+    answers: list[Answer] = []
+
+    def send(n: int) -> None:
+        answers.append(
+            quiet.post(DOCS, pdfs.unique(100 + n), raw(quiet.alice, **{"Idempotency-Key": "race"}))
+        )
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(code for code, _, _ in answers) == [200] * 7 + [202], answers
+    (wid,) = {body["workflow_id"] for _, _, body in answers}
+    sha = quiet.h.rt.state.get_workflow(wid)["sha256"]
+    assert [p.name for p in staged_files(quiet.root)] == [sha]
+
+
 def test_a_submit_only_key_learns_ids_and_states_not_results(api: Api) -> None:
     """Without ``read`` a key cannot read a workflow's body: not by replaying an idempotency key
     (another key of its user may have sent it) nor by waiting for its own upload to end."""
