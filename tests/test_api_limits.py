@@ -273,7 +273,8 @@ def test_concurrency_headers_and_an_untrusted_peer(tmp_path, redis_url):
 
 
 def test_a_request_head_must_arrive_in_time(tmp_path, redis_url):
-    """Connections that send no head, or one that trickles, held a socket each forever (40 s
+    """An unparsable request is answered with a problem document. Connections that send no
+    head, or one that trickles, held a socket each forever (40 s
     and counting, no key needed, not counted as requests): DOX_API_HEAD_TIMEOUT_S closes them.
     A kept-alive connection gets a new period for each request."""
     env = api_env(
@@ -295,6 +296,12 @@ def test_a_request_head_must_arrive_in_time(tmp_path, redis_url):
         assert time.monotonic() - started < 4
         silent.close()
         trickle.close()
+        # What httptools cannot parse was uvicorn's plain text; now a problem document too.
+        for bad in (b"X-Name: a\x00b\r\n", b"Content-Length: 10\r\n\r\n" + b"x" * 100):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(b"POST /health HTTP/1.1\r\nHost: localhost\r\n" + bad + b"\r\n")
+                answer = sock.recv(1000)
+            assert answer.startswith(b"HTTP/1.1 400 Bad Request") and b"malformed-request" in answer, answer
         # One connection, two requests: the head timer restarts for each.
         with closing(http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)) as conn:
             for _ in range(2):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from http import HTTPStatus
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -39,33 +40,33 @@ from .problems import MEDIA_TYPE, TYPE_BASE
 #: Request line and headers together; beyond this the connection is answered and closed.
 MAX_HEAD_BYTES = 64 * 1024
 
-_BODY = json.dumps(
-    {
-        "type": TYPE_BASE + "headers-too-large",
-        "title": "Request Header Fields Too Large",
-        "status": 431,
-        "detail": f"the request head exceeds {MAX_HEAD_BYTES // 1024} KiB; the connection is closed",
-    }
-).encode()
-_ANSWER = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    + f"content-type: {MEDIA_TYPE}\r\ncontent-length: {len(_BODY)}\r\nconnection: close\r\n\r\n".encode()
-    + _BODY
+
+def _closing_problem(status: HTTPStatus, slug: str, detail: str) -> bytes:
+    """A whole HTTP answer with a problem document, closing the connection (written raw:
+    these are answered before, or instead of, a request the app could see)."""
+    body = json.dumps(
+        {"type": TYPE_BASE + slug, "title": status.phrase, "status": status.value, "detail": detail}
+    ).encode()
+    head = f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: {MEDIA_TYPE}\r\n"
+    return head.encode() + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body
+
+
+_ANSWER = _closing_problem(
+    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+    "headers-too-large",
+    f"the request head exceeds {MAX_HEAD_BYTES // 1024} KiB; the connection is closed",
 )
-
-
-_SLOW_BODY = json.dumps(
-    {
-        "type": TYPE_BASE + "request-timeout",
-        "title": "Request Timeout",
-        "status": 408,
-        "detail": "the request head did not arrive in time; the connection is closed",
-    }
-).encode()
-_SLOW = (
-    b"HTTP/1.1 408 Request Timeout\r\n"
-    + f"content-type: {MEDIA_TYPE}\r\ncontent-length: {len(_SLOW_BODY)}\r\nconnection: close\r\n\r\n".encode()
-    + _SLOW_BODY
+_SLOW = _closing_problem(
+    HTTPStatus.REQUEST_TIMEOUT,
+    "request-timeout",
+    "the request head did not arrive in time; the connection is closed",
+)
+#: What uvicorn answers in plain text for a request httptools cannot parse.
+_MALFORMED = _closing_problem(
+    HTTPStatus.BAD_REQUEST,
+    "malformed-request",
+    "the request is not valid HTTP/1.1 (a control character in a header, a bad Content-Length"
+    " or chunk size, …); the connection is closed",
 )
 
 
@@ -113,6 +114,11 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._in_head = False
         self._disarm_head_timer()
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to an unparsable request, as a problem document (not plain text)."""
+        self.transport.write(_MALFORMED)
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
