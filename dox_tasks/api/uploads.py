@@ -335,7 +335,9 @@ async def _inbox_file(rt: Runtime, body: BodyStream) -> tuple[_Checked, dict[str
     actual = os.fstat(doc.file.fileno()).st_size
     if actual != size:
         doc.file.close()
-        raise Problem(422, "size-mismatch", f"file_size is {size} but the file has {actual} bytes")
+        # Not the actual size: the inbox is shared, and a key should learn nothing of a file
+        # it could not already describe.
+        raise Problem(422, "size-mismatch", f"file_size is {size}, not the file's size; nothing was kept")
     return _Checked(doc.file, digest.lower(), size), {"file_name": safe_name(doc.name)}
 
 
