@@ -1,7 +1,8 @@
 """The API's request limits that must hold across server processes, kept in Redis.
 
 Three things, each one atomic Lua script or command, so ``dox api serve --workers N`` (and
-several hosts behind one proxy) share them:
+several hosts behind one proxy) share them (through Redis's asyncio client: a request waiting
+for Redis holds no thread):
 
 - a token bucket per caller (``DOX_API_RATE_PER_MIN``): it holds one minute's worth of
   requests and refills continuously, so a client may burst up to the rate and then goes at
@@ -15,6 +16,10 @@ is logged (at most once a minute per process). Keys are checked against PostgreS
 Redis, so an outage of a counter store does not let anyone in; refusing every request
 instead would turn a lost counter into a full outage of the API. What is lost while Redis
 is down is throttling, and Redis is also the broker: submissions fail with 503 anyway.
+
+The address check also reads the API keys' epoch (:func:`dox_tasks.apikeys.epoch_key`) in
+the same script, so the key cache (:mod:`dox_tasks.api.keycache`) costs no round trip; an
+epoch lost (a flushed Redis) is replaced by a new random one there.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ import time
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio
+
+from .apikeys import epoch_key, new_epoch
 
 log = logging.getLogger("dox.api.limits")
 
@@ -48,6 +56,16 @@ if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rat
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(cap / rate) + 1)
 return wait
+"""
+
+# KEYS[1] the address's refusals, KEYS[2] the key epoch; ARGV[1] an epoch to set if there is
+# none. Returns {refusals this minute, their TTL, the epoch}.
+_CHECK = """
+local n = redis.call('GET', KEYS[1]) or '0'
+local ttl = redis.call('TTL', KEYS[1])
+local e = redis.call('GET', KEYS[2])
+if not e then e = ARGV[1]; redis.call('SET', KEYS[2], e) end
+return {n, ttl, e}
 """
 
 # KEYS[1] the address's refusals, KEYS[2] the totals hash; ARGV[1] reason, ARGV[2] window.
@@ -83,14 +101,21 @@ def failure_totals(client: redis.Redis, namespace: str) -> dict[str, int]:
 class ApiLimits:
     """The per-caller rate and the per-address refusal limit of one server process."""
 
-    def __init__(
-        self, client: redis.Redis | None, namespace: str, rate_per_min: int, failures_per_min: int
-    ) -> None:
+    def __init__(self, url: str | None, namespace: str, rate_per_min: int, failures_per_min: int) -> None:
+        client = (
+            redis.asyncio.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5) if url else None
+        )
         self.client, self.namespace = client, namespace
         self.rate_per_min, self.failures_per_min = rate_per_min, failures_per_min
         self._warned_at = -math.inf
         self._take = client.register_script(_TAKE) if client is not None else None
         self._fail = client.register_script(_FAIL) if client is not None else None
+        self._check = client.register_script(_CHECK) if client is not None else None
+        self._epoch_key = epoch_key(namespace)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
 
     def _down(self, what: str, exc: Exception) -> None:
         """Fail open, saying so once a minute (a request per line would flood the log)."""
@@ -101,51 +126,53 @@ class ApiLimits:
     def _address_key(self, address: str) -> str:
         return f"{self.namespace}:api:authfail:{address}"
 
-    def take(self, caller: str) -> Refusal | None:
+    async def take(self, caller: str) -> Refusal | None:
         """One request by ``caller`` (``key:<prefix>`` or ``user:<name>``); a refusal when its
         bucket is empty."""
         if self._take is None or not self.rate_per_min:
             return None
         try:
             key = f"{self.namespace}:api:rate:{caller}"
-            wait_ms = int(self._take(keys=[key], args=[self.rate_per_min, self.rate_per_min / WINDOW_S]))
+            wait_ms = int(
+                await self._take(keys=[key], args=[self.rate_per_min, self.rate_per_min / WINDOW_S])
+            )
         except redis.RedisError as exc:
             self._down("taking a request token", exc)
             return None
         return Refusal(max(1, math.ceil(wait_ms / 1000))) if wait_ms else None
 
-    def blocked(self, address: str) -> Refusal | None:
-        """Whether ``address`` has used up its refusals for this minute."""
-        if self.client is None:
-            return None
+    async def check(self, address: str) -> tuple[Refusal | None, str | None]:
+        """Whether ``address`` has used up its refusals for this minute, and the API keys'
+        epoch (None when Redis cannot tell: then no cached key may be used)."""
+        if self._check is None:
+            return None, None
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.get(self._address_key(address))
-            pipe.ttl(self._address_key(address))
-            count, ttl = pipe.execute()
+            keys = [self._address_key(address), self._epoch_key]
+            count, ttl, epoch = await self._check(keys=keys, args=[new_epoch()])
         except redis.RedisError as exc:
             self._down("checking an address", exc)
-            return None
-        if count is None or int(count) < self.failures_per_min:
-            return None
-        return Refusal(max(1, int(ttl)))
+            return None, None
+        epoch_text = epoch.decode("ascii", "replace") if isinstance(epoch, bytes) else str(epoch)
+        if int(count) < self.failures_per_min:
+            return None, epoch_text
+        return Refusal(max(1, int(ttl))), epoch_text
 
-    def failed(self, address: str, reason: str) -> int:
+    async def failed(self, address: str, reason: str) -> int:
         """Count one refusal of ``address``; the refusals it now has this minute (0: unknown)."""
         if self._fail is None:
             return 0
         try:
             keys = [self._address_key(address), failures_key(self.namespace)]
-            return int(self._fail(keys=keys, args=[reason, WINDOW_S]))
+            return int(await self._fail(keys=keys, args=[reason, WINDOW_S]))
         except redis.RedisError as exc:
             self._down("counting a refused key", exc)
             return 0
 
-    def counted(self, reason: str) -> None:
+    async def counted(self, reason: str) -> None:
         """Count a refusal that is not the address's fault (a genuine key without the scope)."""
         if self.client is None:
             return
         try:
-            self.client.hincrby(failures_key(self.namespace), reason, 1)
+            await self.client.hincrby(failures_key(self.namespace), reason, 1)
         except redis.RedisError as exc:
             self._down("counting a refusal", exc)

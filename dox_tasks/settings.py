@@ -188,6 +188,15 @@ class Settings(BaseSettings):
         gt=0,
         description="Refused keys a minute from one client address before it is answered 429.",
     )
+    # -- the API key cache (dox_tasks/api/keycache.py) ---------------------------------------
+    api_key_cache_s: int = Field(
+        60,
+        validation_alias=_env("DOX_API_KEY_CACHE_S"),
+        ge=0,
+        le=3600,
+        description="How long a server process reuses a key it verified (while no key was revoked or"
+        " rotated since: Redis's key epoch); 0 verifies every request against PostgreSQL.",
+    )
     api_max_concurrent: int = Field(
         64,
         validation_alias=_env("DOX_API_MAX_CONCURRENT"),
@@ -239,6 +248,7 @@ class Settings(BaseSettings):
                 f"DOX_TRUSTED_PROXIES: {v!r} holds something that is not an address or CIDR"
                 " (e.g. 10.0.0.5, 10.0.0.0/24)"
             ) from None
+
     # uploads (POST /api/v1/documents, /api/v1/validate/scan)
     api_body_timeout_s: float = Field(
         30,

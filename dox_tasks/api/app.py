@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         flusher.cancel()
         usage.flush()
+        await limits.close()
         rt.close()
 
     docs = settings.api_docs
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = rt
     app.state.usage = usage
     per_min = settings.api_rate_per_min, settings.api_auth_failures_per_min
-    limits = ApiLimits(rt.redis, settings.namespace, *per_min)
+    limits = ApiLimits(settings.redis or None, settings.namespace, *per_min)
     app.state.authenticate = Authenticator(settings, rt.state, usage, limits)
     basic()
     if settings.log_dir:
