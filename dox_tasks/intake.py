@@ -165,7 +165,9 @@ def send(
         definition = rt.snapshot(rt.state.get_workflow(workflow_id)["definition_hash"])
     first = first_signature(app, definition, workflow_id, rt.settings.workflow_timeout, start_at, run)
     try:
-        app.send_task(first.task, first.args, **first.options)
+        # No result to wait for (task_ignore_result): without this Celery would also
+        # subscribe this process to the task's result channel at every send.
+        app.send_task(first.task, first.args, ignore_result=True, **first.options)
     except Exception as exc:  # noqa: BLE001 - broker errors come in many types
         log.error("workflow %s is recorded queued but could not be sent: %s", workflow_id, exc)
         raise NotSent(
