@@ -91,8 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log_to_file(security, settings.log_dir / "auth.log")
     problems.install(app)
     app.add_middleware(Edge, settings=settings)
+    app.include_router(uploads.router)  # first: the busiest routes are matched first
     app.include_router(probes.router)
     app.include_router(workflows.router)
     app.include_router(routes.router)
-    app.include_router(uploads.router)
     return app
