@@ -25,7 +25,7 @@ import redis
 from .db import apikeys as table
 from .db.store import StateStore, aware
 from .db.store import now as db_now
-from .errors import ApiKeyError, SubmissionError
+from .errors import ApiKeyError, KeyChangeNotAnnounced, SubmissionError
 from .identity import normalise_user
 from .invisible import hidden
 from .settings import Settings
@@ -114,11 +114,12 @@ def new_epoch() -> str:
     return secrets.token_hex(16)
 
 
-def announce_change(target: StateStore | _HasState | _HasRedis, prefix: str, what: str) -> None:
+def announce_change(target: StateStore | _HasState | _HasRedis, prefix: str, what: str, done: object) -> None:
     """Tell every API server that key ``prefix`` changed, *after* the change is committed:
     a server that read the old epoch verified against the old row, one that reads the new
     epoch verifies against the new row. A bare store reaches no Redis (tests, tools that
-    run before any server); a runtime without Redis has no server caches to tell."""
+    run before any server); a runtime without Redis has no server caches to tell. Raises
+    :class:`~dox_tasks.errors.KeyChangeNotAnnounced` (carrying ``done``) when Redis fails."""
     client = getattr(target, "redis", None)
     if client is None:
         return
@@ -126,11 +127,12 @@ def announce_change(target: StateStore | _HasState | _HasRedis, prefix: str, wha
     try:
         client.set(epoch_key(settings.namespace), new_epoch())
     except redis.RedisError as exc:
-        raise ApiKeyError(
+        raise KeyChangeNotAnnounced(
             f"API key {prefix} is {what} in the database, but Redis could not be told"
             f" ({type(exc).__name__}): an API server that verified the key in the last"
             f" {settings.api_key_cache_s} s may keep accepting it until then."
-            " Run the command again once Redis answers, to make it immediate"
+            f" Once Redis answers, `redis-cli DEL {epoch_key(settings.namespace)}` makes it immediate",
+            done,
         ) from exc
 
 
@@ -234,8 +236,9 @@ def revoke(
     row = table.revoke_key(_store(target), check_prefix(prefix), aware(now) if now else db_now())
     if row is None:
         raise ApiKeyError(f"no API key with prefix {prefix}")
-    announce_change(target, prefix, "revoked")
-    return public(row)
+    shown = public(row)
+    announce_change(target, prefix, "revoked", shown)
+    return shown
 
 
 def rotate(
@@ -270,8 +273,9 @@ def rotate(
         raise ApiKeyError(f"no API key with prefix {prefix}")
     made = table.get_key(store, new_prefix)
     assert made is not None
-    announce_change(target, prefix, "rotated (its grace period set)")
-    return CreatedKey(key, public(made)), public(after)
+    result = CreatedKey(key, public(made)), public(after)
+    announce_change(target, prefix, "rotated (its grace period set)", result)
+    return result
 
 
 def verify(store: StateStore, presented: object, now: datetime | None = None) -> KeyIdentity | KeyRefusal:

@@ -21,8 +21,9 @@ from services import dox, free_port
 
 from dox_tasks import apikeys
 from dox_tasks.api.keycache import KeyCache
+from dox_tasks.db import queries
 from dox_tasks.db.store import open_store
-from dox_tasks.errors import ApiKeyError
+from dox_tasks.errors import ApiKeyError, KeyChangeNotAnnounced
 from dox_tasks.runtime import Runtime
 from dox_tasks.settings import load
 
@@ -108,13 +109,43 @@ def test_a_revocation_redis_cannot_hear_is_refused_loudly(tmp_path, monkeypatch)
     try:
         rt.state.migrate()
         made = apikeys.create(rt, "lost", "alice", "read")
-        with pytest.raises(ApiKeyError, match=r"revoked in the database, but Redis could not be told.* 30 s"):
+        with pytest.raises(
+            KeyChangeNotAnnounced, match=r"revoked in the database, but Redis could not be told.* 30 s"
+        ) as told:
             apikeys.revoke(rt, made.record["api_key"])
+        assert isinstance(told.value, ApiKeyError) and told.value.done["revoked_at"] is not None
         assert apikeys.verify(rt.state, made.key) == apikeys.KeyRefusal(
             "revoked", f"API key {made.record['api_key']} was revoked", made.record["api_key"]
         )
     finally:
         rt.close()
+
+
+def test_the_cli_without_redis_still_records_and_shows_the_new_key(tmp_path):
+    """`rotate` and `revoke` done in the database while Redis is unreachable: the new key is
+    still printed (it is shown only once), the action recorded, and the exit is 1 with the
+    sentence saying what to do."""
+    db_url = f"sqlite:///{tmp_path / 'keys.db'}"
+    env = api_env(tmp_path, db_url, f"redis://127.0.0.1:{free_port()}/0")
+    assert dox(["db", "upgrade"], env, tmp_path).returncode == 0
+    made = dox(["apikeys", "create", "ci", "--user", "alice", "--scope", "read"], env, tmp_path)
+    assert made.returncode == 0, made.stderr
+    old = made.stdout.strip().split("_")[1]
+    rotated = dox(["apikeys", "rotate", old, "--grace", "0s"], env, tmp_path)
+    assert rotated.returncode == 1 and "Redis could not be told" in rotated.stderr, rotated.stderr
+    assert "apikeys:epoch" in rotated.stderr and "Traceback" not in rotated.stderr
+    new = rotated.stdout.strip()
+    assert new.startswith("dox_") and new.split("_")[1] != old
+    revoked = dox(["apikeys", "revoke", new.split("_")[1]], env, tmp_path)
+    assert revoked.returncode == 1 and "revoked at" in revoked.stdout, revoked.stderr
+    store = open_store(db_url)
+    try:
+        types = ("apikey.create", "apikey.rotate", "apikey.revoke")
+        recorded = queries.list_events(store, types=types, limit=10, newest_first=False)
+        assert [e["type"] for e in recorded] == list(types)
+        assert isinstance(apikeys.verify(store, new), apikeys.KeyRefusal)
+    finally:
+        store.close()
 
 
 # -- the cache on its own ------------------------------------------------------------------
