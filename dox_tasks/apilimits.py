@@ -18,8 +18,10 @@ instead would turn a lost counter into a full outage of the API. What is lost wh
 is down is throttling, and Redis is also the broker: submissions fail with 503 anyway.
 
 The address check also reads the API keys' epoch (:func:`dox_tasks.apikeys.epoch_key`) in
-the same script, so the key cache (:mod:`dox_tasks.api.keycache`) costs no round trip; an
-epoch lost (a flushed Redis) is replaced by a new random one there.
+the same script, so the key cache (:mod:`dox_tasks.api.keycache`) costs no round trip, and
+takes the token of a caller already known (a key remembered under that very epoch, or
+``API_KEY``): such a request costs one round trip. An epoch lost (a flushed Redis) is replaced
+by a new random one there.
 """
 
 from __future__ import annotations
@@ -43,30 +45,43 @@ FAILURE_REASONS = ("missing", "malformed", "unknown", "wrong_secret", "revoked",
 
 # KEYS[1] the bucket; ARGV[1] capacity, ARGV[2] tokens a second. Returns 0, or the
 # milliseconds until a token is there.
-_TAKE = """
+_BUCKET = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local cap, rate = tonumber(ARGV[CAP]), tonumber(ARGV[CAP + 1])
+local b = redis.call('HMGET', KEYS[BUCKET], 'tokens', 'at')
 local tokens = tonumber(b[1]) or cap
 local at = tonumber(b[2]) or now
 tokens = math.min(cap, tokens + math.max(0, now - at) * rate)
 local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate * 1000) end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(cap / rate) + 1)
-return wait
+redis.call('HSET', KEYS[BUCKET], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[BUCKET], math.ceil(cap / rate) + 1)
 """
 
-# KEYS[1] the address's refusals, KEYS[2] the key epoch; ARGV[1] an epoch to set if there is
-# none. Returns {refusals this minute, their TTL, the epoch}.
-_CHECK = """
+# KEYS[1] the bucket; ARGV[1] capacity, ARGV[2] tokens a second. Returns 0, or the
+# milliseconds until a token is there.
+_TAKE = "local BUCKET, CAP = 1, 1\n" + _BUCKET + "return wait\n"
+
+# KEYS[1] the address's refusals, KEYS[2] the key epoch, KEYS[3] (optional) a caller's bucket;
+# ARGV[1] an epoch to set if there is none, ARGV[2] the epoch the caller was verified under
+# ('*': any), ARGV[3], ARGV[4] capacity and tokens a second. The bucket's token is taken only
+# if the address is not blocked and the epoch is ARGV[2]: a remembered key still good.
+# Returns {refusals this minute, their TTL, the epoch, -1 (no token taken) or as _TAKE}.
+_CHECK = (
+    """
 local n = redis.call('GET', KEYS[1]) or '0'
 local ttl = redis.call('TTL', KEYS[1])
 local e = redis.call('GET', KEYS[2])
 if not e then e = ARGV[1]; redis.call('SET', KEYS[2], e) end
-return {n, ttl, e}
+if not KEYS[3] or tonumber(n) >= tonumber(ARGV[5]) or (ARGV[2] ~= '*' and ARGV[2] ~= e) then
+  return {n, ttl, e, -1}
+end
+local BUCKET, CAP = 3, 3
 """
+    + _BUCKET
+    + "return {n, ttl, e, wait}\n"
+)
 
 # KEYS[1] the address's refusals, KEYS[2] the totals hash; ARGV[1] reason, ARGV[2] window.
 _FAIL = """
@@ -82,6 +97,22 @@ class Refusal:
     """A limit reached: answer with 429 and ``Retry-After: retry_after`` seconds."""
 
     retry_after: int
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What :meth:`ApiLimits.check` found, in one round trip: whether the address is blocked,
+    the API keys' epoch (None: Redis could not tell, use no remembered key) and, when a
+    bucket was given and its token taken, ``took`` and the rate's refusal if it was empty."""
+
+    blocked: Refusal | None = None
+    epoch: str | None = None
+    took: bool = False
+    over_rate: Refusal | None = None
+
+
+def _wait(wait_ms: int) -> Refusal | None:
+    return Refusal(max(1, math.ceil(wait_ms / 1000))) if wait_ms else None
 
 
 def failures_key(namespace: str) -> str:
@@ -129,33 +160,47 @@ class ApiLimits:
     async def take(self, caller: str) -> Refusal | None:
         """One request by ``caller`` (``key:<prefix>`` or ``user:<name>``); a refusal when its
         bucket is empty."""
-        if self._take is None or not self.rate_per_min:
+        key = self.bucket(caller)
+        if self._take is None or key is None:
             return None
         try:
-            key = f"{self.namespace}:api:rate:{caller}"
             wait_ms = int(
                 await self._take(keys=[key], args=[self.rate_per_min, self.rate_per_min / WINDOW_S])
             )
         except redis.RedisError as exc:
             self._down("taking a request token", exc)
             return None
-        return Refusal(max(1, math.ceil(wait_ms / 1000))) if wait_ms else None
+        return _wait(wait_ms)
 
-    async def check(self, address: str) -> tuple[Refusal | None, str | None]:
+    def bucket(self, caller: str) -> str | None:
+        """The Redis key of ``caller``'s token bucket (None: the rate is not limited)."""
+        return f"{self.namespace}:api:rate:{caller}" if self.rate_per_min else None
+
+    async def check(self, address: str, bucket: str | None = None, verified_under: str = "*") -> Gate:
         """Whether ``address`` has used up its refusals for this minute, and the API keys'
-        epoch (None when Redis cannot tell: then no cached key may be used)."""
+        epoch; and, given the ``bucket`` of a caller already known (a key remembered under the
+        epoch ``verified_under``, or ``*``: the operator), its request token, so such a request
+        costs one round trip. A caller whose token was not taken here goes through :meth:`take`."""
         if self._check is None:
-            return None, None
+            return Gate()
+        keys = [self._address_key(address), self._epoch_key]
+        args: list[str | int | float] = [new_epoch(), verified_under]
+        if bucket is not None:
+            keys.append(bucket)
+            args += [self.rate_per_min, self.rate_per_min / WINDOW_S]
+        else:
+            args += [0, 0]
+        args.append(self.failures_per_min)
         try:
-            keys = [self._address_key(address), self._epoch_key]
-            count, ttl, epoch = await self._check(keys=keys, args=[new_epoch()])
+            count, ttl, epoch, wait_ms = await self._check(keys=keys, args=args)
         except redis.RedisError as exc:
             self._down("checking an address", exc)
-            return None, None
+            return Gate()
         epoch_text = epoch.decode("ascii", "replace") if isinstance(epoch, bytes) else str(epoch)
-        if int(count) < self.failures_per_min:
-            return None, epoch_text
-        return Refusal(max(1, int(ttl))), epoch_text
+        if int(count) >= self.failures_per_min:
+            return Gate(Refusal(max(1, int(ttl))), epoch_text)
+        took = int(wait_ms) >= 0
+        return Gate(None, epoch_text, took, _wait(int(wait_ms)) if took else None)
 
     async def failed(self, address: str, reason: str) -> int:
         """Count one refusal of ``address``; the refusals it now has this minute (0: unknown)."""

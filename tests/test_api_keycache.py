@@ -31,7 +31,10 @@ PATH = "/api/v1/workflows/no-such-id"  # 404 for a valid key, 401 for a refused 
 
 
 def _env(tmp_path: Path, pg_url: str, redis_url: str) -> dict[str, str]:
-    env = api_env(tmp_path, pg_url, redis_url, DOX_API_RATE_PER_MIN="0", DOX_API_AUTH_FAILURES_PER_MIN="1000")
+    """With a rate limit, so a remembered key's request token is taken in the epoch's round
+    trip, and only while the epoch is the one the key was verified under."""
+    limits = {"DOX_API_RATE_PER_MIN": "6000", "DOX_API_AUTH_FAILURES_PER_MIN": "1000"}
+    env = api_env(tmp_path, pg_url, redis_url, **limits)
     upgraded = dox(["db", "upgrade"], env, tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
     return env

@@ -27,7 +27,7 @@ import anyio.to_thread
 from fastapi import Request
 
 from .. import apikeys
-from ..apilimits import ApiLimits, Refusal
+from ..apilimits import ApiLimits, Gate, Refusal
 from ..db import apikeys as table
 from ..db.store import StateStore
 from ..db.store import now as db_now
@@ -143,9 +143,13 @@ class Authenticator:
             )
         return Problem(401, "unauthorized", detail, _CHALLENGE)
 
-    async def _admit(self, caller: Caller) -> Caller:
-        """The caller, if its request rate allows one more request (per key, else per user)."""
-        refusal = await self.limits.take(f"key:{caller.prefix}" if caller.prefix else f"user:{caller.user}")
+    async def _admit(self, caller: Caller, gate: Gate | None = None) -> Caller:
+        """The caller, if its request rate allows one more request (per key, else per user);
+        the token was taken already if ``gate`` says so."""
+        if gate is not None and gate.took:
+            refusal = gate.over_rate
+        else:
+            refusal = await self.limits.take(_bucket_of(caller))
         if refusal:
             rate = self.limits.rate_per_min
             raise _too_many(refusal, f"more than {rate} requests a minute with this API key; slow down")
@@ -156,27 +160,43 @@ class Authenticator:
         if key is None and not self.require and _addressed_to_loopback(request):
             return await self._admit(self._operator)
         address = client_address(request)
-        blocked, epoch = await self.limits.check(address)
-        if blocked:
-            raise _too_many(blocked, "too many refused API keys from this address; wait before trying again")
+        operator = bool(
+            key
+            and self._operator_key
+            and hmac.compare_digest(key.encode("utf-8", "replace"), self._operator_key)
+        )
+        # A caller known before the round trip has its request token taken in it: the operator,
+        # or a key remembered under an epoch (taken only if that is still Redis's epoch).
+        known = (self._operator, "*") if operator else self.cache.peek(key) if key else None
+        bucket = self.limits.bucket(_bucket_of(known[0])) if known else None
+        gate = await self.limits.check(address, bucket, known[1] if known else "*")
+        if gate.blocked:
+            raise _too_many(
+                gate.blocked, "too many refused API keys from this address; wait before trying again"
+            )
         if key is None:
             detail = "an API key is required: send Authorization: Bearer KEY"
             raise await self._refuse(address, "missing", None, detail)
-        if self._operator_key and hmac.compare_digest(key.encode("utf-8", "replace"), self._operator_key):
-            return await self._admit(self._operator)
-        if epoch is None:  # Redis cannot say whether a key changed: trust nothing remembered
+        if operator:
+            return await self._admit(self._operator, gate)
+        if gate.epoch is None:  # Redis cannot say whether a key changed: trust nothing remembered
             self.cache.clear()
         when = db_now()
-        caller = self.cache.get(key, epoch, when)
+        caller = self.cache.get(key, gate.epoch, when)
         if caller is None:
             found = await anyio.to_thread.run_sync(apikeys.verify, self.store, key)
             if isinstance(found, apikeys.KeyRefusal):
                 raise await self._refuse(address, found.reason, found.prefix, "the API key is not valid")
             caller = Caller(found.user, found.scopes, found.prefix, found.name, found.user_display)
-            self.cache.put(key, caller, epoch, found.expires_at)  # the epoch read before the row
+            self.cache.put(key, caller, gate.epoch, found.expires_at)  # the epoch read before the row
         assert caller.prefix is not None
         self.usage.hit(caller.prefix, when)
-        return await self._admit(caller)
+        # A token taken in the round trip was this key's own (the same key, so the same prefix).
+        return await self._admit(caller, gate)
+
+
+def _bucket_of(caller: Caller) -> str:
+    return f"key:{caller.prefix}" if caller.prefix else f"user:{caller.user}"
 
 
 def needs(scope: str) -> Callable[[Request], Awaitable[Caller]]:

@@ -71,6 +71,15 @@ class KeyCache(Generic[T]):
             self._entries.move_to_end(fp)
             return entry.value
 
+    def peek(self, key: str) -> tuple[T, str] | None:
+        """The caller remembered for ``key`` and the epoch it was verified under, unchecked:
+        what the Redis round trip may take a request token for (only under that epoch)."""
+        if not self.lifetime_s:
+            return None
+        with self._lock:
+            entry = self._entries.get(fingerprint(key))
+        return (entry.value, entry.epoch) if entry is not None else None
+
     def put(self, key: str, value: T, epoch: str | None, expires_at: datetime | None) -> None:
         """Remember a key verified on a request that read ``epoch`` *before* the database."""
         if epoch is None or not self.lifetime_s:
