@@ -30,7 +30,7 @@ from .definitions.schema import retry_budget
 from .errors import DoxError, StateStoreUnavailable
 from .inbox import pin_root
 from .logs import install
-from .queue_policy import HOME_QUEUES, GuardedTask, intake_mixing
+from .queue_policy import HOME_QUEUES, GuardedTask, intake_mixing, unknown_queues
 from .settings import Settings, load, longest_retry_wait
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,9 @@ class StartupChecks(bootsteps.Step):
                 # needs a worker of its own.
                 queues.select([q for q in QUEUES if q != INTAKE_QUEUE])
             consumes = set(queues.consume_from)
+            unknown = unknown_queues(consumes)
+            if unknown:
+                raise DoxError(unknown)
             mixing = intake_mixing(consumes)
             if mixing and not settings.embedded:
                 raise DoxError(mixing)

@@ -85,3 +85,15 @@ def set_paused(rt: Runtime, paused: bool, actor: str | None, reason: str | None)
     with _lock:
         _cache.pop(rt.settings.db_url, None)
     return intake_state(rt)
+
+
+def pause(
+    rt: Runtime, actor: str | None, reason: str | None, replace: bool = False
+) -> tuple[IntakeState, bool]:
+    """Pause the intake; ``(state, changed)``. An intake already paused keeps its first
+    reason, actor and time (the operator who paused it first is the one to ask) unless
+    ``replace``: a second pause is then recorded with the new reason."""
+    current = intake_state(rt)
+    if current.paused and not replace:
+        return current, False
+    return set_paused(rt, True, actor, reason), True

@@ -81,6 +81,18 @@ def source_queue(claimed: str | None, consumed: Collection[str]) -> str | None:
     return claimed if claimed in consumed else None
 
 
+def unknown_queues(consumes: Collection[str]) -> str | None:
+    """Why a worker may not consume ``consumes``: a queue DOX never sends to (a typo would
+    start a worker that waits for ever)."""
+    unknown = sorted(set(consumes) - set(QUEUES))
+    if unknown:
+        return (
+            f"DOX has no queue {', '.join(map(repr, unknown))}: its queues are {', '.join(QUEUES)}"
+            " (dox worker -Q validation,scan,…)"
+        )
+    return None
+
+
 def intake_mixing(consumes: Collection[str]) -> str | None:
     """Why a worker consuming ``consumes`` may not start (``intake`` must be alone)."""
     if INTAKE_QUEUE in consumes and len(consumes) > 1:

@@ -216,6 +216,30 @@ class Settings(BaseSettings):
         None, validation_alias=_env("DOX_LOG_DIR"), description="Where auth.log is written (also to stderr)."
     )
 
+    # uploads (POST /api/v1/documents, /api/v1/validate/scan)
+    api_body_timeout_s: float = Field(
+        30,
+        validation_alias=_env("DOX_API_BODY_TIMEOUT_S"),
+        gt=0,
+        le=3600,
+        description="An upload whose body stops arriving this long is cut off (408), its staging removed.",
+    )
+    # live events (GET /api/v1/events)
+    api_sse_heartbeat_s: float = Field(
+        15.0,
+        validation_alias=_env("DOX_API_SSE_HEARTBEAT_S"),
+        gt=0,
+        le=300,
+        description="An SSE comment line after this many quiet seconds, so proxies keep the connection.",
+    )
+    api_sse_overlap_s: float = Field(
+        60.0,
+        validation_alias=_env("DOX_API_SSE_OVERLAP_S"),
+        ge=0,
+        description="Replays from PostgreSQL start this much before a resumed position: more than the"
+        " clock skew between hosts plus the delay between an event's row and its stream entry.",
+    )
+
     @field_validator("api_cors_origins", mode="before")
     @classmethod
     def _origins(cls, v: object) -> object:
@@ -248,15 +272,6 @@ class Settings(BaseSettings):
                 f"DOX_TRUSTED_PROXIES: {v!r} holds something that is not an address or CIDR"
                 " (e.g. 10.0.0.5, 10.0.0.0/24)"
             ) from None
-
-    # uploads (POST /api/v1/documents, /api/v1/validate/scan)
-    api_body_timeout_s: float = Field(
-        30,
-        validation_alias=_env("DOX_API_BODY_TIMEOUT_S"),
-        gt=0,
-        le=3600,
-        description="An upload whose body stops arriving this long is cut off (408), its staging removed.",
-    )
 
     @field_validator("allowed_types", mode="before")
     @classmethod

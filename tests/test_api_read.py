@@ -421,6 +421,18 @@ def _sync_services_health_and_intake(h: Any, server: Server) -> None:
         and (paused["actor"], paused["reason"]) == ("night-ops", "storage migration")
     )
     assert server.get("/api/v1/intake", bearer(ops))[2] == paused
+    # Paused again: 409 with the pause in force, unless "replace" is true.
+    other = json.dumps({"reason": "another reason"}).encode()
+    refused = problem(
+        server.post("/api/v1/intake/pause", other, {**bearer(ops), "Content-Type": "application/json"}), 409
+    )
+    assert refused["intake"] == paused and "replace" in refused["detail"]
+    replace = json.dumps({"reason": "storage migration", "replace": True}).encode()
+    code, _, again = server.post(
+        "/api/v1/intake/pause", replace, {**bearer(ops), "Content-Type": "application/json"}
+    )
+    assert code == 200 and again["reason"] == "storage migration" and again["since"] >= paused["since"]
+    paused = again
     time.sleep(1.1)  # a submitting process reads the switch at most once a second
     with pytest.raises(SubmissionError, match="storage migration"):
         h.submit(pdfs.simple(), user="alice")

@@ -8,7 +8,8 @@ changes only: ``localhost:5000`` becomes the test server's port; the seed's
 backslash inside the single quotes, which jq 1.6 refuses as a syntax error whatever the
 API answers). They run twice: as the seed types them against a server on loopback with
 ``REQUIRE_AUTH=false``, and with a key's header added to every curl, as a deployment
-with keys needs. curl, jq and bc are installed by ``.ci/run``.
+with keys needs. README's upstream quick guide (a key from ``dox apikeys create``, an upload
+with curl) runs the same way, as written. curl, jq and bc are installed by ``.ci/run``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pdfs
 import pytest
 import services
 import yaml
@@ -161,4 +164,42 @@ def test_the_runbooks_commands_work_as_written(with_key, stack, harness_factory,
         assert "OK workflow-orchestrator" in run(MORNING_LOOP, server.port, tmp_path, key)
     finally:
         log = server.stop()
+    assert "Traceback" not in log
+
+
+def _readme_block(heading: str) -> str:
+    """The first ``sh`` block after ``heading`` in README.md, as written."""
+    text = (services.ROOT / "README.md").read_text()
+    after = text[text.index(heading) :]
+    return after[after.index("```sh\n") + 6 : after.index("\n```", after.index("```sh\n"))]
+
+
+def test_the_readme_upstream_guide_uploads_with_a_key_from_dox_apikeys(stack, harness_factory, tmp_path):
+    """README's two lines as bash runs them: `dox apikeys create` prints a key, curl uploads
+    invoice.pdf with it to a real server, and waits for the result a real worker produces."""
+    _tools()
+    h = harness_factory(stack)
+    h.worker()
+    env = server_env(tmp_path, h.settings, DOX_API_RATE_PER_MIN="0")
+    server = Server(env, tmp_path, tmp_path / "api.log")
+    (tmp_path / "invoice.pdf").write_bytes(pdfs.unique(4242))
+    guide = _readme_block("### Over HTTP, from any language")
+    assert "dox apikeys create" in guide and "curl" in guide
+    script = guide.replace("localhost:5000", f"localhost:{server.port}")
+    venv_bin = str(Path(sys.executable).parent)
+    try:
+        result = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + script],
+            capture_output=True,
+            text=True,
+            env={**env, "PATH": f"{venv_bin}:/usr/bin:/bin"},
+            cwd=tmp_path,
+            timeout=120,
+        )
+    finally:
+        log = server.stop()
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    body = json.loads(result.stdout)
+    assert body["status"] == "success" and body["file"] == "invoice.pdf", body
+    assert body["user"] == "billing" and body["storage_key"], body
     assert "Traceback" not in log

@@ -53,6 +53,20 @@ def test_intake_pause_refuses_new_work_with_a_reason_and_resume_reopens(tmp_path
     )
     assert paused.returncode == 0, paused.stderr
     assert json.loads(paused.stdout)["paused"] is True
+    # Paused again: the first pause (who, why, since when) is kept unless --replace.
+    again = dox(["intake", "pause", "--actor", "ops-ben", "--reason", "other"], env, tmp_path)
+    assert again.returncode == 0 and "already paused" in again.stderr, again.stderr
+    assert "ops-anna" in again.stdout and "db migration" in again.stdout and "other" not in again.stdout
+    replaced = dox(
+        ["intake", "pause", "--actor", "ops-ben", "--reason", "longer migration", "--replace", "--json"],
+        env,
+        tmp_path,
+    )
+    assert json.loads(replaced.stdout)["reason"] == "longer migration"
+    back = dox(
+        ["intake", "pause", "--actor", "ops-anna", "--reason", "db migration", "--replace"], env, tmp_path
+    )
+    assert back.returncode == 0
     refused = dox(["submit", str(tmp_path / "a.pdf")], env, tmp_path)
     assert refused.returncode == 2
     assert "intake is paused" in refused.stderr and "by ops-anna: db migration" in refused.stderr
@@ -73,8 +87,10 @@ def test_intake_pause_refuses_new_work_with_a_reason_and_resume_reopens(tmp_path
         actions = conn.execute(
             text("SELECT type, payload FROM workflow_events WHERE type LIKE 'intake.%' ORDER BY created_at")
         ).all()
-    assert [a[0] for a in actions] == ["intake.paused", "intake.resumed"]
+    # The kept second pause recorded nothing; the two replacements did.
+    assert [a[0] for a in actions] == ["intake.paused"] * 3 + ["intake.resumed"]
     assert actions[0][1]["actor"] == "ops-anna" and actions[0][1]["reason"] == "db migration"
+    assert actions[1][1]["actor"] == "ops-ben" and actions[1][1]["reason"] == "longer migration"
 
 
 def test_cancel_stops_a_queued_workflow_and_its_steps_do_nothing(tmp_path, stack, harness_factory):

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..logs import basic, log_to_file
 from ..runtime import Runtime
 from ..settings import Settings, is_loopback, load
-from . import probes, problems, routes, uploads, workflows
+from . import events, probes, problems, routes, uploads, workflows
 from .auth import Authenticator, UsageCounter, security
 from .edge import Edge
 
@@ -95,4 +95,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probes.router)
     app.include_router(workflows.router)
     app.include_router(routes.router)
+    app.include_router(events.router)
     return app

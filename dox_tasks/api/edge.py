@@ -21,7 +21,8 @@ upload stays a stream. Outermost first:
 3. CORS (Starlette's middleware) — only when ``DOX_API_CORS_ORIGINS`` lists origins;
    explicit origins, no credentials (keys travel in headers, never cookies).
 4. :class:`ConcurrencyLimit` — at most ``DOX_API_MAX_CONCURRENT`` requests at once in this
-   process, 503 with ``Retry-After`` beyond; ``/health`` and ``/ready`` always answer.
+   process, 503 with ``Retry-After`` beyond; ``/health`` and ``/ready`` always answer; live
+   event streams counted apart (4 × as many).
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ from .problems import response
 MAX_HEADER_BYTES = 16 * 1024
 #: Paths a load balancer probes: answered however busy the process is.
 PROBES = frozenset({"/health", "/ready"})
+#: Live events (Server-Sent Events): long-lived, counted apart from other requests.
+EVENT_STREAM = "/api/v1/events"
+#: Event streams a process holds open, per unit of DOX_API_MAX_CONCURRENT.
+STREAMS_PER_LIMIT = 4
 #: What a browser page may send and read (keys in Authorization or X-API-Key).
 CORS_HEADERS = (
     "Authorization",
@@ -98,31 +103,35 @@ class HeaderLimit:
 
 class ConcurrencyLimit:
     """At most ``limit`` requests in flight in this process (a request counts until its
-    response is sent, so a slow upload counts while it streams). One event loop per
-    process: a plain counter suffices, no lock."""
+    response is sent, so a slow upload counts while it streams). Live event streams stay
+    open for hours: they are counted apart, up to :data:`STREAMS_PER_LIMIT` × ``limit``, so
+    listeners never crowd out uploads. One event loop per process: plain counters, no lock."""
 
     def __init__(self, app: ASGIApp, limit: int, retry_after_s: int = 1) -> None:
         self.app, self.limit, self.retry_after = app, limit, str(retry_after_s)
-        self.active = 0
+        self.active = {False: 0, True: 0}  # by "is an event stream"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PROBES:
             await self.app(scope, receive, send)
             return
-        if self.active >= self.limit:
+        stream = scope["path"] == EVENT_STREAM
+        limit = self.limit * STREAMS_PER_LIMIT if stream else self.limit
+        if self.active[stream] >= limit:
+            what = "event streams" if stream else "requests"
             busy = response(
                 503,
-                f"the server is handling {self.limit} requests at once; try again shortly",
+                f"the server is handling {limit} {what} at once; try again shortly",
                 "busy",
                 {"Retry-After": self.retry_after},
             )
             await busy(scope, receive, send)
             return
-        self.active += 1
+        self.active[stream] += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.active -= 1
+            self.active[stream] -= 1
 
 
 class Cors(CORSMiddleware):

@@ -12,9 +12,10 @@ from dataclasses import asdict
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from ..intake_switch import IntakeState, intake_state, set_paused
+from ..intake_switch import IntakeState, intake_state, pause, set_paused
 from .auth import Caller, needs
 from .declared import ReasonText, WithReason, problems
+from .problems import Problem
 
 router = APIRouter(prefix="/api/v1", tags=["operate"])
 
@@ -41,10 +42,25 @@ def get_intake(request: Request, caller: Caller = Depends(needs("operate"))) -> 
     return _answer(intake_state(request.app.state.runtime))
 
 
-@router.post("/intake/pause", responses=problems(400))
-def pause_intake(body: WithReason, request: Request, caller: Caller = Depends(needs("operate"))) -> Intake:
-    """Stop new submissions (``dox intake pause``); a reason is required."""
-    return _answer(set_paused(request.app.state.runtime, True, caller.name, body.reason))
+class PauseRequest(WithReason):
+    #: If the intake is already paused: record this pause instead of keeping the first.
+    replace: bool = False
+
+
+@router.post("/intake/pause", responses=problems(400, 409))
+def pause_intake(body: PauseRequest, request: Request, caller: Caller = Depends(needs("operate"))) -> Intake:
+    """Stop new submissions (``dox intake pause``); a reason is required. Already paused:
+    409 with the pause in force (``intake``), unless ``replace`` is true."""
+    state, changed = pause(request.app.state.runtime, caller.name, body.reason, body.replace)
+    if not changed:
+        raise Problem(
+            409,
+            "already-paused",
+            f"the intake is already paused (since {state.since}, by {state.actor}): send"
+            ' "replace": true to record this pause instead',
+            extra={"intake": asdict(state)},
+        )
+    return _answer(state)
 
 
 @router.post("/intake/resume", responses=problems(400))

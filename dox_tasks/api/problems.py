@@ -29,9 +29,18 @@ TYPE_BASE = "/problems/"
 class Problem(Exception):
     """An error to answer with: status, a short type slug and a sentence for the caller."""
 
-    def __init__(self, status: int, slug: str, detail: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__(detail)
         self.status, self.slug, self.detail, self.headers = status, slug, detail, headers
+        #: More members of the problem document (RFC 9457 extensions), e.g. the state in force.
+        self.extra = extra or {}
 
 
 def _title(status: int) -> str:
@@ -60,7 +69,7 @@ def response(
 
 async def _problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Problem)
-    return response(exc.status, exc.detail, exc.slug, exc.headers)
+    return response(exc.status, exc.detail, exc.slug, exc.headers, **exc.extra)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:

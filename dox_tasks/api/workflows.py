@@ -152,6 +152,7 @@ def _result(row: dict[str, Any]) -> dict[str, Any]:
         workflow_id=row["workflow_id"],
         status=row["current_state"],
         reason=row["reason"],
+        reason_detail=row["detail"] if row["reason"] else None,
         sha256=row["sha256"],
         size=row["size"],
         duplicate_of=row["duplicate_of"],

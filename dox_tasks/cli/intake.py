@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..intake_switch import intake_state, set_paused
+from ..intake_switch import intake_state, pause, set_paused
 from ..terminal import safe
 from .common import actor_option, out, reason_option, runtime
 
@@ -33,9 +33,17 @@ def _print_intake(state: Any, as_json: bool) -> None:
 @intake.command("pause")
 @actor_option
 @reason_option
+@click.option("--replace", is_flag=True, help="if already paused: record this reason instead of the first")
 @click.option("--json", "as_json", is_flag=True)
-def intake_pause(actor: str | None, reason: str | None, as_json: bool) -> None:
-    _print_intake(set_paused(runtime(), True, actor, reason), as_json)
+def intake_pause(actor: str | None, reason: str | None, replace: bool, as_json: bool) -> None:
+    """Refuse new submissions (work in flight continues). Already paused: the first pause is
+    kept and shown, unless --replace."""
+    state, changed = pause(runtime(), actor, reason, replace)
+    if not changed and not as_json:
+        click.echo(
+            "intake was already paused; the first pause is kept (--replace to record yours):", err=True
+        )
+    _print_intake(state, as_json)
 
 
 @intake.command("resume")

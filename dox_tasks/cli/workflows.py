@@ -87,7 +87,7 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
     steps = [
         {
             "step": s["step"],
-            "attempt": s["attempt"],
+            "attempt": _attempt_in_run(detail.steps, s),
             "run": s.get("run", 1),
             "state": s["state"],
             "worker": s["worker_hostname"],
@@ -122,6 +122,17 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
     out.print(table)
     for e in events:
         out.print(safe(f"  event {e['created_at']} {e['type']}"))
+
+
+def _attempt_in_run(rows: list[dict[str, Any]], row: dict[str, Any]) -> int:
+    """The attempt's number within its run (a retry's run 2 starts again at attempt 1); the
+    stored number counts every delivery of the step, across runs, for the poison bound."""
+    run = row.get("run", 1)
+    return sum(
+        1
+        for r in rows
+        if r["step"] == row["step"] and r.get("run", 1) == run and r["attempt"] <= row["attempt"]
+    )
 
 
 def _retried(result: dict[str, Any]) -> str:
@@ -179,7 +190,8 @@ def retry_cmd(
             rows = [[t["workflow_id"], t["rule_name"], t["reason"], iso(t["finished_at"])] for t in targets]
             out.print(_table(("workflow", "rule", "reason", "ended"), rows))
         if not click.confirm(f"retry these {len(targets)} workflow(s)?", err=True):
-            sys.exit(1)
+            click.echo("nothing retried")  # the operator's answer, not a failure
+            return
     failures = 0
     for t in targets:
         try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, literal, select, tuple_
+from sqlalchemy import Connection, Select, and_, literal, or_, select, tuple_
 
 from ..contract import TERMINAL_STATES
 from ..errors import UnknownWorkflow
@@ -136,6 +136,46 @@ def list_events(
         q = q.limit(limit)
     with reading(store) as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def event_page(
+    store: StateStore,
+    *,
+    since: datetime,
+    before: datetime | None = None,
+    after: tuple[datetime, str] | None = None,
+    user: str | None = None,
+    workflow_id: str | None = None,
+    limit: int = 500,
+) -> list[dict[str, Any]]:
+    """One page of event rows created in [``since``, ``before``), oldest first by (created_at, id),
+    continuing after the row keyed ``after``: what the live-events feed replays when the Redis
+    stream no longer holds a client's position. With ``user``, only events of that user's
+    workflows (joined through ``workflow_states``; an event of no workflow is nobody's)."""
+    q = select(EV).where(EV.c.created_at >= since).order_by(EV.c.created_at, EV.c.id).limit(limit)
+    if before is not None:
+        q = q.where(EV.c.created_at < before)
+    if after is not None:
+        at, event_id = after
+        q = q.where(or_(EV.c.created_at > at, and_(EV.c.created_at == at, EV.c.id > event_id)))
+    if workflow_id is not None:
+        q = q.where(EV.c.workflow_id == workflow_id)
+    if user is not None:
+        q = q.join(WS, WS.c.workflow_id == EV.c.workflow_id).where(WS.c.user_id == user)
+    with reading(store) as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def workflow_users(store: StateStore, workflow_ids: Collection[str]) -> dict[str, str]:
+    """Each workflow's user (normalised); ids no workflow has are left out."""
+    wanted = sorted(set(workflow_ids))
+    found: dict[str, str] = {}
+    with reading(store) as conn:
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = conn.execute(select(WS.c.workflow_id, WS.c.user_id).where(WS.c.workflow_id.in_(chunk)))
+            found.update({wid: user for wid, user in rows})
+    return found
 
 
 def latest_workflows_of(store: StateStore, sha256s: Collection[str]) -> dict[str, dict[str, Any]]:
