@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+import redis
+
 from .db import apikeys as table
 from .db.store import StateStore, aware
 from .db.store import now as db_now
-from .errors import ApiKeyError, SubmissionError
+from .errors import ApiKeyError, KeyChangeNotAnnounced, SubmissionError
 from .identity import normalise_user
 from .invisible import hidden
+from .settings import Settings
 
 #: What a key may do: submit documents, read its own user's workflows, read everyone's
 #: (and the global metrics), operate (retry, cancel, pause intake, sync).
@@ -57,6 +60,8 @@ class KeyIdentity:
     user: str
     user_display: str
     scopes: tuple[str, ...]
+    #: When the key stops working (None: never), so a cached identity is still refused then.
+    expires_at: datetime | None = None
 
     def allows(self, scope: str) -> bool:
         return grants(self.scopes, scope)
@@ -83,6 +88,52 @@ class CreatedKey:
 class _HasState(Protocol):
     @property
     def state(self) -> StateStore: ...
+
+
+class _HasRedis(Protocol):
+    """A runtime: the store, and the Redis the API servers read the key epoch from."""
+
+    @property
+    def state(self) -> StateStore: ...
+    @property
+    def redis(self) -> redis.Redis | None: ...
+    @property
+    def settings(self) -> Settings: ...
+
+
+def epoch_key(namespace: str) -> str:
+    """The Redis key holding the API keys' epoch: a random token, replaced by every
+    revocation and rotation. An API server uses a key it verified before only while the
+    token is the one it verified it under (:mod:`dox_tasks.api.keycache`)."""
+    return f"{namespace}:apikeys:epoch"
+
+
+def new_epoch() -> str:
+    """A token never seen before (random, not a counter: a flushed Redis that started
+    counting again could bring back a token some server's cache still holds)."""
+    return secrets.token_hex(16)
+
+
+def announce_change(target: StateStore | _HasState | _HasRedis, prefix: str, what: str, done: object) -> None:
+    """Tell every API server that key ``prefix`` changed, *after* the change is committed:
+    a server that read the old epoch verified against the old row, one that reads the new
+    epoch verifies against the new row. A bare store reaches no Redis (tests, tools that
+    run before any server); a runtime without Redis has no server caches to tell. Raises
+    :class:`~dox_tasks.errors.KeyChangeNotAnnounced` (carrying ``done``) when Redis fails."""
+    client = getattr(target, "redis", None)
+    if client is None:
+        return
+    settings: Settings = getattr(target, "settings")  # noqa: B009 - a runtime's, by the Protocol
+    try:
+        client.set(epoch_key(settings.namespace), new_epoch())
+    except redis.RedisError as exc:
+        raise KeyChangeNotAnnounced(
+            f"API key {prefix} is {what} in the database, but Redis could not be told"
+            f" ({type(exc).__name__}): an API server that verified the key in the last"
+            f" {settings.api_key_cache_s} s may keep accepting it until then."
+            f" Once Redis answers, `redis-cli DEL {epoch_key(settings.namespace)}` makes it immediate",
+            done,
+        ) from exc
 
 
 def _store(target: StateStore | _HasState) -> StateStore:
@@ -176,23 +227,29 @@ def list_keys(target: StateStore | _HasState) -> list[dict[str, Any]]:
     return [public(r) for r in table.list_keys(_store(target))]
 
 
-def revoke(target: StateStore | _HasState, prefix: str, now: datetime | None = None) -> dict[str, Any]:
-    """Revoke at once (a key revoked before stays revoked at its first time); its row after."""
+def revoke(
+    target: StateStore | _HasState | _HasRedis, prefix: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """Revoke at once (a key revoked before stays revoked at its first time); its row after.
+    Given a runtime, every API server's key cache learns of it at once (:func:`announce_change`;
+    running it again for a revoked key announces again)."""
     row = table.revoke_key(_store(target), check_prefix(prefix), aware(now) if now else db_now())
     if row is None:
         raise ApiKeyError(f"no API key with prefix {prefix}")
-    return public(row)
+    shown = public(row)
+    announce_change(target, prefix, "revoked", shown)
+    return shown
 
 
 def rotate(
-    target: StateStore | _HasState,
+    target: StateStore | _HasState | _HasRedis,
     prefix: str,
     grace: timedelta = timedelta(hours=24),
     now: datetime | None = None,
 ) -> tuple[CreatedKey, dict[str, Any]]:
     """A new key with the old one's name, user and scopes (and lifetime), working at once;
     the old key keeps working until min(its expiry, now + ``grace``). Returns the new key
-    and the old key's row after."""
+    and the old key's row after. Given a runtime, API servers' key caches learn of it at once."""
     store = _store(target)
     check_prefix(prefix)
     if grace < timedelta(0):
@@ -216,7 +273,9 @@ def rotate(
         raise ApiKeyError(f"no API key with prefix {prefix}")
     made = table.get_key(store, new_prefix)
     assert made is not None
-    return CreatedKey(key, public(made)), public(after)
+    result = CreatedKey(key, public(made)), public(after)
+    announce_change(target, prefix, "rotated (its grace period set)", result)
+    return result
 
 
 def verify(store: StateStore, presented: object, now: datetime | None = None) -> KeyIdentity | KeyRefusal:
@@ -238,4 +297,7 @@ def verify(store: StateStore, presented: object, now: datetime | None = None) ->
         return KeyRefusal("revoked", f"API key {prefix} was revoked", prefix)
     if row["expires_at"] is not None and aware(row["expires_at"]) <= when:
         return KeyRefusal("expired", f"API key {prefix} has expired", prefix)
-    return KeyIdentity(prefix, row["name"], row["user_id"], row["user_display"], tuple(row["scopes"]))
+    expires = aware(row["expires_at"]) if row["expires_at"] is not None else None
+    return KeyIdentity(
+        prefix, row["name"], row["user_id"], row["user_display"], tuple(row["scopes"]), expires
+    )

@@ -49,6 +49,17 @@ class ApiKeyError(DoxError):
     rotated). Verifying a presented key never raises: it returns a refusal value."""
 
 
+class KeyChangeNotAnnounced(ApiKeyError):
+    """A key was revoked or rotated in the database, but Redis could not be told, so API
+    servers that remember the key (``DOX_API_KEY_CACHE_S``) may accept it a little longer.
+    ``done`` is what the operation returned (the row; for a rotation the new key and the old
+    row), so a caller can still show the new key and record the action."""
+
+    def __init__(self, message: str, done: object):
+        super().__init__(message)
+        self.done = done
+
+
 class UnknownWorkflow(DoxError):
     """No workflow has that id."""
 

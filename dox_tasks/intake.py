@@ -1,7 +1,7 @@
 """Intake: the one way a document enters DOX.
 
 ``submit()`` streams the bytes into immutable content-addressed staging, writes
-the ``queued`` row, *then* sends the chain — row first, so a message lost by the
+the ``queued`` row, *then* sends the first step's message — row first, so a message lost by the
 broker leaves a row the reaper can re-drive, and a workflow never exists only as
 a message. The same idempotency key returns the same workflow id and starts nothing.
 """
@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, TypedDict, Unpack
 from . import runtime
 from .app import app
 from .db.store import NewWorkflow
-from .definitions.canvas import build_chain
+from .definitions.canvas import first_signature
 from .errors import NotSent, SubmissionError
 from .identity import normalise_user
 from .inbox import open_document
@@ -163,13 +163,16 @@ def send(
     definition: Any = None,
     run: int = 1,
 ) -> None:
-    """Publish the workflow's chain (from ``start_at``, default the first step) for ``run``."""
+    """Publish the message of step ``start_at`` (default the first) for ``run``: that step
+    alone, as every step sends the next itself from the recorded definition (no chain)."""
 
     if definition is None:
         definition = rt.snapshot(rt.state.get_workflow(workflow_id)["definition_hash"])
-    canvas = build_chain(app, definition, workflow_id, rt.settings.workflow_timeout, start_at, run)
+    first = first_signature(app, definition, workflow_id, rt.settings.workflow_timeout, start_at, run)
     try:
-        canvas.apply_async()
+        # No result to wait for (task_ignore_result): without this Celery would also
+        # subscribe this process to the task's result channel at every send.
+        app.send_task(first.task, first.args, ignore_result=True, **first.options)
     except Exception as exc:  # noqa: BLE001 - broker errors come in many types
         log.error("workflow %s is recorded queued but could not be sent: %s", workflow_id, exc)
         raise NotSent(

@@ -43,19 +43,35 @@ def intake_state(rt: Runtime) -> IntakeState:
 
 _cache: dict[str, tuple[float, IntakeState]] = {}
 _lock = threading.Lock()
+_refreshing = threading.Lock()
+
+
+def _fresh(hit: tuple[float, IntakeState] | None) -> bool:
+    return hit is not None and time.monotonic() - hit[0] <= CACHE_S
+
+
+def _cached_state(rt: Runtime) -> IntakeState:
+    """The state read at most ``CACHE_S`` ago. One thread reads it when it is older; the
+    others submitting meanwhile wait for that read instead of each querying too."""
+    key = rt.settings.db_url
+    with _lock:
+        hit = _cache.get(key)
+    if not _fresh(hit):
+        with _refreshing:
+            with _lock:
+                hit = _cache.get(key)
+            if not _fresh(hit):
+                hit = (time.monotonic(), intake_state(rt))
+                with _lock:
+                    _cache[key] = hit
+    assert hit is not None
+    return hit[1]
 
 
 def refuse_if_paused(rt: Runtime) -> None:
     """Raise a clear :class:`IntakePaused` (a :class:`SubmissionError`) while the intake is
     paused (cached ≤ 1 s)."""
-    key = rt.settings.db_url
-    with _lock:
-        hit = _cache.get(key)
-    if hit is None or time.monotonic() - hit[0] > CACHE_S:
-        hit = (time.monotonic(), intake_state(rt))
-        with _lock:
-            _cache[key] = hit
-    state = hit[1]
+    state = _cached_state(rt)
     if state.paused:
         why = f": {state.reason}" if state.reason else ""
         raise IntakePaused(

@@ -188,6 +188,15 @@ class Settings(BaseSettings):
         gt=0,
         description="Refused keys a minute from one client address before it is answered 429.",
     )
+    # -- the API key cache (dox_tasks/api/keycache.py) ---------------------------------------
+    api_key_cache_s: int = Field(
+        60,
+        validation_alias=_env("DOX_API_KEY_CACHE_S"),
+        ge=0,
+        le=3600,
+        description="How long a server process reuses a key it verified (while no key was revoked or"
+        " rotated since: Redis's key epoch); 0 verifies every request against PostgreSQL.",
+    )
     api_max_concurrent: int = Field(
         64,
         validation_alias=_env("DOX_API_MAX_CONCURRENT"),

@@ -32,7 +32,12 @@ def test_create_then_verify(store):
     assert made.key.startswith(f"dox_{made.record['api_key']}_") and len(made.record["api_key"]) == 12
     who = apikeys.verify(store, made.key)
     assert who == KeyIdentity(
-        made.record["api_key"], "ci uploader", "billing", " Billing ", ("submit", "read")
+        made.record["api_key"],
+        "ci uploader",
+        "billing",
+        " Billing ",
+        ("submit", "read"),
+        aware(made.record["expires_at"]),  # kept with a cached identity (api/keycache.py)
     )
     assert who.allows("submit") and not who.allows("operate")
 

@@ -105,6 +105,22 @@ def test_compiles_to_a_chain_routed_per_queue():
     assert canvas.tasks[0].args == ("wf-1", "validate", d.digest, 1)  # (workflow, step, hash, run)
 
 
+def test_a_workflow_starts_with_one_message_without_its_chain():
+    """Intake, the reaper and retry send one step's message; each step sends the next itself
+    (runner.follow), so the first message carries no chain to encode, publish and drop."""
+    from dox_tasks.app import app
+    from dox_tasks.definitions.canvas import first_signature
+
+    d = load_all(ROOT / "workflow_defs")["process_document_upload"]
+    chained = build_chain(app, d, "wf-1", 300)
+    first = first_signature(app, d, "wf-1", 300)
+    assert dict(first) == dict(chained.tasks[0]) and not first.options.get("chain")
+    resumed = first_signature(app, d, "wf-1", 300, start_at="store", run=2)
+    assert resumed.args == ("wf-1", "store", d.digest, 2) and resumed.options["queue"] == "storage"
+    with pytest.raises(KeyError, match="no step 'nope'"):
+        first_signature(app, d, "wf-1", 300, start_at="nope")
+
+
 def test_snapshot_hash_changes_with_content(tmp_path):
     a = load_all(write(tmp_path, GOOD))["tiny"]
     b = load_all(write(tmp_path, GOOD.replace("source: test", "source: other")))["tiny"]

@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         flusher.cancel()
         usage.flush()
+        await limits.close()
         rt.close()
 
     docs = settings.api_docs
@@ -83,16 +84,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = rt
     app.state.usage = usage
     per_min = settings.api_rate_per_min, settings.api_auth_failures_per_min
-    limits = ApiLimits(rt.redis, settings.namespace, *per_min)
+    limits = ApiLimits(settings.redis or None, settings.namespace, *per_min)
     app.state.authenticate = Authenticator(settings, rt.state, usage, limits)
     basic()
     if settings.log_dir:
         log_to_file(security, settings.log_dir / "auth.log")
     problems.install(app)
     app.add_middleware(Edge, settings=settings)
+    app.include_router(uploads.router)  # first: the busiest routes are matched first
     app.include_router(probes.router)
     app.include_router(workflows.router)
     app.include_router(routes.router)
-    app.include_router(uploads.router)
     app.include_router(events.router)
     return app

@@ -1,6 +1,7 @@
 """Who is calling: an API key from ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``.
 
-Keys are checked by :func:`dox_tasks.apikeys.verify`; the seed's ``API_KEY`` is one more,
+Keys are checked by :func:`dox_tasks.apikeys.verify` and remembered while no key is revoked
+or rotated (:mod:`dox_tasks.api.keycache`); the seed's ``API_KEY`` is one more,
 operator key with every scope, acting as ``DOX_API_KEY_USER`` (compared in constant time).
 A refusal is 401 with one ``authentication failed`` log line naming the reason code, the key's
 public prefix (never the secret) and the client address; a key without the scope an endpoint
@@ -17,20 +18,22 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 from fastapi import Request
 
 from .. import apikeys
-from ..apilimits import ApiLimits, Refusal
+from ..apilimits import ApiLimits, Gate, Refusal
 from ..db import apikeys as table
 from ..db.store import StateStore
 from ..db.store import now as db_now
 from ..identity import normalise_user
 from ..settings import Settings, is_loopback
+from .keycache import KeyCache
 from .problems import Problem
 
 log = logging.getLogger("dox.api.auth")
@@ -116,18 +119,22 @@ def _too_many(refusal: Refusal, detail: str) -> Problem:
 
 
 class Authenticator:
-    """Turns a request's key into a :class:`Caller`, or a 401 (or 429) problem."""
+    """Turns a request's key into a :class:`Caller`, or a 401 (or 429) problem.
+
+    Awaited on the event loop: Redis through its asyncio client, and a worker thread only
+    for what blocks, the database read of a key not in this process's :class:`KeyCache`."""
 
     def __init__(self, settings: Settings, store: StateStore, usage: UsageCounter, limits: ApiLimits):
         self.store, self.usage, self.limits, self.require = store, usage, limits, settings.require_auth
         self._operator_key = settings.api_key.get_secret_value().encode() if settings.api_key else None
         operator = normalise_user(settings.api_key_user)
         self._operator = Caller(operator, apikeys.SCOPES, None, operator, settings.api_key_user)
+        self.cache: KeyCache[Caller] = KeyCache(settings.api_key_cache_s)
 
-    def _refuse(self, address: str, reason: str, prefix: str | None, detail: str) -> Problem:
+    async def _refuse(self, address: str, reason: str, prefix: str | None, detail: str) -> Problem:
         line = "authentication failed: reason=%s prefix=%s client=%s"
         security.warning(line, reason, prefix or "-", address)
-        if self.limits.failed(address, reason) == self.limits.failures_per_min:
+        if await self.limits.failed(address, reason) == self.limits.failures_per_min:
             security.warning(
                 "authentication throttled: client=%s had %d keys refused within a minute;"
                 " answered 429 until that minute is over",
@@ -136,41 +143,69 @@ class Authenticator:
             )
         return Problem(401, "unauthorized", detail, _CHALLENGE)
 
-    def _admit(self, caller: Caller) -> Caller:
-        """The caller, if its request rate allows one more request (per key, else per user)."""
-        refusal = self.limits.take(f"key:{caller.prefix}" if caller.prefix else f"user:{caller.user}")
+    async def _admit(self, caller: Caller, gate: Gate | None = None) -> Caller:
+        """The caller, if its request rate allows one more request (per key, else per user);
+        the token was taken already if ``gate`` says so."""
+        if gate is not None and gate.took:
+            refusal = gate.over_rate
+        else:
+            refusal = await self.limits.take(_bucket_of(caller))
         if refusal:
             rate = self.limits.rate_per_min
             raise _too_many(refusal, f"more than {rate} requests a minute with this API key; slow down")
         return caller
 
-    def __call__(self, request: Request) -> Caller:
+    async def __call__(self, request: Request) -> Caller:
         key = presented_key(request)
         if key is None and not self.require and _addressed_to_loopback(request):
-            return self._admit(self._operator)
+            return await self._admit(self._operator)
         address = client_address(request)
-        blocked = self.limits.blocked(address)
-        if blocked:
-            raise _too_many(blocked, "too many refused API keys from this address; wait before trying again")
+        operator = bool(
+            key
+            and self._operator_key
+            and hmac.compare_digest(key.encode("utf-8", "replace"), self._operator_key)
+        )
+        # A caller known before the round trip has its request token taken in it: the operator,
+        # or a key remembered under an epoch (taken only if that is still Redis's epoch).
+        known = (self._operator, "*") if operator else self.cache.peek(key) if key else None
+        bucket = self.limits.bucket(_bucket_of(known[0])) if known else None
+        gate = await self.limits.check(address, bucket, known[1] if known else "*")
+        if gate.blocked:
+            raise _too_many(
+                gate.blocked, "too many refused API keys from this address; wait before trying again"
+            )
         if key is None:
             detail = "an API key is required: send Authorization: Bearer KEY"
-            raise self._refuse(address, "missing", None, detail)
-        if self._operator_key and hmac.compare_digest(key.encode("utf-8", "replace"), self._operator_key):
-            return self._admit(self._operator)
-        found = apikeys.verify(self.store, key)
-        if isinstance(found, apikeys.KeyRefusal):
-            raise self._refuse(address, found.reason, found.prefix, "the API key is not valid")
-        self.usage.hit(found.prefix, db_now())
-        return self._admit(Caller(found.user, found.scopes, found.prefix, found.name, found.user_display))
+            raise await self._refuse(address, "missing", None, detail)
+        if operator:
+            return await self._admit(self._operator, gate)
+        if gate.epoch is None:  # Redis cannot say whether a key changed: trust nothing remembered
+            self.cache.clear()
+        when = db_now()
+        caller = self.cache.get(key, gate.epoch, when)
+        if caller is None:
+            found = await anyio.to_thread.run_sync(apikeys.verify, self.store, key)
+            if isinstance(found, apikeys.KeyRefusal):
+                raise await self._refuse(address, found.reason, found.prefix, "the API key is not valid")
+            caller = Caller(found.user, found.scopes, found.prefix, found.name, found.user_display)
+            self.cache.put(key, caller, gate.epoch, found.expires_at)  # the epoch read before the row
+        assert caller.prefix is not None
+        self.usage.hit(caller.prefix, when)
+        # A token taken in the round trip was this key's own (the same key, so the same prefix).
+        return await self._admit(caller, gate)
 
 
-def needs(scope: str) -> Callable[[Request], Caller]:
+def _bucket_of(caller: Caller) -> str:
+    return f"key:{caller.prefix}" if caller.prefix else f"user:{caller.user}"
+
+
+def needs(scope: str) -> Callable[[Request], Awaitable[Caller]]:
     """A dependency: the caller, if its key has ``scope`` (403 otherwise, counted as a failure
     with reason ``scope`` but not against the address: the key itself is genuine)."""
 
-    def check(request: Request) -> Caller:
+    async def check(request: Request) -> Caller:
         authenticate: Authenticator = request.app.state.authenticate
-        caller = authenticate(request)
+        caller = await authenticate(request)
         if not caller.allows(scope):
             security.warning(
                 "authorization refused: scope=%s prefix=%s client=%s",
@@ -178,7 +213,7 @@ def needs(scope: str) -> Callable[[Request], Caller]:
                 caller.prefix or "-",
                 client_address(request),
             )
-            authenticate.limits.counted("scope")
+            await authenticate.limits.counted("scope")
             raise Problem(403, "forbidden", f"this API key lacks the {scope!r} scope")
         return caller
 

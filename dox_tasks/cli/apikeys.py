@@ -17,7 +17,7 @@ import click
 
 from .. import apikeys as keys
 from ..audit import record_action
-from ..errors import ApiKeyError
+from ..errors import ApiKeyError, KeyChangeNotAnnounced
 from ..terminal import safe
 from ..terminal import table as _table
 from .common import actor_option, iso, out, parse_duration, reason_option, runtime
@@ -130,10 +130,16 @@ def list_cmd(as_json: bool) -> None:
 def revoke_cmd(prefix: str, actor: str | None, reason: str | None) -> None:
     """Refuse the key from now on."""
     rt = runtime()
+    unheard: KeyChangeNotAnnounced | None = None
     with _refusals():
-        row = keys.revoke(rt, prefix)
+        try:
+            row = keys.revoke(rt, prefix)
+        except KeyChangeNotAnnounced as exc:  # revoked all the same: record and say so
+            row, unheard = exc.done, exc  # type: ignore[assignment]
     record_action(rt, "apikey.revoke", actor, reason, prefix=row["api_key"], name=row["name"])
     click.echo(f"API key {row['api_key']} ({safe(row['name'])}) revoked at {iso(row['revoked_at'])}")
+    if unheard:
+        raise click.ClickException(str(unheard))
 
 
 @apikeys.command("rotate")
@@ -150,8 +156,12 @@ def revoke_cmd(prefix: str, actor: str | None, reason: str | None) -> None:
 def rotate_cmd(prefix: str, grace: timedelta, actor: str | None, reason: str | None) -> None:
     """A new key with the same name, user and scopes; the old one works for the grace period."""
     rt = runtime()
+    unheard: KeyChangeNotAnnounced | None = None
     with _refusals():
-        made, old = keys.rotate(rt, prefix, grace)
+        try:
+            made, old = keys.rotate(rt, prefix, grace)
+        except KeyChangeNotAnnounced as exc:  # rotated all the same: the new key must be shown
+            (made, old), unheard = exc.done, exc  # type: ignore[misc]
     record_action(
         rt,
         "apikey.rotate",
@@ -167,3 +177,5 @@ def rotate_cmd(prefix: str, grace: timedelta, actor: str | None, reason: str | N
         f"new prefix {made.record['api_key']}; the old key works until {iso(old['expires_at'])}", err=True
     )
     click.echo(_SHOWN_ONCE, err=True)
+    if unheard:
+        raise click.ClickException(str(unheard))
