@@ -60,6 +60,7 @@ def test_weekly_maintenance_reports_what_it_did_and_keeps_stored_documents(stack
         "backups",
         "metric_totals",
         "api_keys",
+        "beat_starts",
     ]
     assert (r["workflows_deleted"], r["quarantine_purged"], r["staging_removed"], r["tmp_removed"]) == (
         1,
