@@ -17,7 +17,8 @@ from typing import Any, BinaryIO, TypedDict, Unpack
 
 from . import runtime
 from .app import app
-from .db.store import NewWorkflow
+from .db import records
+from .db.store import NewWorkflow, now
 from .definitions.canvas import first_signature
 from .errors import NotSent, SubmissionError
 from .identity import normalise_user
@@ -174,10 +175,26 @@ def send(
         # subscribe this process to the task's result channel at every send.
         app.send_task(first.task, first.args, ignore_result=True, **first.options)
     except Exception as exc:  # noqa: BLE001 - broker errors come in many types
-        log.error("workflow %s is recorded queued but could not be sent: %s", workflow_id, exc)
+        # The caller reports it (the CLI prints it, the API logs it): said once, not twice.
+        _record_not_sent(rt, workflow_id, run, exc)
         raise NotSent(
             f"workflow {workflow_id} is recorded (queued) but the broker refused its message:"
             f" {exc}. Nothing is lost: the row stays queued and the reaper re-sends it once the"
             " broker is back (see docs/OPERATIONS.md, stuck workflows: the reaper).",
             workflow_id,
         ) from exc
+
+
+#: The event that says a queued workflow's message was refused (``dox status`` shows it).
+NOT_SENT = "workflow.not_sent"
+
+
+def _record_not_sent(rt: Runtime, workflow_id: str, run: int, exc: Exception) -> None:
+    """Record that the broker refused this workflow's message, and when; a database that is
+    failing too only loses this note (the row is queued, and the reaper still finds it)."""
+    at = now()
+    event_id = f"{records.run_prefix(workflow_id, run)}:{NOT_SENT}:{at.strftime('%Y%m%dT%H%M%S%f')}"
+    try:
+        records.record_event(rt.state, event_id, workflow_id, NOT_SENT, {"error": str(exc)[:500], "run": run})
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.warning("workflow %s: could not record that its message was refused", workflow_id)

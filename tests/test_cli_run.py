@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pdfs
 import pytest
+import services
 from services import assert_expected_results, clean_env, dox, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,3 +160,24 @@ def test_dox_run_names_files_relative_to_the_folder_given_and_follows_the_operat
         ["run", "inbox/link.pdf", "--json"], clean_env(tmp_path / "c", DOX_INBOX_ROOT=str(inbox)), tmp_path
     )
     assert confined.returncode != 0 and "symlink" in (confined.stdout + confined.stderr), confined
+
+
+def test_a_message_the_broker_refused_is_said_once_and_dox_status_explains_the_queued_row(tmp_path, pg_url):
+    """Redis down at submission: the row is queued, the CLI says so once, and `dox status`
+    says the message was not sent, when, and how soon the reaper sends it."""
+    import re
+
+    dead_broker = f"redis://127.0.0.1:{services.free_port()}/0"
+    env = clean_env(tmp_path, DOX_BROKER_URL=dead_broker, DOX_DATABASE_URL=pg_url)
+    assert dox(["db", "upgrade"], env, tmp_path).returncode == 0
+    (tmp_path / "a.pdf").write_bytes(pdfs.unique(7400))
+    refused = dox(["submit", "a.pdf"], env, tmp_path)
+    assert refused.returncode != 0
+    said = refused.stdout + refused.stderr
+    assert said.count("broker refused its message") == 1 and "Traceback" not in said, said
+    workflow_id = re.search(r"workflow ([0-9a-f-]{36}) is recorded", said).group(1)
+    shown = dox(["status", workflow_id], {**env, "COLUMNS": "200"}, tmp_path)
+    assert "queued" in shown.stdout and "the broker refused its message at" in shown.stdout, shown.stdout
+    assert re.search(r"the reaper re-sends it within \d+ minutes", shown.stdout), shown.stdout
+    as_json = json.loads(dox(["status", workflow_id, "--json"], env, tmp_path).stdout)
+    assert as_json["status"] == "queued" and as_json["not_sent"]["resent_within_min"] == 15

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,9 @@ from ..contract import LIVE_STATES, WorkflowState
 from ..embedded import local_worker as start_local
 from ..embedded import wait_for
 from ..finish import build_result
-from ..intake import submit
+from ..intake import NOT_SENT, submit
 from ..terminal import safe, styled, table
-from .common import COLOURS, err, out, runtime
+from .common import COLOURS, err, iso, out, runtime
 
 OK_STATES = {WorkflowState.SUCCESS, WorkflowState.DUPLICATE, WorkflowState.REJECTED}
 
@@ -59,6 +61,25 @@ def _names(paths: tuple[str, ...], files: list[Path]) -> list[str]:
         inside = next((d for d in folders if f.is_relative_to(d)), None)
         names.append(str(f.relative_to(inside)) if inside is not None else str(f))
     return names
+
+
+def _not_sent(rt: Any, row: dict[str, Any]) -> dict[str, Any] | None:
+    """For a workflow still queued because the broker refused its message: when, and how soon
+    the reaper sends it again (its queued-after wait plus its own cron's period)."""
+    if row["current_state"] != "queued" or rt.state.step_rows(row["workflow_id"]):
+        return None
+    refused = [e for e in rt.state.events(row["workflow_id"]) if e["type"] == NOT_SENT]
+    if not refused:
+        return None
+    import beat_schedule
+
+    reaper = beat_schedule.build(rt.definitions.values()).get("reap_stuck_workflows")
+    now = datetime.now(UTC)
+    period_s = (
+        (reaper.next_slot(reaper.next_slot(now)) - reaper.next_slot(now)).total_seconds() if reaper else 300
+    )
+    within = math.ceil((rt.settings.reaper_queued_after_s + period_s) / 60)
+    return {"at": iso(refused[-1]["created_at"]), "resent_within_min": within}
 
 
 def _result(row: dict[str, Any], given: str | None = None) -> dict[str, Any]:
@@ -217,13 +238,19 @@ def status(workflow_id: str, as_json: bool) -> None:
     rt = runtime()
     row = rt.state.get_workflow(workflow_id)
     result = _result(row)
+    unsent = _not_sent(rt, row)
     if as_json:
-        click.echo(json.dumps(result, sort_keys=True))
+        click.echo(json.dumps({**result, **({"not_sent": unsent} if unsent else {})}, sort_keys=True))
         return
     for key, value in result.items():
         out.print(f"[bold]{key:>13}[/] {safe(value)}")
     if row.get("detail"):
         out.print(f"[bold]{'detail':>13}[/] {safe(row['detail'])}")
+    if unsent:
+        out.print(
+            f"[bold]{'not sent':>13}[/] [yellow]the broker refused its message at {unsent['at']};"
+            f" the reaper re-sends it within {unsent['resent_within_min']} minutes[/]"
+        )
     for s in rt.state.step_rows(workflow_id):
         out.print(
             safe(
