@@ -70,6 +70,16 @@ def _key_fields(fields: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _plain(value: Any) -> Any:
+    """A result field as a person reads it: ``k=v, …`` for a mapping, ``a, b`` for a list,
+    None (shown as –) for an empty one — never Python's ``{}`` or ``[]``."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or None
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or None
+    return value
+
+
 def _print_table(results: list[dict[str, Any]], wide: bool) -> None:
     short = short_ids((r["workflow_id"] for r in results), wide)
     rows = [
@@ -213,7 +223,7 @@ def status(workflow_id: str, as_json: bool) -> None:
         click.echo(json.dumps(result, sort_keys=True))
         return
     for key, value in result.items():
-        out.print(f"[bold]{key:>13}[/] {shown(value)}")
+        out.print(f"[bold]{key:>13}[/] {shown(_plain(value))}")
     if row.get("detail"):
         out.print(f"[bold]{'detail':>13}[/] {safe(row['detail'])}")
     for s in rt.state.step_rows(workflow_id):
