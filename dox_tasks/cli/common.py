@@ -95,11 +95,11 @@ def full_workflow_id(text: str) -> str:
     given = text.strip()
     if len(given) >= FULL_ID:
         return given  # a whole id: the command's own lookup says whether it exists
+    if len(given) < SHORT_ID:
+        raise UnknownWorkflow(f"no workflow with id {given} (a short id has at least {SHORT_ID} characters)")
     matches = queries.workflow_ids_starting(runtime().state, [given], limit=11)
     if not matches:
         raise UnknownWorkflow(f"no workflow with id {given}")
-    if len(given) < SHORT_ID:
-        raise UnknownWorkflow(f"no workflow with id {given} (a short id has at least {SHORT_ID} characters)")
     if len(matches) > 1:
         listed = ", ".join(matches[:10]) + (" and more" if len(matches) > 10 else "")
         raise AmbiguousWorkflowId(
