@@ -115,12 +115,18 @@ class DocumentResult:
     workflow_id: str
     status: str
     reason: str | None = None
+    #: The sentence a person reads about ``reason`` ("the name says PDF but the content is PNG").
+    reason_detail: str | None = None
     scan: str | None = None
     signature: str | None = None
     template: str | None = None
     recognition: str | None = None
     confidence: float | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    #: Fields the matched template declares that the document did not give.
+    missing_fields: list[str] = field(default_factory=list)
+    #: Why recognition is ``unreadable``: ``no_text_layer`` (a scan without OCR), ``cpu_budget``…
+    unreadable_reason: str | None = None
     pages: int | None = None
     #: Facts about an accepted document worth knowing: ``owner_password``, ``embedded_files``.
     flags: list[str] = field(default_factory=list)

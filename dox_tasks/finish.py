@@ -28,6 +28,7 @@ def build_result(
     status: str | None = None,
     reason: str | None = None,
     duplicate_of: str | None = None,
+    detail: str | None = None,
 ) -> DocumentResult:
     """The per-document result (contract) from the workflow row and its step outputs."""
     merged: dict[str, Any] = {}
@@ -43,12 +44,17 @@ def build_result(
         workflow_id=wf["workflow_id"],
         status=status,
         reason=reason if reason is not None else wf.get("reason"),
+        reason_detail=(detail if detail is not None else wf.get("detail"))
+        if status != WorkflowState.SUCCESS
+        else None,
         scan=scan,
         signature=merged.get("signature"),
         template=merged.get("template"),
         recognition=merged.get("recognition"),
         confidence=merged.get("confidence"),
         fields=merged.get("fields") or {},
+        missing_fields=list(merged.get("missing_fields") or []),
+        unreadable_reason=merged.get("unreadable_reason"),
         pages=merged.get("pages"),
         flags=list(merged.get("flags") or []),
         sha256=wf.get("sha256"),
@@ -190,7 +196,12 @@ def _result(rt: Runtime, ending: Ending, wf: dict[str, Any]) -> dict[str, Any]:
         result = job_result(wf, outputs, status=ending.state.value, reason=reason)
     else:
         result = build_result(
-            wf, outputs, status=ending.state.value, reason=reason, duplicate_of=ending.duplicate_of
+            wf,
+            outputs,
+            status=ending.state.value,
+            reason=reason,
+            duplicate_of=ending.duplicate_of,
+            detail=ending.detail,
         ).to_dict()
     if ending.duplicate_of:
         result.update(_from_original(rt, ending.duplicate_of))

@@ -135,6 +135,11 @@ def accept(
         )
     if created:
         send(rt, definition.name, workflow_id, definition=definition)
+    elif staged.sha256:
+        # Another submission under this idempotency key won the race: these staged bytes are
+        # nobody's (no row, so no quota counts them) unless another workflow has the same.
+        sha = staged.sha256
+        rt.storage.discard_staged(sha, lambda: rt.state.needs_staged_input(sha, exclude=""))
     return Accepted(workflow_id, created)
 
 

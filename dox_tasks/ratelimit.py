@@ -5,14 +5,21 @@ id is seen it gets the next position, and a redelivered validate step gets the
 *same* position back (so redeliveries and operator retries never count twice).
 A workflow whose position exceeds the limit is ``rate_limited``.
 
-The Redis implementation does this in one Lua script (atomic); the in-memory
-twin does the same under a lock for the embedded default and unit tests.
+The Redis implementation does this in one Lua script (atomic). The embedded default has
+no Redis but must still count "per UTC day" across runs of `dox run`: its twin keeps one
+small file per user and day in the state folder, changed under an exclusive file lock.
+The in-memory one is for unit tests.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
+import os
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 import redis
@@ -77,3 +84,49 @@ class MemoryRateLimiter:
     def count(self, user: str, day: str) -> int:
         with self._lock:
             return len(self._seen.get((user, day), {}))
+
+
+class FileRateLimiter:
+    """The embedded default's limiter: ``<folder>/<day>/<sha256(user)>.json`` lists the
+    user's workflows of that day in admission order. Each change happens under ``flock`` and
+    is written to a temporary file and renamed, so a crash leaves the old list or the new
+    one. Folders of days older than yesterday are removed as new days begin."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, user: str, day: str) -> Path:
+        return self.folder / day / (hashlib.sha256(user.encode()).hexdigest() + ".json")
+
+    @staticmethod
+    def _read(path: Path) -> list[str]:
+        try:
+            return list(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return []
+
+    def admit(self, user: str, workflow_id: str, day: str) -> int:
+        path = self._path(user, day)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._forget_before(day)
+        with open(path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            seen = self._read(path)
+            if workflow_id not in seen:
+                seen.append(workflow_id)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(seen))
+                os.replace(tmp, path)
+            return seen.index(workflow_id) + 1
+
+    def count(self, user: str, day: str) -> int:
+        return len(self._read(self._path(user, day)))
+
+    def _forget_before(self, day: str) -> None:
+        keep = {day, (datetime.strptime(day, "%Y-%m-%d") - timedelta(days=1)).strftime("%Y-%m-%d")}
+        for old in self.folder.iterdir():
+            if old.is_dir() and old.name not in keep:
+                for f in old.iterdir():
+                    f.unlink(missing_ok=True)
+                old.rmdir()

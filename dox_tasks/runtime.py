@@ -18,7 +18,7 @@ import redis
 from .db.store import StateStore, open_store
 from .definitions import Definition, load_all
 from .events import EventBus, Fanout, NullFanout, RedisFanout
-from .ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from .ratelimit import FileRateLimiter, RateLimiter, RedisRateLimiter
 from .scanner import Scanner, make_scanner
 from .settings import Settings, load
 from .storage import ContentStore
@@ -51,8 +51,8 @@ class Runtime:
     @cached_property
     def limiter(self) -> RateLimiter:
         client = self.redis
-        if client is None:
-            return MemoryRateLimiter()
+        if client is None:  # embedded: counted in the state folder, so across runs too
+            return FileRateLimiter(self.settings.state / "ratelimit")
         return RedisRateLimiter(client, self.settings.namespace)
 
     @cached_property

@@ -215,6 +215,14 @@ class Settings(BaseSettings):
         le=3600,
         description="An upload whose body stops arriving this long is cut off (408), its staging removed.",
     )
+    api_head_timeout_s: float = Field(
+        10,
+        validation_alias=_env("DOX_API_HEAD_TIMEOUT_S"),
+        gt=0,
+        le=3600,
+        description="A connection whose request head is not complete this long after it opened"
+        " (or after its previous answer) is closed (408 if it had begun one).",
+    )
     # live events (GET /api/v1/events)
     api_sse_heartbeat_s: float = Field(
         15.0,

@@ -88,6 +88,8 @@ class Match:
     template: str | None
     confidence: float
     fields: dict[str, Any]
+    #: Fields the template declares that the text did not give.
+    missing: tuple[str, ...] = ()
 
 
 def load_templates(folder: Path) -> list[Template]:
@@ -215,7 +217,9 @@ def recognize_text(templates: list[Template], raw: str) -> Match:
             best = (s, t)
     if best[1] is None:
         return Match(None, max((s for s, _ in scores), default=0.0), {})
-    return Match(best[1].name, best[0], extract_fields(best[1], raw))
+    fields = extract_fields(best[1], raw)
+    missing = tuple(name for name in best[1].fields if name not in fields)
+    return Match(best[1].name, best[0], fields, missing)
 
 
 def _regex_lines(text: str) -> list[tuple[str, str, int]]:

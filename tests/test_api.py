@@ -8,6 +8,7 @@ OpenAPI document, and `dox api serve`'s refusals to start.
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -19,11 +20,13 @@ import pytest
 import services
 from apiserver import OPERATOR_KEY, Server, api_env, bearer, problem
 from services import clean_env, dox, free_port
+from sqlalchemy import insert
 from stores import new_workflow
 
 from dox_tasks import apikeys
 from dox_tasks.api.app import create_app
 from dox_tasks.db.store import now, open_store
+from dox_tasks.db.tables import SR
 from dox_tasks.settings import Settings
 
 with warnings.catch_warnings():  # starlette asks for httpx2, which is not released for this pin
@@ -226,3 +229,80 @@ def test_dox_health_reports_the_api(tmp_path, pg_url, redis_url):
     finally:
         server.stop()
         unready.stop()
+
+
+def test_a_step_traceback_never_reaches_a_client(api):
+    """A failed attempt's traceback (internal paths, hosts) stays in the database for operators;
+    the API shows the attempt and its one-line error, not the stack."""
+    server, store = api
+    wid = new_workflow(store, user="alice")
+    stack = 'Traceback (most recent call last):\n  File "/srv/dox/dox_tasks/scanner.py", line 95\n'
+    with store.tx() as conn:
+        conn.execute(
+            insert(SR).values(
+                workflow_id=wid,
+                step="scan",
+                attempt=1,
+                state="retry",
+                started_at=now(),
+                error="ScannerUnavailable: clamd did not answer",
+                traceback=stack,
+            )
+        )
+    reader = apikeys.create(store, "reader", "alice", "read").key
+    code, _, body = server.get(f"/api/v1/workflows/{wid}", bearer(reader))
+    assert code == 200, body
+    assert [(s["step"], s["error"]) for s in body["steps"]] == [
+        ("scan", "ScannerUnavailable: clamd did not answer")
+    ]
+    assert "traceback" not in body["steps"][0] and "Traceback" not in json.dumps(body), body
+
+
+def _answer_to(port: int, sent: bytes) -> bytes:
+    """Send ``sent`` (a request head, maybe part of a body) and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(sent)
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+    return answer
+
+
+def test_a_json_body_is_bounded_before_its_key_is_checked(tmp_path, pg_url, redis_url):
+    """FastAPI reads a JSON body whole before any dependency runs, so the key check came after
+    it: without a key, a 200 MB body grew the server by 360 MB, and a body that never ends held
+    a request slot forever. Small bodies are capped and timed at the edge instead."""
+    env = api_env(tmp_path, pg_url, redis_url, DOX_API_BODY_TIMEOUT_S="1")
+    assert dox(["db", "upgrade"], env, tmp_path).returncode == 0
+    server = Server(env, tmp_path, tmp_path / "api.log")
+    try:
+        json_head = "Content-Type: application/json\r\nConnection: close\r\n"
+        for path in ("/api/v1/intake/pause", "/api/v1/workflows/x/retry", "/api/v1/coordination/sync"):
+            # Declared too large: refused before a byte of the body is read.
+            head = f"POST {path} HTTP/1.1\r\nHost: localhost\r\n{json_head}"
+            answer = _answer_to(server.port, f"{head}Content-Length: {200 * 10**6}\r\n\r\n".encode())
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+            assert b"application/problem+json" in answer
+            if path.endswith("/sync"):
+                continue  # takes no body: never read, the key check answers
+            # Chunked, no length: refused once it passes the cap.
+            chunk = b'{"reason": "' + b"x" * 100_000
+            chunked = f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + b"%x\r\n" % len(chunk) + chunk
+            answer = _answer_to(server.port, chunked + b"\r\n")
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+            # A body that stops arriving: 408, not a slot held forever.
+            started = time.monotonic()
+            answer = _answer_to(server.port, f'{head}Content-Length: 50\r\n\r\n{{"rea'.encode())
+            assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 5, answer[:300]
+        # A small body still reaches the key check, and an operator's request works.
+        json_type = {"Content-Type": "application/json"}
+        problem(server.post("/api/v1/intake/pause", b'{"reason": "x"}', json_type), 401)
+        code, _, body = server.post(
+            "/api/v1/intake/pause",
+            json.dumps({"reason": "r" * 400}).encode(),
+            {**bearer(OPERATOR_KEY), **json_type},
+        )
+        assert code == 200 and body["paused"] is True, body
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log, log

@@ -27,6 +27,7 @@ from stores import new_workflow
 
 from dox_tasks import apikeys
 from dox_tasks.api.event_feed import PAGE, Cursor, StreamId
+from dox_tasks.api.events import STREAMS_PER_KEY
 from dox_tasks.db import queries
 from dox_tasks.db.store import StateStore, open_store
 from dox_tasks.events import EventBus, RedisFanout
@@ -248,6 +249,34 @@ def test_refusals_heartbeat_and_openapi(world: World) -> None:
 def _sse_connections(world: World) -> int:
     name = world.stream.removesuffix(":events") + ".events"
     return sum(1 for c in world.redis.client_list() if c.get("name") == name)
+
+
+def test_one_key_cannot_hold_every_stream(world: World) -> None:
+    """One read key opened all 256 streams of a process and every other user's was 503."""
+    before = _sse_connections(world)
+    greedy = apikeys.create(world.store, "greedy", "gina", "read").key
+    other = apikeys.create(world.store, "other", "hal", "read").key
+    streams = [world.open(greedy) for _ in range(STREAMS_PER_KEY)]
+    assert all(s.response.status_code == 200 for s in streams)
+    refused = world.open(greedy)
+    assert refused.response.status_code == 429 and refused.response.headers["retry-after"] == "5"
+    assert "close one" in json.loads(refused.response.read())["detail"]
+    refused.close()
+    theirs = world.open(other)
+    assert theirs.response.status_code == 200
+    theirs.close()
+    streams.pop().close()  # one given back: the key may open one again
+    deadline = time.monotonic() + 5
+    while (again := world.open(greedy)).response.status_code == 429 and time.monotonic() < deadline:
+        again.close()
+        time.sleep(0.1)
+    assert again.response.status_code == 200
+    for s in [*streams, again]:
+        s.close()
+    deadline = time.monotonic() + 10  # every Redis connection given back before the next test
+    while _sse_connections(world) > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _sse_connections(world) == before
 
 
 def test_disconnect_frees_its_connection_and_server_stops_promptly(world: World) -> None:

@@ -12,6 +12,7 @@ against the settings, and ``nginx -t``.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
@@ -269,6 +270,47 @@ def test_concurrency_headers_and_an_untrusted_peer(tmp_path, redis_url):
             log = server.stop()
     assert "authentication failed: reason=malformed prefix=- client=127.0.0.1" in log, log
     assert "203.0.113.7" not in log and "Traceback" not in log
+
+
+def test_a_request_head_must_arrive_in_time(tmp_path, redis_url):
+    """An unparsable request is answered with a problem document. Connections that send no
+    head, or one that trickles, held a socket each forever (40 s
+    and counting, no key needed, not counted as requests): DOX_API_HEAD_TIMEOUT_S closes them.
+    A kept-alive connection gets a new period for each request."""
+    env = api_env(
+        tmp_path, "postgresql://postgres@127.0.0.1:1/nothing", redis_url, DOX_API_HEAD_TIMEOUT_S="1"
+    )
+    server = Server(env, tmp_path, tmp_path / "api.log")
+    try:
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        trickle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        trickle.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")
+        started = time.monotonic()
+        for _ in range(6):  # a header line every 0.3 s: never idle, never done
+            time.sleep(0.3)
+            with contextlib.suppress(OSError):
+                trickle.sendall(b"X-Slow: 1\r\n")
+        assert silent.recv(100) == b""  # closed without a word: nothing was asked
+        answer = trickle.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 408") and b"application/problem+json" in answer, answer
+        assert time.monotonic() - started < 4
+        silent.close()
+        trickle.close()
+        # What httptools cannot parse was uvicorn's plain text; now a problem document too.
+        for bad in (b"X-Name: a\x00b\r\n", b"Content-Length: 10\r\n\r\n" + b"x" * 100):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(b"POST /health HTTP/1.1\r\nHost: localhost\r\n" + bad + b"\r\n")
+                answer = sock.recv(1000)
+            assert answer.startswith(b"HTTP/1.1 400 Bad Request") and b"malformed-request" in answer, answer
+        # One connection, two requests: the head timer restarts for each.
+        with closing(http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)) as conn:
+            for _ in range(2):
+                conn.request("GET", "/health")
+                assert conn.getresponse().read() == b'{"status":"ok"}'
+                time.sleep(0.5)
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log
 
 
 def test_limits_fail_open_while_redis_is_down(tmp_path, pg_url):

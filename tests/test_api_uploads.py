@@ -158,6 +158,7 @@ def test_refusals_are_problems_and_leave_nothing_staged(quiet: Api) -> None:
     """Each refusal is answered before any row exists; the paused intake last (it stays)."""
     _413_at_the_limit_plus_one_byte(quiet)
     _bad_input_is_a_problem(quiet)
+    _json_that_breaks_a_parser_is_a_refusal(quiet)
     _a_client_that_stops_sending_gets_408(quiet)
     assert staged_files(quiet.root) == [] and queries.list_workflows(quiet.h.rt.state) == []
     exact = quiet.post(DOCS, b"%PDF-1.4\n" + b"x" * (2 * MIB - 9), raw(quiet.alice))  # the limit itself
@@ -238,6 +239,42 @@ def test_one_idempotency_key_twenty_concurrent_uploads_one_workflow(quiet: Api) 
     assert quiet.h.rt.state.get_workflow(theirs["workflow_id"])["user_id"] == "bob"
 
 
+def test_racing_uploads_under_one_idempotency_key_leave_one_staged_copy(quiet: Api) -> None:
+    """Different bodies racing under one key: each was staged, one became the workflow, and the
+    others' copies stayed in staging, no row counting them against a quota, until the weekly
+    maintenance (a way to fill the disk)."""
+    answers: list[Answer] = []
+
+    def send(n: int) -> None:
+        answers.append(
+            quiet.post(DOCS, pdfs.unique(100 + n), raw(quiet.alice, **{"Idempotency-Key": "race"}))
+        )
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(code for code, _, _ in answers) == [200] * 7 + [202], answers
+    (wid,) = {body["workflow_id"] for _, _, body in answers}
+    sha = quiet.h.rt.state.get_workflow(wid)["sha256"]
+    assert [p.name for p in staged_files(quiet.root)] == [sha]
+
+
+def test_a_submit_only_key_learns_ids_and_states_not_results(api: Api) -> None:
+    """Without ``read`` a key cannot read a workflow's body: not by replaying an idempotency key
+    (another key of its user may have sent it) nor by waiting for its own upload to end."""
+    sender = apikeys.create(api.h.rt.state, "scanner", "Alice", "submit").key
+    code, _, full = api.post(DOCS + "?wait=30", pdfs.unique(12), raw(api.alice, **{"Idempotency-Key": "q3"}))
+    assert code == 200 and full["status"] == "success" and full["steps"], full
+    replayed = api.post(DOCS, pdfs.unique(13), raw(sender, **{"Idempotency-Key": "q3"}))
+    assert replayed[:2] == (200, "application/json"), replayed
+    assert replayed[2] == {"workflow_id": full["workflow_id"], "status": "success"}, replayed
+    code, _, own = api.post(DOCS + "?wait=30", pdfs.unique(14), raw(sender))
+    assert code == 200 and set(own) == {"workflow_id", "status"} and own["status"] == "success", own
+    assert api.server.get(f"/api/v1/workflows/{own['workflow_id']}", bearer(sender))[0] == 403
+
+
 def _paused_intake_is_503_with_its_reason(quiet: Api) -> None:
     set_paused(quiet.h.rt, True, "ops-anna", "disk full on the store")
     deadline = time.monotonic() + 5
@@ -274,6 +311,20 @@ def _bad_input_is_a_problem(quiet: Api) -> None:
     problem(quiet.post(DOCS, pdf, raw(quiet.alice) | {"Authorization": "Bearer nope"}), 401)
     problem(quiet.post(DOCS + "?wait=61", pdf, raw(quiet.alice)), 422)
     assert staged_files(quiet.root) == []
+
+
+def _json_that_breaks_a_parser_is_a_refusal(quiet: Api) -> None:
+    """Numbers JSON cannot hold and nesting deeper than Python's stack were 500s (the row's
+    insert, a recursion), each leaving its staged copy behind."""
+    for metadata in ('{"a": 1e999}', '{"a": [-1e400]}', '{"a": ' * 400 + "1" + "}" * 400):
+        refused = problem(
+            quiet.post(DOCS, form(pdfs.unique(11), metadata=metadata), multipart(quiet.alice)), 422
+        )
+        assert "metadata" in refused["detail"], refused
+    as_json = {**bearer(quiet.alice), "Content-Type": "application/json"}
+    assert "JSON" in problem(quiet.post(CHECK, b"[" * 5000, as_json), 400)["detail"]
+    assert staged_files(quiet.root) == [] and queries.list_workflows(quiet.h.rt.state) == []
+    assert "Traceback" not in quiet.server.log.read_text()
 
 
 def _a_client_that_stops_sending_gets_408(quiet: Api) -> None:
@@ -351,7 +402,8 @@ def _validate_scan_json_names_a_file_in_the_inbox(api: Api) -> None:
     escape = {**ref, "file_path": "../inbox/in/q3.pdf"}
     problem(api.post(CHECK, json.dumps(escape).encode(), as_json), 422)
     wrong_size = {**ref, "file_size": len(pdf) + 1}
-    assert "file_size" in problem(api.post(CHECK, json.dumps(wrong_size).encode(), as_json), 422)["detail"]
+    size_refused = problem(api.post(CHECK, json.dumps(wrong_size).encode(), as_json), 422)["detail"]
+    assert "file_size" in size_refused and str(len(pdf)) not in size_refused  # no size oracle
     wrong_hash = {**ref, "file_hash": "0" * 64}
     assert "SHA-256" in problem(api.post(CHECK, json.dumps(wrong_hash).encode(), as_json), 422)["detail"]
     assert staged_files(api.root) == []

@@ -18,6 +18,14 @@ def test_examples_inbox_gets_every_expected_status(tmp_path):
     assert "Traceback" not in res.stderr, res.stderr
     assert_expected_results(res.stdout, INBOX / "EXPECTED.json")
     assert res.returncode == 0  # success, duplicate and rejected are all answers
+    # Every answer that is not a success says why in a sentence, next to its reason code.
+    for result in map(json.loads, res.stdout.splitlines()):
+        if result["status"] == "success":
+            assert result["reason_detail"] is None, result
+        else:
+            assert len(result["reason_detail"] or "") > 15, result
+            assert result["reason"] or result["status"] == "duplicate", result
+        assert isinstance(result["missing_fields"], list), result
     # every step row carries a task id and the worker's hostname: the real worker path ran
     import sqlite3
 
@@ -117,3 +125,48 @@ def test_embedded_worker_survives_loops_and_bombs(tmp_path):
     assert results["loop.pdf"]["reason"] == "too_complex"
     assert results["bomb.pdf"]["reason"] == "too_complex"
     assert results["fine.pdf"]["status"] == "success"  # processed after the hostile ones
+
+
+def test_the_embedded_daily_limit_counts_across_runs_and_says_how_to_lift_it(tmp_path):
+    """README: per user, per UTC day — also for `dox run` twice in one day without servers."""
+    env = clean_env(tmp_path, RATE_LIMIT_PER_USER_PER_DAY="2")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    for n in range(2):
+        (first / f"a{n}.pdf").write_bytes(pdfs.unique(7100 + n))
+    (second / "b.pdf").write_bytes(pdfs.unique(7200))
+    res = dox(["run", str(first), "--json"], env, tmp_path)
+    assert [json.loads(line)["status"] for line in res.stdout.splitlines()] == ["success", "success"]
+    res = dox(["run", str(second)], env, tmp_path)  # a new process, the same UTC day
+    assert "rate_limited" in res.stdout, res.stdout
+    assert "RATE_LIMIT_PER_USER_PER_DAY" in res.stdout and "set it to 0" in res.stdout, res.stdout
+
+
+def test_dox_run_names_files_relative_to_the_folder_given_and_follows_the_operators_links(tmp_path):
+    """Two invoice.pdf in two subfolders stay apart; without DOX_INBOX_ROOT a link on the
+    command line is the operator's own file: followed, and named as it was given."""
+    folder = tmp_path / "batch"
+    for n, sub in enumerate(("north", "south")):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "invoice.pdf").write_bytes(pdfs.unique(7300 + n))
+    (tmp_path / "real.pdf").write_bytes(pdfs.unique(7310))
+    (tmp_path / "link.pdf").symlink_to(tmp_path / "real.pdf")
+    env = clean_env(tmp_path, COLUMNS="200")
+    res = dox(["run", "batch", "link.pdf", "--json"], env, tmp_path)
+    results = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(r["file"], r["status"]) for r in results] == [
+        ("north/invoice.pdf", "success"),
+        ("south/invoice.pdf", "success"),
+        ("link.pdf", "success"),
+    ], res.stdout + res.stderr
+    table = dox(["run", "batch"], clean_env(tmp_path / "again", COLUMNS="200"), tmp_path)
+    assert "north/invoice.pdf" in table.stdout and "south/invoice.pdf" in table.stdout, table.stdout
+    # With an inbox configured, paths are confined and a link is refused, as for services.
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "link.pdf").symlink_to(tmp_path / "real.pdf")
+    confined = dox(
+        ["run", "inbox/link.pdf", "--json"], clean_env(tmp_path / "c", DOX_INBOX_ROOT=str(inbox)), tmp_path
+    )
+    assert confined.returncode != 0 and "symlink" in (confined.stdout + confined.stderr), confined

@@ -315,3 +315,14 @@ def test_every_volume_the_image_mounts_is_created_and_owned_by_its_user():
     assert targets >= {"/data/store", "/data/state", "/data/inbox", "/backups"}, targets
     assert targets <= made, sorted(targets - made)
     assert targets <= owned, sorted(targets - owned)
+
+
+def test_operations_section_1_names_every_service_and_variable_compose_has():
+    import re
+
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    first = text[text.index("## 1. Starting the stack") : text.index("## 2.")]
+    named = set(re.findall(r"`([a-z][a-z-]*)`", first))
+    assert set(COMPOSE["services"]) <= named, sorted(set(COMPOSE["services"]) - named)
+    used = set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "docker-compose.yml").read_text()))
+    assert {v for v in used if f"`{v}`" not in first} == set()

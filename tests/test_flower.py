@@ -38,6 +38,11 @@ def test_flower_api_is_behind_basic_auth(tmp_path, stack, harness_factory):
         assert status == 401, (tmp_path / "flower.log").read_text()[-2000:]
         assert get(url, ("ops", "wrong")) == 401
         assert get(url, ("ops", "s3cret-pw")) == 200
+        # Its Prometheus page (task names and counts) asks for the same credentials.
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        assert get(metrics) == 401 and get(metrics, ("ops", "wrong")) == 401
+        assert get(metrics, ("ops", "s3cret-pw")) == 200
+        assert get(f"http://127.0.0.1:{port}/healthcheck") == 200  # says only "OK"
     finally:
         kill_group(proc)
     assert "s3cret-pw" not in (tmp_path / "flower.log").read_text()

@@ -61,6 +61,12 @@ def test_health_degraded_then_ok_with_yesterdays_totals(stack, harness_factory, 
     late = gather(h.rt, h.app, now + timedelta(hours=24))
     assert late.exit_code == 1 and any("26 h" in p for p in late.problems)
 
+    # The human form keeps DOX's verdict apart from the teams' services the sync found down.
+    shown = dox(["health"], server_env(tmp_path, stack, COLUMNS="200"), tmp_path)
+    headline = shown.stdout.splitlines()[0]
+    assert headline.startswith("DOX ")
+    assert headline.endswith("1 team service(s) down at the last sync, not DOX's"), headline
+
 
 def test_health_cli_json_and_exit_2_when_postgres_is_down(tmp_path, stack, harness_factory):
     h = harness_factory(stack)

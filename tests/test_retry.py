@@ -71,6 +71,10 @@ def test_retry_from_failed_finishes_a_scan_outage_without_revalidating(tmp_path,
 
     shown = json.loads(dox(["workflows", "show", wid, "--json"], env, tmp_path).stdout)
     assert shown["run"] == 2 and shown["status"] == "success"
+    # Attempts are numbered within each run: run 2's scan is its attempt 1, whatever run 1 did.
+    scans = [(st["run"], st["attempt"]) for st in shown["steps"] if st["step"] == "scan"]
+    assert (2, 1) in scans and max(a for r, a in scans if r == 1) >= 1, scans
+    assert [a for r, a in scans if r == 1] == list(range(1, 1 + sum(r == 1 for r, _ in scans))), scans
     # Run 2's duration is its own, not counted from the first submission.
     assert row["result"]["duration_ms"] < (row["finished_at"] - row["created_at"]).total_seconds() * 1000
 

@@ -207,3 +207,17 @@ def test_dox_sync_run_json(stack, harness_factory, tmp_path, fake, checks_worker
     assert set(result["services"]["svc02"]) == {"status", "latency_ms", "cause"}
     assert set(result["teams"]["documents"]) >= {"blocked", "escalated", "blockers"}
     assert isinstance(result["duration_s"], float)
+
+
+def test_dox_sync_run_wait_exits_0_when_the_sync_ran_whatever_it_found(
+    stack, harness_factory, tmp_path, fake, checks_worker
+):
+    """Every service down is a finding, not a failure of the sync: exit 0, and the summary
+    says the run succeeded and which services are down."""
+    path = teams_file(tmp_path, fake, {f"svc{n:02d}": refused_url() for n in range(20)})
+    h = harness_factory(stack.model_copy(update={"teams_file": path}))
+    checks_worker(h)
+    env = server_env(tmp_path, stack, DOX_TEAMS_FILE=str(path), DOX_HOME=str(stack.home), COLUMNS="200")
+    done = dox(["sync", "run", "--wait"], env, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "success" in done.stdout and "down" in done.stdout and "svc19" in done.stdout, done.stdout

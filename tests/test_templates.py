@@ -146,3 +146,14 @@ def test_dates_become_iso(raw, iso):
 )
 def test_amounts_become_decimal_strings(raw, value):
     assert parse_amount(raw) == value
+
+
+def test_a_match_names_the_declared_fields_the_document_did_not_give():
+    """The sample invoice gives no due date; without its date of issue, that is missing too."""
+    sample = recognize_text(TEMPLATES, text_of(INVOICE))
+    assert sample.template == "invoice" and sample.missing == ("due_date",), sample
+    without_date = [line for line in INVOICE if not line.startswith("Date of issue")]
+    match = recognize_text(TEMPLATES, text_of(without_date))
+    assert match.template == "invoice" and set(match.missing) == {"invoice_date", "due_date"}, match
+    declared = next(t for t in TEMPLATES if t.name == "invoice").fields
+    assert set(match.missing) | set(match.fields) >= set(declared)

@@ -23,16 +23,24 @@ upload stays a stream. Outermost first:
 4. :class:`ConcurrencyLimit` — at most ``DOX_API_MAX_CONCURRENT`` requests at once in this
    process, 503 with ``Retry-After`` beyond; ``/health`` and ``/ready`` always answer; live
    event streams counted apart (4 × as many).
+5. :class:`BodyLimit` — every body but an upload's is small JSON: at most
+   :data:`MAX_JSON_BODY` bytes (413) arriving with no pause longer than
+   ``DOX_API_BODY_TIMEOUT_S`` (408). FastAPI reads a JSON body whole *before* any dependency,
+   the key check included, so without this a client with no key could make the server hold
+   any size of body (200 MB grew it by 360 MB) or hold a request slot with one that never
+   ends. Uploads bound their own bodies as they stream (:mod:`.upload_body`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 
+import anyio
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ..settings import Settings
@@ -57,6 +65,11 @@ CORS_HEADERS = (
     "Content-Type",
 )
 CORS_EXPOSED = ("Location", "Retry-After", "ETag", "WWW-Authenticate")
+#: Routes that read their own body as it streams, with their own limits (the uploads).
+STREAMED_BODIES = frozenset({"/api/v1/documents", "/api/v1/validate/scan"})
+#: The most any other request body may hold (JSON: a reason is at most 500 characters).
+MAX_JSON_BODY = 64 * 1024
+_CLOSE = {"Connection": "close"}
 
 
 def address_text(host: str) -> str:
@@ -134,6 +147,46 @@ class ConcurrencyLimit:
             self.active[stream] -= 1
 
 
+class BodyLimit:
+    """Bodies other than uploads: 413 past ``max_bytes`` (at once when ``Content-Length``
+    says so), 408 when the next piece takes longer than ``timeout_s``. Raised from ``receive``
+    as an ``HTTPException``, which FastAPI's body reading passes on to the problem handler."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float, max_bytes: int = MAX_JSON_BODY) -> None:
+        self.app, self.timeout_s, self.max_bytes = app, timeout_s, max_bytes
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than {self.max_bytes // 1024} KiB"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in STREAMED_BODIES:
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await response(413, self._too_large(), "too-large", _CLOSE)(scope, receive, send)
+            return
+        received, ended = 0, False
+
+        async def bounded() -> Message:
+            nonlocal received, ended
+            if ended:  # the body is in: later calls wait for a disconnect, as long as they like
+                return await receive()
+            try:
+                with anyio.fail_after(self.timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                detail = f"the request body stopped arriving (nothing for {self.timeout_s:g} s)"
+                raise HTTPException(408, detail, {"Retry-After": "1", **_CLOSE}) from None
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, self._too_large(), _CLOSE)
+            ended = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, bounded, send)
+
+
 class Cors(CORSMiddleware):
     """Starlette's CORS, with a refused preflight as a problem document (not plain text)."""
 
@@ -149,9 +202,10 @@ class Cors(CORSMiddleware):
 
 
 class Edge:
-    """The four layers above around ``app``, from the settings: one ``add_middleware`` line."""
+    """The layers above around ``app``, from the settings: one ``add_middleware`` line."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        app = BodyLimit(app, settings.api_body_timeout_s)
         if settings.api_max_concurrent:
             app = ConcurrencyLimit(app, settings.api_max_concurrent)
         if settings.api_cors_origins:

@@ -18,9 +18,11 @@ SIGINT every stream ends within :data:`~.event_feed.POLL_S` and the server stops
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
@@ -44,8 +46,53 @@ RETRY_MS = 3000
 MEDIA_TYPE = "text/event-stream"
 
 
+#: Live event streams one key (or API_KEY) may hold open in one server process. A listener
+#: needs one or two; without a bound one key took every stream the process allows (256 with
+#: the default DOX_API_MAX_CONCURRENT) and every other user's stream was 503.
+STREAMS_PER_KEY = 16
+
+
 class EventStreamResponse(StreamingResponse):
     media_type = MEDIA_TYPE
+    #: Called once the response has ended, however it ended (the body generator's own
+    #: ``finally`` does not run when the client is gone before the body starts).
+    on_close: Callable[[], None] = staticmethod(lambda: None)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+def _hold_stream(request: Request, caller: Caller) -> Callable[[], None]:
+    """Count one more open stream for the caller's key (429 past :data:`STREAMS_PER_KEY`);
+    returns what gives it back."""
+    held: Counter[str] | None = getattr(request.app.state, "streams_by_key", None)
+    if held is None:
+        held = request.app.state.streams_by_key = Counter()
+    who = f"key:{caller.prefix}" if caller.prefix else f"user:{caller.user}"
+    if held[who] >= STREAMS_PER_KEY:
+        raise Problem(
+            429,
+            "too-many-streams",
+            f"this API key already holds {STREAMS_PER_KEY} live event streams on this server;"
+            " close one before opening another",
+            {"Retry-After": "5"},
+        )
+    held[who] += 1
+
+    def release() -> None:
+        held[who] -= 1
+        if held[who] <= 0:
+            del held[who]
+
+    return functools.partial(_once, [release])
+
+
+def _once(pending: list[Callable[[], None]]) -> None:
+    while pending:
+        pending.pop()()
 
 
 def _chain_exit_signals(stopping: threading.Event) -> Callable[[], None]:
@@ -158,7 +205,12 @@ async def events(
     rt = request.app.state.runtime
     settings: Settings = rt.settings
     audience = Audience(None if caller.allows("read_all") else caller.user, workflow_id)
-    client = _open_client(settings)
+    release = _hold_stream(request, caller)
+    try:
+        client = _open_client(settings)
+    except BaseException:
+        release()
+        raise
     stopping: threading.Event = request.app.state.events_stopping
     feed = EventFeed(
         client,
@@ -172,10 +224,13 @@ async def events(
     try:
         start, resume = await feed.start(cursor)
     except BaseException:
+        release()
         with anyio.CancelScope(shield=True):
             await client.aclose()
         raise
-    return EventStreamResponse(
+    answer = EventStreamResponse(
         _stream(feed, start, resume, client),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    answer.on_close = release
+    return answer

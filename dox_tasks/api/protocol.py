@@ -12,6 +12,13 @@ head between the two still gets the app's 431 problem document; this one is the 
 for heads nobody would send in good faith. Memory per connection stays under the bound
 plus one socket read.
 
+Nor does uvicorn bound the *time* a head may take: a connection that sends nothing, or a
+header line every few seconds, held its socket forever (no key needed, and not counted as a
+request, so :class:`~dox_tasks.api.edge.ConcurrencyLimit` never saw it) — enough of them and
+the process runs out of file handles. Each head must therefore be complete within
+``DOX_API_HEAD_TIMEOUT_S`` (10 s) of the connection opening or of the previous answer ending:
+after that the connection is closed, with a 408 problem document if a head had begun.
+
 ``dox api serve`` passes the class as uvicorn's ``http`` (a documented option that takes a
 protocol class). The parent's methods are called unchanged; only ``data_received`` and two
 parser callbacks are wrapped, so an uvicorn upgrade that renames them fails the test in
@@ -20,40 +27,103 @@ parser callbacks are wrapped, so an uvicorn upgrade that renames them fails the 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+from http import HTTPStatus
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ..settings import load
 from .problems import MEDIA_TYPE, TYPE_BASE
 
 #: Request line and headers together; beyond this the connection is answered and closed.
 MAX_HEAD_BYTES = 64 * 1024
 
-_BODY = json.dumps(
-    {
-        "type": TYPE_BASE + "headers-too-large",
-        "title": "Request Header Fields Too Large",
-        "status": 431,
-        "detail": f"the request head exceeds {MAX_HEAD_BYTES // 1024} KiB; the connection is closed",
-    }
-).encode()
-_ANSWER = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    + f"content-type: {MEDIA_TYPE}\r\ncontent-length: {len(_BODY)}\r\nconnection: close\r\n\r\n".encode()
-    + _BODY
+
+def _closing_problem(status: HTTPStatus, slug: str, detail: str) -> bytes:
+    """A whole HTTP answer with a problem document, closing the connection (written raw:
+    these are answered before, or instead of, a request the app could see)."""
+    body = json.dumps(
+        {"type": TYPE_BASE + slug, "title": status.phrase, "status": status.value, "detail": detail}
+    ).encode()
+    head = f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: {MEDIA_TYPE}\r\n"
+    return head.encode() + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body
+
+
+_ANSWER = _closing_problem(
+    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+    "headers-too-large",
+    f"the request head exceeds {MAX_HEAD_BYTES // 1024} KiB; the connection is closed",
+)
+_SLOW = _closing_problem(
+    HTTPStatus.REQUEST_TIMEOUT,
+    "request-timeout",
+    "the request head did not arrive in time; the connection is closed",
+)
+#: What uvicorn answers in plain text for a request httptools cannot parse.
+_MALFORMED = _closing_problem(
+    HTTPStatus.BAD_REQUEST,
+    "malformed-request",
+    "the request is not valid HTTP/1.1 (a control character in a header, a bad Content-Length"
+    " or chunk size, …); the connection is closed",
 )
 
 
+@functools.cache
+def head_timeout_s() -> float:
+    """``DOX_API_HEAD_TIMEOUT_S``, read once per server process (uvicorn makes the protocol)."""
+    return load().api_head_timeout_s
+
+
 class BoundedHttpTools(HttpToolsProtocol):
-    """HttpToolsProtocol that stops reading a request head past :data:`MAX_HEAD_BYTES`."""
+    """HttpToolsProtocol that stops reading a request head past :data:`MAX_HEAD_BYTES` and
+    closes a connection whose head takes longer than :func:`head_timeout_s`."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._in_head, self._head_bytes = True, 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(head_timeout_s(), self._head_too_slow)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not (self.cycle is None or self.cycle.response_complete):
+            return  # an answer is on its way (a pipelined request): never cut it
+        if self._head_bytes:
+            self.transport.write(_SLOW)
+        self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._disarm_head_timer()
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to an unparsable request, as a problem document (not plain text)."""
+        self.transport.write(_MALFORMED)
+        self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()  # the next request's head (uvicorn's keep-alive may close first)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

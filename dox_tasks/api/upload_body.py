@@ -21,6 +21,7 @@ removes its partial file and writes no row.
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -257,19 +258,25 @@ class MultipartUpload:
         return parse_metadata(self.fields.get("metadata"))
 
 
+#: How deep ``metadata`` may nest (objects and arrays): far beyond any real use, far below
+#: where checking it, storing it or sending it would run out of stack.
+MAX_METADATA_DEPTH = 32
+
+
 def parse_metadata(raw: bytes | bytearray | None) -> dict[str, Any] | None:
     """The ``metadata`` field: a JSON object (422 for anything else)."""
     if raw is None:
         return None
-    try:  # NaN and Infinity are not JSON, and the database would refuse them
-        value = json.loads(bytes(raw), parse_constant=_no_constant)
+    try:  # NaN, Infinity and 1e999 (a float too large) are not JSON the database accepts
+        value = json.loads(bytes(raw), parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError):
         value = None
-    if not isinstance(value, dict) or _has_nul(value):
+    if not isinstance(value, dict) or not _storable(value):
         raise Problem(
             422,
             "invalid-metadata",
-            f"metadata must be a JSON object (without NUL characters) of at most {MAX_METADATA} bytes",
+            f"metadata must be a JSON object (without NUL characters, nested at most"
+            f" {MAX_METADATA_DEPTH} deep) of at most {MAX_METADATA} bytes",
         )
     return value
 
@@ -278,15 +285,28 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _has_nul(value: Any) -> bool:
-    """Whether a NUL character is in any key or string (PostgreSQL text cannot hold one)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:20]} is too large for a number")
+    return number
+
+
+def _storable(value: Any) -> bool:
+    """No NUL character in any key or string (PostgreSQL text cannot hold one) and nested at
+    most :data:`MAX_METADATA_DEPTH` deep; walked without recursion."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return False
+        elif isinstance(item, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                return False
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return True
 
 
 def _bad(detail: str) -> Problem:

@@ -252,7 +252,7 @@ async def _take(
     finally:
         if opened is not None:
             opened.close()
-    return await _answer(rt, accepted, wait)
+    return await _answer(rt, accepted, wait, caller.allows("read"))
 
 
 def _content_length(request: Request) -> int | None:
@@ -267,13 +267,21 @@ def _upload_threads(request: Request) -> anyio.CapacityLimiter:
     return cast(anyio.CapacityLimiter, limiter)
 
 
-async def _answer(rt: Runtime, accepted: intake.Accepted, wait: float | None) -> JSONResponse:
+async def _answer(rt: Runtime, accepted: intake.Accepted, wait: float | None, reads: bool) -> JSONResponse:
+    """202 queued; 200 with the workflow as it is now for a replayed key or one that ended
+    within ``wait`` — its whole body only for a key that ``reads``: a ``submit``-only key learns
+    the id and the state, never a result (a replayed key may be another key's upload)."""
     workflow_id = accepted.workflow_id
     headers = {"Location": f"/api/v1/workflows/{workflow_id}"}
     ended = bool(wait) and await _ended_within(rt, workflow_id, wait or 0)
     if ended or not accepted.created:  # a replayed key: the workflow as it is now
         detail = await anyio.to_thread.run_sync(queries.workflow_detail, rt.state, workflow_id)
-        return JSONResponse(describe(detail), status_code=200, headers=headers)
+        body = (
+            describe(detail)
+            if reads
+            else {"workflow_id": workflow_id, "status": detail.workflow["current_state"]}
+        )
+        return JSONResponse(body, status_code=200, headers=headers)
     return JSONResponse({"workflow_id": workflow_id, "status": "queued"}, status_code=202, headers=headers)
 
 
@@ -299,7 +307,7 @@ async def _inbox_file(rt: Runtime, body: BodyStream) -> tuple[_Checked, dict[str
     raw = await body.read_all(MAX_JSON, "the JSON body")
     try:
         ref = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # 8 KiB of "[" nests deeper than the stack
         raise Problem(400, "bad-json", "the body is not valid JSON") from None
     if not isinstance(ref, dict):
         raise Problem(
@@ -327,7 +335,9 @@ async def _inbox_file(rt: Runtime, body: BodyStream) -> tuple[_Checked, dict[str
     actual = os.fstat(doc.file.fileno()).st_size
     if actual != size:
         doc.file.close()
-        raise Problem(422, "size-mismatch", f"file_size is {size} but the file has {actual} bytes")
+        # Not the actual size: the inbox is shared, and a key should learn nothing of a file
+        # it could not already describe.
+        raise Problem(422, "size-mismatch", f"file_size is {size}, not the file's size; nothing was kept")
     return _Checked(doc.file, digest.lower(), size), {"file_name": safe_name(doc.name)}
 
 

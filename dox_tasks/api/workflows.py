@@ -127,6 +127,9 @@ def list_workflows(
 
 
 _RESULT_FIELDS = tuple(DocumentResult.__dataclass_fields__)
+#: Step attempt columns a client never sees: a traceback names the server's files and hosts
+#: (operators read it in ``workflow_step_results``); the one-line ``error`` stays.
+_INTERNAL_STEP_FIELDS = frozenset({"workflow_id", "traceback"})
 
 
 def _safe(value: Any) -> Any:
@@ -152,6 +155,7 @@ def _result(row: dict[str, Any]) -> dict[str, Any]:
         workflow_id=row["workflow_id"],
         status=row["current_state"],
         reason=row["reason"],
+        reason_detail=row["detail"] if row["reason"] else None,
         sha256=row["sha256"],
         size=row["size"],
         duplicate_of=row["duplicate_of"],
@@ -197,7 +201,7 @@ def describe(detail: queries.WorkflowDetail) -> dict[str, Any]:
         "run": row.get("run", 1),
         "created_at": row["created_at"],
         "finished_at": row["finished_at"],
-        "steps": [{k: v for k, v in s.items() if k != "workflow_id"} for s in detail.steps],
+        "steps": [{k: v for k, v in s.items() if k not in _INTERNAL_STEP_FIELDS} for s in detail.steps],
         "events": [{k: v for k, v in e.items() if k != "workflow_id"} for e in detail.events],
     }
     return dict(_safe(body))

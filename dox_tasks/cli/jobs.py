@@ -103,7 +103,9 @@ def _start(name: str, actor: str | None, wait: bool, timeout: float, as_json: bo
     result: dict[str, Any] = {"job": name, "workflow_id": launch.workflow_id, "slot": launch.slot}
     if wait:
         row = wait_for(rt.state, [launch.workflow_id], timeout)[launch.workflow_id]
-        result = dict(row.get("result") or {**result, "status": row["current_state"]})
+        # The job's own result, and the run's state as "status": what the exit code follows
+        # (a sync that ran and found services down succeeded; one that could not run failed).
+        result = {**result, **(row.get("result") or {}), "status": row["current_state"]}
         if row.get("detail"):
             result.setdefault("detail", row["detail"])
     if as_json:

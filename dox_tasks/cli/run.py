@@ -40,7 +40,7 @@ def _collect(paths: tuple[str, ...]) -> list[Path]:
         path = Path(p)
         if path.is_dir():
             files.extend(sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")))
-        elif path.exists():
+        elif path.exists() or path.is_symlink():  # a dangling link: intake says what is wrong
             files.append(path)
         else:
             folder = os.path.dirname(_from_here(p))
@@ -48,6 +48,17 @@ def _collect(paths: tuple[str, ...]) -> list[Path]:
     if not files:
         raise click.UsageError("no files to process")
     return files
+
+
+def _names(paths: tuple[str, ...], files: list[Path]) -> list[str]:
+    """How each file is named in the results: its path relative to the folder given (two
+    ``invoice.pdf`` in two subfolders stay apart), or the file argument as typed."""
+    folders = [Path(p) for p in paths if Path(p).is_dir()]
+    names = []
+    for f in files:
+        inside = next((d for d in folders if f.is_relative_to(d)), None)
+        names.append(str(f.relative_to(inside)) if inside is not None else str(f))
+    return names
 
 
 def _result(row: dict[str, Any], given: str | None = None) -> dict[str, Any]:
@@ -84,7 +95,7 @@ def _print_table(results: list[dict[str, Any]], wide: bool) -> None:
     short = short_ids((r["workflow_id"] for r in results), wide)
     rows = [
         [
-            Path(r["file"] or "").name,
+            r["file"] or "–",
             short.get(r["workflow_id"]),
             styled(r["status"], COLOURS.get(r["status"], "white")),
             r.get("reason"),
@@ -99,12 +110,19 @@ def _print_table(results: list[dict[str, Any]], wide: bool) -> None:
     out.print(table(columns, rows, unbroken=("workflow",)))
 
 
-def _summary(results: list[dict[str, Any]], scanner_note: str | None) -> None:
+def _summary(results: list[dict[str, Any]], scanner_note: str | None, daily_limit: int) -> None:
     counts = Counter(r["status"] for r in results)
     line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     out.print(safe(f"{len(results)} documents: {line}"))
     if scanner_note:
         out.print(f"[yellow]scan: skipped[/] — {safe(scanner_note)}")
+    limited = sum(r.get("reason") == "rate_limited" for r in results)
+    if limited:
+        out.print(
+            f"[yellow]{limited} rate_limited[/] — a user may submit {daily_limit} documents per UTC"
+            " day (RATE_LIMIT_PER_USER_PER_DAY, counted across runs); raise it, or set it to 0 to"
+            " turn the limit off, e.g. RATE_LIMIT_PER_USER_PER_DAY=0 dox run …"
+        )
 
 
 @click.command()
@@ -150,7 +168,7 @@ def run(
         ) as bar:
             task = bar.add_task("docs", total=len(ids))
             rows = wait_for(rt.state, ids, timeout, on_progress=lambda n: bar.advance(task, n))
-        return [_result(rows[i], str(f)) for i, f in zip(ids, files, strict=True)]
+        return [_result(rows[i], name) for i, name in zip(ids, _names(paths, files), strict=True)]
 
     if use_local:
         with start_local(app):
@@ -162,7 +180,7 @@ def run(
             click.echo(json.dumps(r, sort_keys=True))
     else:
         _print_table(results, wide)
-        _summary(results, note)
+        _summary(results, note, rt.settings.rate_limit_per_user_per_day)
     bad = [r for r in results if r["status"] not in {s.value for s in OK_STATES}]
     sys.exit(1 if bad else 0)
 

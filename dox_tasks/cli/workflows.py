@@ -103,7 +103,7 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
     steps = [
         {
             "step": s["step"],
-            "attempt": s["attempt"],
+            "attempt": _attempt_in_run(detail.steps, s),
             "run": s.get("run", 1),
             "state": s["state"],
             "worker": s["worker_hostname"],
@@ -138,6 +138,17 @@ def show_cmd(workflow_id: str, as_json: bool) -> None:
     out.print(table)
     for e in events:
         out.print(safe(f"  event {e['created_at']} {e['type']}"))
+
+
+def _attempt_in_run(rows: list[dict[str, Any]], row: dict[str, Any]) -> int:
+    """The attempt's number within its run (a retry's run 2 starts again at attempt 1); the
+    stored number counts every delivery of the step, across runs, for the poison bound."""
+    run = row.get("run", 1)
+    return sum(
+        1
+        for r in rows
+        if r["step"] == row["step"] and r.get("run", 1) == run and r["attempt"] <= row["attempt"]
+    )
 
 
 def _retried(result: dict[str, Any]) -> str:

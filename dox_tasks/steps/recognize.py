@@ -87,6 +87,7 @@ def read_and_match(path: str, max_pages: int, templates: list[Template]) -> dict
             "template": match.template,
             "confidence": match.confidence,
             "fields": match.fields,
+            "missing_fields": list(match.missing),
         }
     except _OverBudget:
         return {"pages": pages, "text_chars": chars, "over_budget": "cpu", "phase": phase}
@@ -177,5 +178,6 @@ def recognize(ctx: StepContext) -> Outcome:
         template=answer["template"],
         confidence=answer["confidence"],
         fields=answer["fields"],
+        missing_fields=answer.get("missing_fields") or [],
         pages=pages,
     )
