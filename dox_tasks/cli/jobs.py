@@ -160,7 +160,7 @@ def sync_run(actor: str | None, wait: bool, timeout: float, as_json: bool) -> No
 def _print_sync(result: dict[str, Any]) -> None:
     colours = {"up": "green", "degraded": "yellow", "down": "red"}
     services = [
-        [name, styled(s["status"], colours.get(s["status"], "white")), s["latency_ms"] or "", s["cause"]]
+        [name, styled(s["status"], colours.get(s["status"], "white")), s["latency_ms"], s["cause"]]
         for name, s in sorted((result.get("services") or {}).items())
     ]
     out.print(table(("service", "status", "ms", "cause"), services, title="services"))
@@ -218,7 +218,7 @@ def backup_list(kind: str | None, limit: int, as_json: bool) -> None:
             iso(r["created_at"]),
             r["status"],
             r["verified"],
-            r["size"] or "",
+            r["size"],
             r["path"] if r["status"] == "ok" else (r["detail"] or r["path"]),
         ]
         for r in rows
