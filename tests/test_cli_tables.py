@@ -21,6 +21,7 @@ import subprocess
 import sys
 import termios
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,15 @@ def assert_ids_whole(text: str, ids: dict[str, str]) -> None:
             assert any(here.startswith(s) for f, s in ids.items() if f[:4] == full[:4]), (short, text)
 
 
+def dox_side_by_side(
+    commands: dict[str, list[str]], env: dict[str, str], cwd: Path
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run read-only ``dox`` commands at once: each spends seconds importing, not waiting."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        futures = {name: pool.submit(dox, args, env, cwd) for name, args in commands.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
 def _rename(h: Any, old: str, new: str) -> None:
     from sqlalchemy import update
 
@@ -157,22 +167,32 @@ def test_ids_are_never_split_at_80_or_200_columns(tmp_path, named):
     h, env = named
     cancelled = dox(["workflows", "cancel", "abcdef12-a", "--reason", "test"], env, tmp_path)
     assert cancelled.returncode == 0 and f"{TWIN_A} cancelled at step validate" in cancelled.stdout
+    retry_preview = ["workflows", "retry", "--status", "cancelled", "--since", "1h"]
+    runs = {  # each at both widths, side by side (each command spends seconds importing)
+        (name, columns): (args, answer)
+        for name, args, answer in (
+            ("list", ["workflows", "list"], None),
+            ("preview", retry_preview, "n\n"),
+            ("schedule", ["schedule"], None),
+        )
+        for columns in (80, 200)
+    }
+    runs["status", 80] = (["status", "abcdef12-b"], None)
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {k: pool.submit(in_terminal, a, env, tmp_path, k[1], ans) for k, (a, ans) in runs.items()}
+        seen = {k: f.result() for k, f in futures.items()}
+    assert all(code == 0 for code, _ in seen.values()), seen
     for columns in (80, 200):
-        code, listed = in_terminal(["workflows", "list"], env, tmp_path, columns)
-        assert code == 0, listed
+        listed = seen["list", columns][1]
         assert_ids_whole(listed, {k: SHORT[k] for k in (TWIN_A, TWIN_B, SINGLE, SCHEDULED)})
         assert all(len(line) <= columns for line in listed.splitlines()), listed
-        code, preview = in_terminal(
-            ["workflows", "retry", "--status", "cancelled", "--since", "1h"], env, tmp_path, columns, "n\n"
-        )
-        assert code == 0 and "nothing retried" in preview, preview
+        preview = seen["preview", columns][1]
+        assert "nothing retried" in preview, preview
         assert_ids_whole(preview, {TWIN_A: SHORT[TWIN_A]})
-        code, schedule = in_terminal(["schedule"], env, tmp_path, columns)
-        assert code == 0, schedule
+        schedule = seen["schedule", columns][1]
         assert_ids_whole(schedule, {SCHEDULED: SHORT[SCHEDULED]})
         assert "None" not in schedule and "never" in schedule  # jobs that never ran
-    code, one = in_terminal(["status", "abcdef12-b"], env, tmp_path, 80)
-    assert code == 0, one
+    one = seen["status", 80][1]
     assert_ids_whole(one, {TWIN_B: TWIN_B})  # the one workflow's own id, in full
     assert "None" not in one and "–" in one, one  # e.g. its template: none yet
 
@@ -205,21 +225,30 @@ def test_the_run_table_keeps_ids_whole_in_a_narrow_terminal(tmp_path):
 @pytest.mark.integration
 def test_a_prefix_names_a_workflow_and_an_ambiguous_one_lists_the_matches(tmp_path, named):
     h, env = named
-    for args in (["status", "abcdef12"], ["workflows", "cancel", "abcdef12"]):
-        done = dox(args, env, tmp_path)
-        assert done.returncode == 2, (args, done.stdout, done.stderr)
-        assert TWIN_A in done.stderr and TWIN_B in done.stderr and "Give more characters" in done.stderr
-        assert "Traceback" not in done.stderr
+    seen = dox_side_by_side(
+        {
+            "status": ["status", "abcdef12"],
+            "cancel": ["workflows", "cancel", "abcdef12"],
+            "short": ["status", "abcdef1"],
+            "none": ["workflows", "show", "99999999"],
+            "single": ["status", "fedcba98", "--json"],
+            "twin": ["workflows", "show", "abcdef12-b", "--json"],
+        },
+        env,
+        tmp_path,
+    )
+    for ambiguous in (seen["status"], seen["cancel"]):
+        assert ambiguous.returncode == 2, (ambiguous.stdout, ambiguous.stderr)
+        assert TWIN_A in ambiguous.stderr and TWIN_B in ambiguous.stderr
+        assert "Give more characters" in ambiguous.stderr and "Traceback" not in ambiguous.stderr
     assert h.rt.state.get_workflow(TWIN_A)["current_state"] == "queued"  # nothing was cancelled
-    short = dox(["status", "abcdef1"], env, tmp_path)
-    assert short.returncode == 2 and "at least 8 characters" in short.stderr
-    none = dox(["workflows", "show", "99999999"], env, tmp_path)
+    assert seen["short"].returncode == 2 and "at least 8 characters" in seen["short"].stderr
+    none = seen["none"]
     assert none.returncode == 2 and none.stderr.strip() == "dox: no workflow with id 99999999"
 
-    status = json.loads(dox(["status", "fedcba98", "--json"], env, tmp_path).stdout)
+    status = json.loads(seen["single"].stdout)
     assert status["workflow_id"] == SINGLE and status["file"] == "c.pdf"
-    shown = json.loads(dox(["workflows", "show", "abcdef12-b", "--json"], env, tmp_path).stdout)
-    assert shown["workflow_id"] == TWIN_B
+    assert json.loads(seen["twin"].stdout)["workflow_id"] == TWIN_B
     cancelled = dox(["workflows", "cancel", "abcdef12-a", "--json"], env, tmp_path)
     assert json.loads(cancelled.stdout)["workflow_id"] == TWIN_A
     retried = dox(["workflows", "retry", "abcdef12-a", "--json"], env, tmp_path)
@@ -236,35 +265,44 @@ def test_a_prefix_names_a_workflow_and_an_ambiguous_one_lists_the_matches(tmp_pa
 def test_piped_tables_are_whole_lines_and_the_report_names_its_window(tmp_path, named):
     h, env = named
     env.pop("COLUMNS", None)
-    listed = dox(["workflows", "list"], env, tmp_path)
+    now = datetime.now(UTC)
+    seen = dox_side_by_side(
+        {
+            "list": ["workflows", "list"],
+            "wide": ["workflows", "list", "--wide"],
+            "json": ["report", "--since", "24h", "--format", "json"],
+            "today": ["report", "--since", "today"],
+            "csv": ["report", "daily", "--format", "csv"],
+            "both": ["report", "daily", "--since", "24h"],
+        },
+        env,
+        tmp_path,
+    )
+    listed = seen["list"]
     assert listed.returncode == 0 and "\x1b" not in listed.stdout
     for wid, name in ((TWIN_A, "a.pdf"), (TWIN_B, "b.pdf"), (SINGLE, "c.pdf")):
         (line,) = [x for x in listed.stdout.splitlines() if SHORT[wid] in x]
         # one line per row, longer than 80 columns: the rule, the file and the full time
         assert "process_document_upload" in line and name in line and re.search(r"T\d\d:\d\d:\d\dZ", line)
     assert max(len(x) for x in listed.stdout.splitlines()) > 80
-    wide = dox(["workflows", "list", "--wide"], env, tmp_path)
-    assert all(f"│ {wid} │" in wide.stdout for wid in (TWIN_A, TWIN_B, SINGLE, SCHEDULED)), wide.stdout
+    wide = seen["wide"].stdout
+    assert all(f"│ {wid} │" in wide for wid in (TWIN_A, TWIN_B, SINGLE, SCHEDULED)), wide
 
     # `dox report --since 24h`: what a new install just did, and the window in every form
-    now = datetime.now(UTC)
-    report = json.loads(dox(["report", "--since", "24h", "--format", "json"], env, tmp_path).stdout)
+    report = json.loads(seen["json"].stdout)
     assert (report["report"], report["total"], report["in_flight"]) == ("since", 3, 3)
-    start = datetime.fromisoformat(report["from"])
+    start, end = datetime.fromisoformat(report["from"]), datetime.fromisoformat(report["to"])
     assert abs(start - (now - timedelta(hours=24))) < timedelta(minutes=1)
-    assert (
-        report["window"]
-        == f"from {start:%Y-%m-%d %H:%M} to {datetime.fromisoformat(report['to']):%Y-%m-%d %H:%M} UTC"
-    )
-    table = dox(["report", "--since", "today"], env, tmp_path)
+    assert report["window"] == f"from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+    table = seen["today"]
     assert table.returncode == 0, table.stderr
     assert f"from {now:%Y-%m-%d} 00:00 to {now:%Y-%m-%d} " in table.stdout and " UTC" in table.stdout
     assert "3 documents" in table.stdout and "3 in flight" in table.stdout
     assert "None" not in table.stdout and "p50 – s, p95 – s" in table.stdout  # nothing finished yet
     assert "top failures: none" in table.stdout
-    rows = dict(csv.reader(io.StringIO(dox(["report", "daily", "--format", "csv"], env, tmp_path).stdout)))
+    rows = dict(csv.reader(io.StringIO(seen["csv"].stdout)))
     yesterday = (now - timedelta(days=1)).date()
     assert rows["window"] == f"from {yesterday} 00:00 to {now.date()} 00:00 UTC"
     assert rows["report"] == "daily" and rows["total"] == "0"
-    both = dox(["report", "daily", "--since", "24h"], env, tmp_path)
+    both = seen["both"]
     assert both.returncode == 2 and "not both" in both.stderr
