@@ -64,6 +64,11 @@ class UnknownWorkflow(DoxError):
     """No workflow has that id."""
 
 
+class AmbiguousWorkflowId(DoxError):
+    """A short workflow id (a prefix an operator typed) begins more than one workflow's id;
+    the message lists them, so the operator can give more characters."""
+
+
 class StepStillRunning(DoxError):
     """An operator retry found a step of the ended run still executing."""
 

@@ -1,5 +1,9 @@
 """``dox report daily | weekly``: the runbook's performance review, from Postgres.
 
+Daily is yesterday (UTC), weekly the 7 UTC days before today; ``--since`` (``24h``,
+``today``) reports from then until now instead, so a new install can see what it just
+did. Every form names its window (``window``: from … to … UTC).
+
 Success rate is success / (success + failed) — rejected and duplicate documents are
 answers, not faults, and are counted apart. Durations are workflow wall times
 (created → finished); scan time is the ``scan`` step's successful attempts.
@@ -26,6 +30,12 @@ def period(kind: str, now: datetime) -> tuple[datetime, datetime]:
     return end - timedelta(days=1 if kind == "daily" else 7), end
 
 
+def window(start: datetime, end: datetime) -> str:
+    """The period a report covers, as a person reads it: ``from … to … UTC``."""
+    fmt = "%Y-%m-%d %H:%M"
+    return f"from {start.astimezone(UTC).strftime(fmt)} to {end.astimezone(UTC).strftime(fmt)} UTC"
+
+
 def percentile(values: list[float], q: int) -> float | None:
     """The ``q``-th percentile (inclusive method), rounded to ms; None without values."""
     if not values:
@@ -44,8 +54,12 @@ def wall_times(rows: list[dict[str, Any]]) -> list[float]:
     ]
 
 
-def build(rt: Runtime, kind: str, now: datetime | None = None) -> dict[str, Any]:
-    start, end = period(kind, now or datetime.now(UTC))
+def build(
+    rt: Runtime, kind: str, now: datetime | None = None, since: datetime | None = None
+) -> dict[str, Any]:
+    """``kind``'s period before ``now``, or [``since``, ``now``) when given."""
+    now = now or datetime.now(UTC)
+    start, end = period(kind, now) if since is None else (since.astimezone(UTC), now.astimezone(UTC))
     figures = report_figures(rt.state, start, end, DOCUMENT_RULE)
     rows = figures.workflows
     states = Counter(r["current_state"] for r in rows)
@@ -60,6 +74,7 @@ def build(rt: Runtime, kind: str, now: datetime | None = None) -> dict[str, Any]
         "report": kind,
         "from": start.isoformat(),
         "to": end.isoformat(),
+        "window": window(start, end),
         "total": len(rows),
         **{s: states.get(s, 0) for s in ("success", "failed", "rejected", "duplicate", "cancelled")},
         "in_flight": states.get("queued", 0) + states.get("running", 0),

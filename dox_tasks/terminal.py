@@ -12,7 +12,7 @@ operator still sees that the name was odd and can match it against the record.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from rich.markup import escape
@@ -44,17 +44,36 @@ def safe(value: Any, markup: bool = True, newlines: bool = False) -> str:
     return escape(text) if markup else text
 
 
+#: What a person sees for "no value" — never Python's ``None``, never an empty gap that
+#: shifts the eye to the next column.
+DASH = "–"
+
+
+def shown(value: Any, markup: bool = True) -> str:
+    """``value`` as :func:`safe` shows it, and None as :data:`DASH`: for human output."""
+    return DASH if value is None else safe(value, markup)
+
+
 def styled(value: Any, style: str) -> Text:
     """A table cell or message part in ``style`` whose content is never read as markup."""
     return Text(safe(value, markup=False), style=style)
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> Table:
-    """A rich table whose cells are all made safe: None shows empty, a :class:`Text`
-    (from :func:`styled`) keeps its style, anything else is shown through :func:`safe`."""
+def table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    title: str | None = None,
+    unbroken: Collection[str] = (),
+) -> Table:
+    """A rich table whose cells are all made safe: None shows :data:`DASH`, a :class:`Text`
+    (from :func:`styled`) keeps its style, anything else is shown through :func:`safe`.
+
+    Long cells fold to fit the terminal, except in the ``unbroken`` columns (workflow ids):
+    an id split across two lines cannot be copied, so rich narrows the other columns first.
+    """
     t = Table(title=title)
     for col in columns:
-        t.add_column(col, overflow="fold")
+        t.add_column(col, overflow="fold", no_wrap=col in unbroken)
     for row in rows:
-        t.add_row(*(v if isinstance(v, Text) else safe("" if v is None else v) for v in row))
+        t.add_row(*(v if isinstance(v, Text) else shown(v) for v in row))
     return t

@@ -1,4 +1,4 @@
-"""Times as operators type them: ``30m``, ``24h``, ``7d``, or an ISO 8601 instant.
+"""Times as operators type them: ``30m``, ``24h``, ``7d``, ``today``, or an ISO 8601 instant.
 
 One parser for the CLI's ``--since``/``--older-than``/``--expires`` and the API's ``?since=``,
 so both accept the same text. Errors are :class:`ValueError` with a sentence for a person;
@@ -28,15 +28,19 @@ def parse_duration(text: str) -> timedelta:
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """A point in time: ``now`` minus a duration (``1h``), or an ISO 8601 date or instant
-    (``2026-12-07``, ``2026-12-07T09:00:00Z``; without an offset it is UTC)."""
+    """A point in time: ``now`` minus a duration (``1h``), ``today`` (this UTC day's midnight),
+    or an ISO 8601 date or instant (``2026-12-07``, ``2026-12-07T09:00:00Z``; without an
+    offset it is UTC)."""
     text = text.strip()
     if DURATION.match(text):
         return (now or datetime.now(UTC)) - parse_duration(text)
+    if text.lower() == "today":
+        return (now or datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(
-            f"{text[:40]!r}: give a duration (30m, 24h, 7d) or an ISO 8601 time (2026-12-07T09:00:00Z)"
+            f"{text[:40]!r}: give a duration (30m, 24h, 7d), today, or an ISO 8601 time"
+            " (2026-12-07T09:00:00Z)"
         ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -100,6 +100,17 @@ def test_dox_submit_wait_against_a_running_worker(tmp_path, stack, harness_facto
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout)
     assert result["status"] == "success" and result["file"].endswith("c.pdf")
+    assert harness.rt.state.get_workflow(result["workflow_id"])["file_name"].endswith("c.pdf")
+    # The table names each document's workflow too (its help promises the ids): the short id.
+    (tmp_path / "d.pdf").write_bytes(pdfs.unique(23))
+    table = dox(["submit", str(tmp_path / "d.pdf"), "--wait"], env, tmp_path)
+    assert table.returncode == 0, table.stderr
+    (row,) = [line for line in table.stdout.splitlines() if "d.pdf" in line]
+    from dox_tasks.db.queries import list_workflows
+
+    newest = list_workflows(harness.rt.state, limit=1)[0]
+    assert newest["file_name"].endswith("d.pdf")
+    assert f" {newest['workflow_id'][:8]} " in row and newest["workflow_id"] not in row, table.stdout
 
 
 def test_embedded_worker_survives_loops_and_bombs(tmp_path):

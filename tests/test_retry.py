@@ -119,6 +119,12 @@ def test_bulk_retry_asks_first_and_retries_from_the_start(tmp_path, stack, harne
     declined = dox(["workflows", "retry", "--status", "failed", "--since", "1h"], env, tmp_path, input="n\n")
     assert declined.returncode == 0 and "retry these 2 workflow(s)?" in declined.stderr
     assert declined.stdout.strip().endswith("nothing retried"), declined.stdout
+    # the preview names each workflow by its short id, one row per line (piped: never wrapped)
+    assert all(
+        any(i[:8] in line and "process_document_upload" in line for line in declined.stdout.splitlines())
+        for i in ids
+    )
+    assert not any(i in declined.stdout for i in ids), declined.stdout
     assert {r["current_state"] for r in h.rt.state.get_workflows(ids).values()} == {"failed"}
 
     proxy.start()  # clamd is back

@@ -10,7 +10,7 @@ import click
 from ..documents import delete, purge, quarantined, release
 from ..terminal import safe
 from ..terminal import table as _table
-from .common import actor_option, out, parse_duration, reason_option, runtime
+from .common import actor_option, out, parse_duration, reason_option, runtime, short_ids, wide_option
 
 
 @click.group()
@@ -19,18 +19,20 @@ def quarantine() -> None:
 
 
 @quarantine.command("list")
+@wide_option
 @click.option("--json", "as_json", is_flag=True)
-def quarantine_list(as_json: bool) -> None:
+def quarantine_list(wide: bool, as_json: bool) -> None:
+    """Every quarantined document: hash, size, since, reason, signature and its workflow."""
     items = quarantined(runtime())
     if as_json:
         for item in items:
             click.echo(json.dumps(item, sort_keys=True))
         return
-    keys = ("sha256", "size", "quarantined_at", "reason", "signature", "workflow_id")
-    table = _table(
-        ("sha256", "size", "since", "reason", "signature", "workflow"), [[i[k] for k in keys] for i in items]
-    )
-    out.print(table)
+    short = short_ids((i["workflow_id"] for i in items), wide)
+    keys = ("sha256", "size", "quarantined_at", "reason", "signature")
+    rows = [[*(i[k] for k in keys), short.get(i["workflow_id"] or "")] for i in items]
+    columns = ("sha256", "size", "since", "reason", "signature", "workflow")
+    out.print(_table(columns, rows, unbroken=("workflow",)))
 
 
 @quarantine.command("release")

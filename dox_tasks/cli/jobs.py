@@ -17,13 +17,14 @@ from ..embedded import wait_for
 from ..jobs import backup as bk
 from ..jobs.launch import run_now
 from ..jobs.sync import SYNC_JOB
-from ..terminal import safe, styled, table
-from .common import actor_option, iso, out, reason_option, runtime
+from ..terminal import shown, styled, table
+from .common import actor_option, iso, out, reason_option, runtime, short_ids, wide_option
 
 
 @click.command("schedule")
+@wide_option
 @click.option("--json", "as_json", is_flag=True, help="one object per job")
-def schedule_cmd(as_json: bool) -> None:
+def schedule_cmd(wide: bool, as_json: bool) -> None:
     """List the scheduled jobs: cron, timezone, catch-up policy, the last run's slot and when it
     ran, and the next run."""
     import beat_schedule
@@ -57,6 +58,7 @@ def schedule_cmd(as_json: bool) -> None:
         for r in rows:
             click.echo(json.dumps(r, sort_keys=True))
         return
+    short = short_ids(((r["last_run"] or {}).get("workflow_id") for r in rows), wide)
     cells = [
         [
             r["name"],
@@ -64,15 +66,17 @@ def schedule_cmd(as_json: bool) -> None:
             r["timezone"],
             r["catch_up"],
             (r["last_run"] or {}).get("slot") or "never",
-            (r["last_run"] or {}).get("started_at") or "–",
-            (r["last_run"] or {}).get("status") or "–",
+            (r["last_run"] or {}).get("started_at"),
+            (r["last_run"] or {}).get("status"),
+            short.get((r["last_run"] or {}).get("workflow_id") or ""),
             r["next_run"],
         ]
         for r in rows
     ]
     # A run's slot (the cron time it belongs to) and when it actually started can differ:
     # a catch-up after an outage, a manual run. Both are shown.
-    out.print(table(("job", "cron", "tz", "catch-up", "last slot", "ran at", "status", "next run"), cells))
+    columns = ("job", "cron", "tz", "catch-up", "last slot", "ran at", "status", "workflow", "next run")
+    out.print(table(columns, cells, unbroken=("workflow",)))
 
 
 @click.command(
@@ -109,7 +113,7 @@ def _start(name: str, actor: str | None, wait: bool, timeout: float, as_json: bo
     else:
         for key, value in result.items():
             if not isinstance(value, dict | list):
-                out.print(f"[bold]{key:>12}[/] {safe(value)}")
+                out.print(f"[bold]{key:>12}[/] {shown(value)}")
     return result
 
 
@@ -156,7 +160,7 @@ def sync_run(actor: str | None, wait: bool, timeout: float, as_json: bool) -> No
 def _print_sync(result: dict[str, Any]) -> None:
     colours = {"up": "green", "degraded": "yellow", "down": "red"}
     services = [
-        [name, styled(s["status"], colours.get(s["status"], "white")), s["latency_ms"] or "", s["cause"]]
+        [name, styled(s["status"], colours.get(s["status"], "white")), s["latency_ms"], s["cause"]]
         for name, s in sorted((result.get("services") or {}).items())
     ]
     out.print(table(("service", "status", "ms", "cause"), services, title="services"))
@@ -214,7 +218,7 @@ def backup_list(kind: str | None, limit: int, as_json: bool) -> None:
             iso(r["created_at"]),
             r["status"],
             r["verified"],
-            r["size"] or "",
+            r["size"],
             r["path"] if r["status"] == "ok" else (r["detail"] or r["path"]),
         ]
         for r in rows

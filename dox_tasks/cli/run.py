@@ -20,8 +20,8 @@ from ..embedded import local_worker as start_local
 from ..embedded import wait_for
 from ..finish import build_result
 from ..intake import NOT_SENT, submit
-from ..terminal import safe, styled, table
-from .common import COLOURS, err, iso, out, runtime
+from ..terminal import safe, shown, styled, table
+from .common import COLOURS, err, full_workflow_id, iso, out, runtime, short_ids, wide_option
 
 OK_STATES = {WorkflowState.SUCCESS, WorkflowState.DUPLICATE, WorkflowState.REJECTED}
 
@@ -102,20 +102,33 @@ def _key_fields(fields: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _print_table(results: list[dict[str, Any]]) -> None:
+def _plain(value: Any) -> Any:
+    """A result field as a person reads it: ``k=v, …`` for a mapping, ``a, b`` for a list,
+    None (shown as –) for an empty one — never Python's ``{}`` or ``[]``."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or None
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or None
+    return value
+
+
+def _print_table(results: list[dict[str, Any]], wide: bool) -> None:
+    short = short_ids((r["workflow_id"] for r in results), wide)
     rows = [
         [
             r["file"] or "–",
+            short.get(r["workflow_id"]),
             styled(r["status"], COLOURS.get(r["status"], "white")),
             r.get("reason"),
             r.get("template"),
-            _key_fields(r.get("fields") or {}),
-            r.get("pages") or "",
-            r.get("duration_ms") or "",
+            _key_fields(r.get("fields") or {}) or None,
+            r.get("pages"),
+            r.get("duration_ms"),
         ]
         for r in results
     ]
-    out.print(table(("file", "status", "reason", "template", "key fields", "pages", "ms"), rows))
+    columns = ("file", "workflow", "status", "reason", "template", "key fields", "pages", "ms")
+    out.print(table(columns, rows, unbroken=("workflow",)))
 
 
 def _summary(results: list[dict[str, Any]], scanner_note: str | None, daily_limit: int) -> None:
@@ -143,7 +156,10 @@ def _summary(results: list[dict[str, Any]], scanner_note: str | None, daily_limi
     help="run a worker in this process (default: yes when embedded)",
 )
 @click.option("--timeout", default=600.0, show_default=True, help="seconds to wait for results")
-def run(paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | None, timeout: float) -> None:
+@wide_option
+def run(
+    paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | None, timeout: float, wide: bool
+) -> None:
     """Process files or folders and print each document's result.
 
     Exit 0 when every document ended success, duplicate or rejected; 1 otherwise.
@@ -184,7 +200,7 @@ def run(paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | N
         for r in results:
             click.echo(json.dumps(r, sort_keys=True))
     else:
-        _print_table(results)
+        _print_table(results, wide)
         _summary(results, note, rt.settings.rate_limit_per_user_per_day)
     bad = [r for r in results if r["status"] not in {s.value for s in OK_STATES}]
     sys.exit(1 if bad else 0)
@@ -195,8 +211,9 @@ def run(paths: tuple[str, ...], user: str, as_json: bool, local_worker: bool | N
 @click.option("--user", default="local", show_default=True)
 @click.option("--source", default="dox submit", show_default=True)
 @click.option("--idempotency-key", default=None, help="only with a single file")
-@click.option("--wait", is_flag=True, help="wait for the results")
+@click.option("--wait", is_flag=True, help="wait for the results (a table with each workflow id)")
 @click.option("--timeout", default=600.0, show_default=True)
+@wide_option
 @click.option("--json", "as_json", is_flag=True)
 def submit_cmd(
     files: tuple[str, ...],
@@ -205,9 +222,11 @@ def submit_cmd(
     idempotency_key: str | None,
     wait: bool,
     timeout: float,
+    wide: bool,
     as_json: bool,
 ) -> None:
-    """Queue files for the workers (needs DOX_BROKER_URL); prints workflow ids."""
+    """Queue files for the workers (needs DOX_BROKER_URL); prints workflow ids (in full; with
+    --wait, a table of results with short ids, or --json with full ones)."""
 
     rt = runtime()
     if rt.settings.embedded:
@@ -226,7 +245,7 @@ def submit_cmd(
         for r in results:
             click.echo(json.dumps(r, sort_keys=True))
     else:
-        _print_table(results)
+        _print_table(results, wide)
     sys.exit(0 if all(r["status"] in {s.value for s in OK_STATES} for r in results) else 1)
 
 
@@ -234,8 +253,9 @@ def submit_cmd(
 @click.argument("workflow_id")
 @click.option("--json", "as_json", is_flag=True)
 def status(workflow_id: str, as_json: bool) -> None:
-    """Show what happened to one workflow."""
+    """Show what happened to one workflow (its id or a unique prefix of 8+ characters)."""
     rt = runtime()
+    workflow_id = full_workflow_id(workflow_id)
     row = rt.state.get_workflow(workflow_id)
     result = _result(row)
     unsent = _not_sent(rt, row)
@@ -243,7 +263,7 @@ def status(workflow_id: str, as_json: bool) -> None:
         click.echo(json.dumps({**result, **({"not_sent": unsent} if unsent else {})}, sort_keys=True))
         return
     for key, value in result.items():
-        out.print(f"[bold]{key:>13}[/] {safe(value)}")
+        out.print(f"[bold]{key:>13}[/] {shown(_plain(value))}")
     if row.get("detail"):
         out.print(f"[bold]{'detail':>13}[/] {safe(row['detail'])}")
     if unsent:
@@ -255,6 +275,6 @@ def status(workflow_id: str, as_json: bool) -> None:
         out.print(
             safe(
                 f"  step {s['step']:<10} attempt {s['attempt']} {s['state']:<10}"
-                f" {s['duration_ms'] or '':>6} ms {s['error'] or ''}"
+                f" {shown(s['duration_ms'], False):>6} ms {s['error'] or ''}"
             )
         )

@@ -15,9 +15,21 @@ from ..db import queries
 from ..db.store import aware
 from ..errors import DoxError
 from ..operator import RETRYABLE, cancel, retry, retryable_since
-from ..terminal import safe, styled
+from ..terminal import safe, shown, styled
 from ..terminal import table as _table
-from .common import COLOURS, actor_option, iso, out, parse_duration, parse_since, reason_option, runtime
+from .common import (
+    COLOURS,
+    actor_option,
+    full_workflow_id,
+    iso,
+    out,
+    parse_duration,
+    parse_since,
+    reason_option,
+    runtime,
+    short_ids,
+    wide_option,
+)
 
 
 def _row(r: dict[str, Any]) -> dict[str, Any]:
@@ -50,9 +62,10 @@ def workflows() -> None:
 @click.option("--rule", default=None, help="definition name, e.g. process_document_upload")
 @click.option("--since", default="24h", show_default=True, help="e.g. 30m, 24h, 7d, or 2026-12-07T09:00Z")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@wide_option
 @click.option("--json", "as_json", is_flag=True, help="one object per line")
-def list_cmd(status: str | None, rule: str | None, since: str, limit: int, as_json: bool) -> None:
-    """Newest first."""
+def list_cmd(status: str | None, rule: str | None, since: str, limit: int, wide: bool, as_json: bool) -> None:
+    """Newest first; workflow ids as short as stays unique (``--wide``: in full)."""
     cutoff = parse_since(since)
     found = queries.list_workflows(runtime().state, status=status, rule=rule, since=cutoff, limit=limit)
     rows = [_row(r) for r in found]
@@ -60,20 +73,22 @@ def list_cmd(status: str | None, rule: str | None, since: str, limit: int, as_js
         for r in rows:
             click.echo(json.dumps(r, sort_keys=True))
         return
+    short = short_ids((r["workflow_id"] for r in rows), wide)
     cells = [
         [
-            r["workflow_id"],
+            short[r["workflow_id"]],
             r["rule_name"],
             styled(r["status"], COLOURS.get(r["status"], "white")),
             r["reason"],
             r["step"],
             r["file"] or r["slot"],
-            r["created_at"],
-            r["duration_s"] or "",
+            iso(f["created_at"], "seconds"),
+            r["duration_s"],
         ]
-        for r in rows
+        for r, f in zip(rows, found, strict=True)
     ]
-    out.print(_table(("workflow", "rule", "status", "reason", "step", "file / slot", "created", "s"), cells))
+    columns = ("workflow", "rule", "status", "reason", "step", "file / slot", "created", "s")
+    out.print(_table(columns, cells, unbroken=("workflow",)))
     out.print(f"{len(rows)} workflow(s) since {cutoff.isoformat(timespec='seconds')}")
 
 
@@ -81,8 +96,9 @@ def list_cmd(status: str | None, rule: str | None, since: str, limit: int, as_js
 @click.argument("workflow_id")
 @click.option("--json", "as_json", is_flag=True)
 def show_cmd(workflow_id: str, as_json: bool) -> None:
-    """One workflow: its row, every step attempt (timings, errors) and its events."""
-    detail = queries.workflow_detail(runtime().state, workflow_id)
+    """One workflow (its id or a unique prefix of 8+ characters): its row, every step attempt
+    (timings, errors) and its events."""
+    detail = queries.workflow_detail(runtime().state, full_workflow_id(workflow_id))
     row = detail.workflow
     steps = [
         {
@@ -136,7 +152,8 @@ def _attempt_in_run(rows: list[dict[str, Any]], row: dict[str, Any]) -> int:
 
 
 def _retried(result: dict[str, Any]) -> str:
-    line = f"{result['workflow_id']} queued again from step {result['from_step']} (run {result['run']})"
+    step = shown(result["from_step"], False)
+    line = f"{result['workflow_id']} queued again from step {step} (run {result['run']})"
     return safe(line + (f"; {result['warning']}" if result.get("warning") else ""), markup=False)
 
 
@@ -154,6 +171,7 @@ def _retried(result: dict[str, Any]) -> str:
 @click.option("--yes", is_flag=True, help="bulk: do not ask first")
 @actor_option
 @reason_option
+@wide_option
 @click.option("--json", "as_json", is_flag=True)
 def retry_cmd(
     workflow_id: str | None,
@@ -164,18 +182,20 @@ def retry_cmd(
     yes: bool,
     actor: str | None,
     reason: str | None,
+    wide: bool,
     as_json: bool,
 ) -> None:
     """Run a failed or cancelled workflow again (same stored definition, same staged input).
 
-    One workflow by id, or in bulk with --status (e.g. --status failed --since 1h), which
-    lists what it would retry and asks first unless --yes.
+    One workflow by id (or a unique prefix of 8+ characters), or in bulk with --status
+    (e.g. --status failed --since 1h), which lists what it would retry and asks first unless
+    --yes.
     """
     rt = runtime()
     if workflow_id and (status or since or rule):
         raise click.UsageError("give a workflow id or --status/--since/--rule, not both")
     if workflow_id:
-        result = retry(rt, workflow_id, from_failed, actor, reason)
+        result = retry(rt, full_workflow_id(workflow_id), from_failed, actor, reason)
         click.echo(json.dumps(result, sort_keys=True) if as_json else _retried(result))
         return
     if not status:
@@ -187,8 +207,11 @@ def retry_cmd(
         return
     if not yes:
         if not as_json:
-            rows = [[t["workflow_id"], t["rule_name"], t["reason"], iso(t["finished_at"])] for t in targets]
-            out.print(_table(("workflow", "rule", "reason", "ended"), rows))
+            short = short_ids((t["workflow_id"] for t in targets), wide)
+            rows = [
+                [short[t["workflow_id"]], t["rule_name"], t["reason"], iso(t["finished_at"])] for t in targets
+            ]
+            out.print(_table(("workflow", "rule", "reason", "ended"), rows, unbroken=("workflow",)))
         if not click.confirm(f"retry these {len(targets)} workflow(s)?", err=True):
             click.echo("nothing retried")  # the operator's answer, not a failure
             return
@@ -215,11 +238,13 @@ def retry_cmd(
 @reason_option
 @click.option("--json", "as_json", is_flag=True)
 def cancel_cmd(workflow_id: str, actor: str | None, reason: str | None, as_json: bool) -> None:
-    """Cancel a queued or running workflow; its remaining steps do nothing."""
+    """Cancel a queued or running workflow (its id or a unique prefix of 8+ characters); its
+    remaining steps do nothing."""
 
+    workflow_id = full_workflow_id(workflow_id)
     result = cancel(runtime(), app, workflow_id, actor, reason)
     click.echo(
         json.dumps(result, sort_keys=True)
         if as_json
-        else safe(f"{workflow_id} cancelled at step {result['step']}", markup=False)
+        else safe(f"{workflow_id} cancelled at step {shown(result['step'], False)}", markup=False)
     )
