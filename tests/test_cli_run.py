@@ -192,3 +192,31 @@ def test_a_message_the_broker_refused_is_said_once_and_dox_status_explains_the_q
     assert re.search(r"the reaper re-sends it within \d+ minutes", shown.stdout), shown.stdout
     as_json = json.loads(dox(["status", workflow_id, "--json"], env, tmp_path).stdout)
     assert as_json["status"] == "queued" and as_json["not_sent"]["resent_within_min"] == 15
+
+
+def test_the_run_table_says_recognition_the_total_and_why_each_document_was_refused(tmp_path):
+    res = dox(["run", str(INBOX)], clean_env(tmp_path, COLUMNS="250"), tmp_path)
+    acme = next(line for line in res.stdout.splitlines() if "invoice-acme.pdf" in line)
+    assert "matched" in acme and "total=300.00 EUR" in acme, acme
+    assert "unrecognized" in next(line for line in res.stdout.splitlines() if "memo-mentions" in line)
+    why = [line.strip() for line in res.stdout.splitlines() if line.startswith("  ") and ": " in line]
+    photo = next(line for line in why if line.startswith("photo-renamed.pdf: "))
+    assert "PNG" in photo or "png" in photo, why  # the sentence, not only the code
+    assert any(line.startswith("invoice-copy-of-acme.pdf: same bytes as workflow") for line in why), why
+
+
+def test_recognition_cell_says_why_unreadable_and_what_is_missing():
+    from dox_tasks.cli.run import _recognition
+
+    assert _recognition({"recognition": "unreadable", "unreadable_reason": "no_text_layer"}) == (
+        "unreadable: no text layer"
+    )
+    assert (
+        _recognition({"recognition": "unreadable", "unreadable_reason": "cpu_budget"})
+        == "unreadable: cpu budget"
+    )
+    assert (
+        _recognition({"recognition": "matched", "missing_fields": ["due_date"]})
+        == "matched, missing due_date"
+    )
+    assert _recognition({"recognition": None}) is None

@@ -92,14 +92,26 @@ def _result(row: dict[str, Any], given: str | None = None) -> dict[str, Any]:
     return result
 
 
+#: Fields shown first in a table: the amount due with its currency leads.
+_FIRST_FIELDS = ("total", "amount", "total_amount")
+
+
 def _key_fields(fields: dict[str, Any]) -> str:
-    keys = [k for k in fields if k != "currency"][:3]
+    """Up to three fields, the total (with its currency) first when the template has one."""
     cur = fields.get("currency")
-    parts = []
-    for k in keys:
-        v = fields[k]
-        parts.append(f"{k}={v}{' ' + cur if cur and k in ('total', 'amount') else ''}")
-    return ", ".join(parts)
+    keys = sorted((k for k in fields if k != "currency"), key=lambda k: k not in _FIRST_FIELDS)[:3]
+    return ", ".join(f"{k}={fields[k]}{' ' + cur if cur and k in _FIRST_FIELDS else ''}" for k in keys)
+
+
+def _recognition(r: dict[str, Any]) -> str | None:
+    """matched / unrecognized / unreadable — with why it was unreadable (no text layer: a
+    scanned image; or matching ran out of its budget) — and the declared fields not found."""
+    status = r.get("recognition")
+    if status == "unreadable" and r.get("unreadable_reason"):
+        return f"unreadable: {str(r['unreadable_reason']).replace('_', ' ')}"
+    if status == "matched" and r.get("missing_fields"):
+        return f"matched, missing {', '.join(r['missing_fields'])}"
+    return status
 
 
 def _plain(value: Any) -> Any:
@@ -121,14 +133,18 @@ def _print_table(results: list[dict[str, Any]], wide: bool) -> None:
             styled(r["status"], COLOURS.get(r["status"], "white")),
             r.get("reason"),
             r.get("template"),
+            _recognition(r),
             _key_fields(r.get("fields") or {}) or None,
             r.get("pages"),
             r.get("duration_ms"),
         ]
         for r in results
     ]
-    columns = ("file", "workflow", "status", "reason", "template", "key fields", "pages", "ms")
+    columns = ("file", "workflow", "status", "reason", "template", "recognition", "key fields", "pages", "ms")
     out.print(table(columns, rows, unbroken=("workflow",)))
+    for r in results:  # the sentence behind each reason code, whole (never cut by a column)
+        if r.get("reason_detail") and r["status"] != "success":
+            out.print(safe(f"  {r['file'] or r['workflow_id']}: {r['reason_detail']}"), soft_wrap=True)
 
 
 def _summary(results: list[dict[str, Any]], scanner_note: str | None, daily_limit: int) -> None:
