@@ -45,4 +45,6 @@ def test_flower_api_is_behind_basic_auth(tmp_path, stack, harness_factory):
         assert get(f"http://127.0.0.1:{port}/healthcheck") == 200  # says only "OK"
     finally:
         kill_group(proc)
-    assert "s3cret-pw" not in (tmp_path / "flower.log").read_text()
+    log = (tmp_path / "flower.log").read_text()
+    assert "s3cret-pw" not in log
+    assert f"Visit me at http://127.0.0.1:{port}" in log  # the address it binds, as it says
