@@ -476,7 +476,8 @@ def test_dox_run_reads_a_relative_path_from_the_current_folder(tmp_path: Path) -
     res = dox(["run", "in", "--json"], env, tmp_path)
     assert res.returncode == 0, res.stderr
     (result,) = map(json.loads, res.stdout.splitlines())
-    assert (result["file"], result["status"]) == ("in/x.pdf", "success")
+    # Named relative to the folder given (issue 13), and found in ./in, not <inbox>/in.
+    assert (result["file"], result["status"]) == ("x.pdf", "success")
     res = dox(["run", "in/x.pdf", "--json"], env, tmp_path / "in")
     assert res.returncode == 2 and "no such file or folder: in/x.pdf" in res.stderr
     assert f"(looked in {tmp_path / 'in' / 'in'})" in res.stderr
