@@ -171,19 +171,10 @@ def test_a_setting_that_does_not_parse_is_one_line_exit_2(name, value, tmp_path)
 
 def test_a_worker_refuses_a_queue_dox_does_not_have(tmp_path):
     """A typo in -Q would start a worker that waits for ever on a queue nothing sends to."""
-    import subprocess
-    import sys
-
-    from services import clean_env
+    from services import clean_env, dox
 
     env = clean_env(tmp_path, DOX_BROKER_URL="redis://127.0.0.1:1/0", CLAMAV_ENABLED="false")
-    done = subprocess.run(
-        [sys.executable, "-m", "dox_tasks.cli", "worker", "-P", "solo", "-Q", "validation,scna"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    done = dox(["worker", "-P", "solo", "-Q", "validation,scna"], env, tmp_path)
     assert done.returncode != 0
     assert "refused to start" in done.stderr and "DOX has no queue 'scna'" in done.stderr, done.stderr
     assert "its queues are intake, validation, scan" in done.stderr and "Traceback" not in done.stderr
