@@ -219,3 +219,24 @@ def test_an_epoch_once_replaced_never_answers_again():
     cache.get("k2", "e2", NOW)
     cache.put("k1", "alice", "e1", None)  # a slow request that read e1 before e2 was seen
     assert len(cache) == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_revocation_from_a_shell_without_redis_is_not_silent(tmp_path, pg_url, redis_url):
+    """`dox apikeys revoke` run where no Redis is configured (only the database URL) cannot
+    tell the servers: it must say so (exit 1), not report success while a warm cache
+    keeps accepting the key."""
+    env = _env(tmp_path, pg_url, redis_url)
+    store = open_store(pg_url)
+    made = apikeys.create(store, "shell", "alice", "read")
+    server = Server(env, tmp_path, tmp_path / "api.log")
+    try:
+        assert _statuses([server], made.key, 2) == {404}
+        shell = {k: v for k, v in env.items() if k not in ("DOX_BROKER_URL", "DOX_REDIS_URL")}
+        revoked = dox(["apikeys", "revoke", made.record["api_key"]], shell, tmp_path)
+        accepted = 404 in _statuses([server], made.key, 1)
+        assert not (revoked.returncode == 0 and accepted), (revoked.stdout, revoked.stderr)
+    finally:
+        store.close()
+        server.stop()
