@@ -121,9 +121,21 @@ def announce_change(target: StateStore | _HasState | _HasRedis, prefix: str, wha
     run before any server); a runtime without Redis has no server caches to tell. Raises
     :class:`~dox_tasks.errors.KeyChangeNotAnnounced` (carrying ``done``) when Redis fails."""
     client = getattr(target, "redis", None)
+    settings: Settings | None = getattr(target, "settings", None)
     if client is None:
+        # A runtime with no Redis but a PostgreSQL database (a shell missing DOX_BROKER_URL)
+        # may share that database with API servers it cannot tell: not a silent success.
+        if settings is not None and settings.db_url.startswith("postgres"):
+            raise KeyChangeNotAnnounced(
+                f"API key {prefix} is {what} in the database, but no Redis is configured here"
+                f" (DOX_BROKER_URL / DOX_REDIS_URL), so API servers could not be told: one that"
+                f" verified the key in the last {settings.api_key_cache_s} s may keep accepting it"
+                f" until then. Run it again with the servers' Redis, or"
+                f" `redis-cli DEL {epoch_key(settings.namespace)}` there",
+                done,
+            )
         return
-    settings: Settings = getattr(target, "settings")  # noqa: B009 - a runtime's, by the Protocol
+    assert settings is not None
     try:
         client.set(epoch_key(settings.namespace), new_epoch())
     except redis.RedisError as exc:

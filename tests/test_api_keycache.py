@@ -182,3 +182,61 @@ def test_the_cache_is_bounded_and_ages_out(monkeypatch):
     off: KeyCache[str] = KeyCache(lifetime_s=0)
     off.put("a", "a", "e", None)
     assert off.get("a", "e", NOW) is None
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_an_epoch_put_back_to_an_old_value_admits_no_revoked_key(tmp_path, pg_url, redis_url):
+    """Redis restarted from a snapshot taken before a revocation's announcement brings back
+    the epoch a process cached the revoked key under. A process that has already seen the
+    newer epoch (on any key's request) must not use what it verified under the older one."""
+    env = _env(tmp_path, pg_url, redis_url)
+    store = open_store(pg_url)
+    gone, other = (apikeys.create(store, name, "alice", "read") for name in ("gone", "other"))
+    server = Server(env, tmp_path, tmp_path / "api.log")
+    client = redis.Redis.from_url(redis_url)
+    ekey = apikeys.epoch_key(env["DOX_NAMESPACE"])
+    try:
+        assert _statuses([server], gone.key, 2) == {404}  # cached under the old epoch
+        old = client.get(ekey)
+        revoked = dox(["apikeys", "revoke", gone.record["api_key"]], env, tmp_path)
+        assert revoked.returncode == 0, revoked.stderr
+        assert client.get(ekey) != old
+        assert _statuses([server], other.key, 2) == {404}  # the process sees the new epoch
+        client.set(ekey, old)  # the snapshot restored
+        assert _statuses([server], gone.key, 2) == {401}
+    finally:
+        client.close()
+        store.close()
+        server.stop()
+
+
+def test_an_epoch_once_replaced_never_answers_again():
+    cache: KeyCache[str] = KeyCache(lifetime_s=60)
+    cache.put("k1", "alice", "e1", None)
+    assert cache.get("k2", "e2", NOW) is None  # another key's request sees e2
+    assert cache.get("k1", "e1", NOW) is None and cache.peek("k1") is None  # e1 back: nothing
+    cache.get("k2", "e2", NOW)
+    cache.put("k1", "alice", "e1", None)  # a slow request that read e1 before e2 was seen
+    assert len(cache) == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_revocation_from_a_shell_without_redis_is_not_silent(tmp_path, pg_url, redis_url):
+    """`dox apikeys revoke` run where no Redis is configured (only the database URL) cannot
+    tell the servers: it must say so (exit 1), not report success while a warm cache
+    keeps accepting the key."""
+    env = _env(tmp_path, pg_url, redis_url)
+    store = open_store(pg_url)
+    made = apikeys.create(store, "shell", "alice", "read")
+    server = Server(env, tmp_path, tmp_path / "api.log")
+    try:
+        assert _statuses([server], made.key, 2) == {404}
+        shell = {k: v for k, v in env.items() if k not in ("DOX_BROKER_URL", "DOX_REDIS_URL")}
+        revoked = dox(["apikeys", "revoke", made.record["api_key"]], shell, tmp_path)
+        accepted = 404 in _statuses([server], made.key, 1)
+        assert not (revoked.returncode == 0 and accepted), (revoked.stdout, revoked.stderr)
+    finally:
+        store.close()
+        server.stop()

@@ -51,6 +51,15 @@ class KeyCache(Generic[T]):
         self.lifetime_s, self.max_entries = lifetime_s, max_entries
         self._entries: OrderedDict[bytes, _Entry[T]] = OrderedDict()
         self._lock = threading.Lock()
+        #: The epoch of the newest request seen. Another one empties the cache: everything
+        #: verified under an epoch once replaced stays unusable, even if Redis brings that
+        #: epoch back (a restart from a snapshot taken before a revocation was announced).
+        self._epoch: str | None = None
+
+    def _see(self, epoch: str) -> None:
+        if epoch != self._epoch:
+            self._entries.clear()
+            self._epoch = epoch
 
     def get(self, key: str, epoch: str | None, now: datetime) -> T | None:
         """The caller verified for ``key`` under ``epoch``, if still valid; None to verify."""
@@ -58,6 +67,7 @@ class KeyCache(Generic[T]):
             return None
         fp = fingerprint(key)
         with self._lock:
+            self._see(epoch)
             entry = self._entries.get(fp)
             if entry is None:
                 return None
@@ -78,6 +88,8 @@ class KeyCache(Generic[T]):
             return None
         with self._lock:
             entry = self._entries.get(fingerprint(key))
+            if entry is not None and entry.epoch != self._epoch:
+                entry = None
         return (entry.value, entry.epoch) if entry is not None else None
 
     def put(self, key: str, value: T, epoch: str | None, expires_at: datetime | None) -> None:
@@ -86,6 +98,10 @@ class KeyCache(Generic[T]):
             return
         fp, entry = fingerprint(key), _Entry(value, epoch, expires_at, time.monotonic() + self.lifetime_s)
         with self._lock:
+            if self._epoch is None:
+                self._epoch = epoch
+            elif epoch != self._epoch:  # another epoch was seen since this request read it
+                return
             self._entries[fp] = entry
             self._entries.move_to_end(fp)
             while len(self._entries) > self.max_entries:
